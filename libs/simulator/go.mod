@@ -1,0 +1,3 @@
+module github.com/tokenbus/tokenbus/libs/simulator
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module github.com/tokenbus/tokenbus/libs/tokenclient
+
+go 1.26.0

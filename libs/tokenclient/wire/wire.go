@@ -1,0 +1,97 @@
+// Package wire owns tokenbus's public protocol: the JSON a token travels in, the
+// NATS subjects, the service name and the error codes of SPEC §3. It has no
+// dependencies beyond the standard library, so that the refresher, the Go client
+// and tests in any module agree on one definition.
+package wire
+
+import (
+	"regexp"
+	"time"
+)
+
+// ServiceName is the NATS micro service name every refresher registers.
+const ServiceName = "tokenbus"
+
+// QueueGroup is the queue group all refresher replicas answer requests in, so a
+// request is answered once.
+const QueueGroup = "tokenbus"
+
+// Subject prefixes; the provider name is the last token of the subject.
+const (
+	// GetPrefix is the prefix of the request-reply subject that returns the
+	// current token of a provider: token.get.<provider>.
+	GetPrefix = "token.get."
+	// RefreshPrefix is the prefix of the subject that reports a rejected token
+	// and asks for a fresh one: token.refresh.<provider>.
+	RefreshPrefix = "token.refresh."
+)
+
+// DefaultBucket is the JetStream KV bucket tokens are published to unless the
+// configuration names another.
+const DefaultBucket = "tokens"
+
+// GetSubject returns token.get.<provider>.
+func GetSubject(provider string) string { return GetPrefix + provider }
+
+// RefreshSubject returns token.refresh.<provider>.
+func RefreshSubject(provider string) string { return RefreshPrefix + provider }
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+
+// ValidName reports whether name is a valid provider name: [a-z0-9][a-z0-9-]*,
+// usable both as a NATS subject token and as a KV key.
+func ValidName(name string) bool { return len(name) <= 64 && nameRE.MatchString(name) }
+
+// Token is a provider access token as stored in KV under key <provider> and as
+// returned by token.get.<provider>.
+type Token struct {
+	Provider    string    `json:"provider"`
+	AccessToken string    `json:"access_token"`
+	TokenType   string    `json:"token_type"`
+	IssuedAt    time.Time `json:"issued_at"`
+	ExpiresAt   time.Time `json:"expires_at"`
+}
+
+// Expired reports whether the token is no longer valid at now. A token with a
+// zero expiry is treated as expired.
+func (t Token) Expired(now time.Time) bool {
+	return t.ExpiresAt.IsZero() || !now.Before(t.ExpiresAt)
+}
+
+// RefreshRequest is the body of a token.refresh.<provider> request.
+type RefreshRequest struct {
+	// InvalidToken is the access token the provider rejected. The refresher
+	// fetches a new token only if this is still the current one.
+	InvalidToken string `json:"invalid_token"`
+}
+
+// Error codes carried in the Nats-Service-Error-Code header and the JSON error
+// body of a failed request (SPEC §3).
+const (
+	// CodeBadRequest: the request body could not be understood.
+	CodeBadRequest = 400
+	// CodeUnknownProvider: no provider of that name is configured.
+	CodeUnknownProvider = 404
+	// CodeProviderFailed: the provider refused or failed; the message carries
+	// the provider's own error code where it gave one.
+	CodeProviderFailed = 502
+	// CodeUnavailable: no valid token is available yet, or any more.
+	CodeUnavailable = 503
+)
+
+// Header names of the NATS micro error convention.
+const (
+	HeaderErrorCode = "Nats-Service-Error-Code"
+	HeaderError     = "Nats-Service-Error"
+)
+
+// ErrorBody is the JSON body of an error reply: {"error":{"code":N,"message":"…"}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inner object of ErrorBody.
+type ErrorDetail struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}

@@ -1,0 +1,110 @@
+package refresher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Sentinel errors of the refresher domain. Edges map them to wire codes once:
+// ErrUnknownProvider → 404, ErrNoToken → 503, *ProviderError (permanent) → 502.
+var (
+	// ErrUnknownProvider is returned for a provider name that is not configured.
+	ErrUnknownProvider = errors.New("refresher: unknown provider")
+	// ErrNoToken is returned when no valid token is available yet or any more.
+	ErrNoToken = errors.New("refresher: no valid token available")
+	// ErrBadRequest is returned for a request that cannot be understood.
+	ErrBadRequest = errors.New("refresher: bad request")
+)
+
+// Kind says what to do about a failed token request.
+type Kind int
+
+const (
+	// Transient failures (5xx, timeouts, connection errors, rate limits) are
+	// retried with exponential backoff and jitter.
+	Transient Kind = iota
+	// Permanent failures (bad credentials, bad grant, malformed answers) will
+	// not heal by retrying at once: they are retried slowly and reported.
+	Permanent
+)
+
+// String returns "transient" or "permanent".
+func (k Kind) String() string {
+	if k == Permanent {
+		return "permanent"
+	}
+	return "transient"
+}
+
+// ProviderError is a failure reported by, or read from, a provider's token
+// endpoint. It carries the provider's own fields so an operator can act on it,
+// and never a credential or a token.
+type ProviderError struct {
+	// Kind classifies the failure.
+	Kind Kind
+	// StatusCode is the HTTP status of the answer, 0 when there was none.
+	StatusCode int
+	// Code is the provider's own error code, e.g. Daraja's "400.008.01" or an
+	// OAuth2 "invalid_client"; empty when the provider gave none.
+	Code string
+	// Message says what went wrong and, where known, what to fix.
+	Message string
+	// RetryAfter is the provider's Retry-After, 0 when absent.
+	RetryAfter time.Duration
+	// Err is the underlying error, if any.
+	Err error
+}
+
+// Error formats the failure as "provider error: HTTP 400 400.008.01: message".
+func (e *ProviderError) Error() string {
+	s := "provider error:"
+	if e.StatusCode != 0 {
+		s += fmt.Sprintf(" HTTP %d", e.StatusCode)
+	}
+	if e.Code != "" {
+		s += " " + e.Code
+	}
+	if e.StatusCode != 0 || e.Code != "" {
+		s += ":"
+	}
+	s += " " + e.Message
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Unwrap returns the underlying error.
+func (e *ProviderError) Unwrap() error { return e.Err }
+
+// KindForStatus is the default classification of an HTTP status from a token
+// endpoint: 408, 425, 429 and 5xx are transient, every other non-2xx status is
+// permanent. Providers override it only where a provider documents otherwise
+// (MTN MoMo's 500 login_failed is a credentials error).
+func KindForStatus(status int) Kind {
+	switch {
+	case status == 408, status == 425, status == 429, status >= 500:
+		return Transient
+	default:
+		return Permanent
+	}
+}
+
+// Classify returns the Kind of err: a *ProviderError's own Kind; context
+// cancellation, timeouts and network errors are transient; anything else
+// unknown is transient too, so that it is retried with backoff rather than
+// given up on.
+func Classify(err error) Kind {
+	var pe *ProviderError
+	if errors.As(err, &pe) {
+		return pe.Kind
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) {
+		return Transient
+	}
+	return Transient
+}
