@@ -2,6 +2,8 @@ module github.com/tokenbus/tokenbus/tools
 
 go 1.26.0
 
+require github.com/tokenbus/tokenbus/libs/simulator v0.0.0
+
 require (
 	cel.dev/expr v0.25.2 // indirect
 	charm.land/bubbles/v2 v2.1.1 // indirect
@@ -131,3 +133,5 @@ require (
 )
 
 tool github.com/go-task/task/v3/cmd/task
+
+replace github.com/tokenbus/tokenbus/libs/simulator => ../libs/simulator

@@ -1,0 +1,68 @@
+// Command refresher is the tokenbus refresher: it keeps payment-provider
+// access tokens fresh and serves them over NATS. See the repository README.
+//
+//	refresher --config FILE        run with a configuration file
+//	refresher --demo               run against the built-in simulator, no account needed
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Version is set at build time with -ldflags "-X main.Version=…".
+var Version = "0.1.0-dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "refresher:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// run parses args, starts the refresher and blocks until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("refresher", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var opts Options
+	fs.StringVar(&opts.ConfigPath, "config", "", "configuration file (YAML); see README")
+	fs.BoolVar(&opts.Demo, "demo", false, "start the built-in provider simulator; without --config, use the demo configuration")
+	fs.StringVar(&opts.SimulatorListen, "simulator-listen", "127.0.0.1:8090", "address of the built-in simulator with --demo")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if opts.ConfigPath == "" && !opts.Demo {
+		fs.Usage()
+		return errors.New("--config FILE or --demo is required")
+	}
+	m := NewMain(opts, stdout, stderr)
+	if err := m.Run(ctx); err != nil {
+		_ = m.Close()
+		return err
+	}
+	<-ctx.Done()
+	m.logger.Info("shutting down")
+	return m.Close()
+}
+
+// newLogger returns the process logger for level and format.
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	o := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, o))
+	}
+	return slog.New(slog.NewTextHandler(w, o))
+}

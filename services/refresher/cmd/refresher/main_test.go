@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/tokenbus/tokenbus/libs/simulator"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
+	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const consumerSecret = "CONSUMER-SECRET-7f3a9c"
+
+// startMain runs the refresher from a config file against sim, on an embedded
+// NATS server with a random port, and returns it with its captured output.
+func startMain(t *testing.T, sim *simulator.Server, extra string) (*Main, *testutil.LogBuffer) {
+	t.Helper()
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`
+nats:
+  embedded: {listen: "127.0.0.1:0", store_dir: %q}
+http: {listen: "127.0.0.1:0"}
+log: {level: debug, format: json}
+providers:
+  - name: daraja-test
+    kind: daraja
+    base_url: %s
+    consumer_key: ${KEY}
+    consumer_secret: ${SECRET}
+%s`, filepath.Join(dir, "nats"), srv.URL, extra)
+	path := filepath.Join(dir, "refresher.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"KEY": "sim-consumer-key", "SECRET": consumerSecret}
+	logs := &testutil.LogBuffer{}
+	m := NewMain(Options{
+		ConfigPath: path,
+		Lookup:     func(k string) (string, bool) { v, ok := env[k]; return v, ok },
+		Backoff:    refresh.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, PermanentInitial: time.Hour, PermanentMax: time.Hour},
+	}, logs, logs)
+	if err := m.Run(context.Background()); err != nil {
+		_ = m.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if strings.Contains(logs.String(), consumerSecret) {
+			t.Errorf("consumer secret found in output:\n%s", logs)
+		}
+	})
+	return m, logs
+}
+
+func getToken(t *testing.T, nc *nats.Conn, provider string) (wire.Token, string) {
+	t.Helper()
+	msg, err := nc.Request(wire.GetSubject(provider), nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := msg.Header.Get(wire.HeaderErrorCode); code != "" {
+		return wire.Token{}, code + " " + msg.Header.Get(wire.HeaderError)
+	}
+	var tok wire.Token
+	if err := json.Unmarshal(msg.Data, &tok); err != nil {
+		t.Fatal(err)
+	}
+	return tok, ""
+}
+
+func TestDarajaTokensFlowEndToEnd(t *testing.T) {
+	sim := simulator.New(simulator.Config{DarajaTTL: 3 * time.Second, DarajaSecret: consumerSecret})
+	m, logs := startMain(t, sim, "")
+	nc := testutil.Connect(t, m.ns)
+
+	var first wire.Token
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		var e string
+		first, e = getToken(t, nc, "daraja-test")
+		if e != "" {
+			return fmt.Errorf("token.get: %s", e)
+		}
+		return nil
+	})
+	if first.Provider != "daraja-test" || first.TokenType != "Bearer" || first.ExpiresAt.Sub(first.IssuedAt) != 3*time.Second {
+		t.Fatalf("token %+v", first)
+	}
+	// The served token is the one the provider accepts.
+	if code := protected(t, sim, first.AccessToken); code != http.StatusOK {
+		t.Fatalf("simulator rejected the served token: %d", code)
+	}
+	// It is in the KV bucket under the provider's key.
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), "tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := kv.Get(context.Background(), "daraja-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored wire.Token
+	if err := json.Unmarshal(entry.Value(), &stored); err != nil || stored.AccessToken != first.AccessToken {
+		t.Fatalf("KV holds %s (%v), want the served token", entry.Value(), err)
+	}
+
+	// Rotation before expiry: a new token is served before the first expires,
+	// and the new one is what the provider accepts.
+	testutil.CheckFor(t, 4*time.Second, 20*time.Millisecond, func() error {
+		tok, e := getToken(t, nc, "daraja-test")
+		if e != "" || tok.AccessToken == first.AccessToken {
+			return fmt.Errorf("not rotated yet (%s)", e)
+		}
+		if !time.Now().Before(first.ExpiresAt) {
+			t.Errorf("rotated only after the old token expired")
+		}
+		if code := protected(t, sim, tok.AccessToken); code != http.StatusOK {
+			t.Errorf("rotated token rejected: %d", code)
+		}
+		return nil
+	})
+	if !strings.Contains(logs.String(), `"msg":"token refreshed"`) {
+		t.Errorf("no refresh logged:\n%s", logs)
+	}
+	// /healthz and /readyz answer.
+	for _, p := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + m.httpAddr + p)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", p, resp, err)
+		}
+		resp.Body.Close()
+	}
+}
+
+func TestBadCredentialsGive502AndFewCalls(t *testing.T) {
+	sim := simulator.New(simulator.Config{DarajaSecret: "not-what-we-send"})
+	m, logs := startMain(t, sim, "")
+	nc := testutil.Connect(t, m.ns)
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if _, e := getToken(t, nc, "daraja-test"); !strings.HasPrefix(e, "502 ") || !strings.Contains(e, "bad credentials") {
+			return fmt.Errorf("got %q", e)
+		}
+		return nil
+	})
+	for range 10 {
+		getToken(t, nc, "daraja-test")
+	}
+	if n := sim.Stats(simulator.Daraja).TokenRequests; n != 1 {
+		t.Fatalf("bad credentials: %d upstream calls, want 1 (retried slowly)", n)
+	}
+	if !strings.Contains(logs.String(), `"kind":"permanent"`) {
+		t.Fatalf("permanent failure not logged:\n%s", logs)
+	}
+}
+
+func TestUnavailableProviderRetriedThenRecovers(t *testing.T) {
+	sim := simulator.New(simulator.Config{DarajaSecret: consumerSecret})
+	sim.SetFaults(simulator.Daraja, simulator.Faults{Outage: true})
+	m, _ := startMain(t, sim, "")
+	nc := testutil.Connect(t, m.ns)
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := sim.Stats(simulator.Daraja).TokenRequests; n < 3 {
+			return fmt.Errorf("%d calls", n)
+		}
+		return nil
+	})
+	if _, e := getToken(t, nc, "daraja-test"); !strings.HasPrefix(e, "503 ") {
+		t.Fatalf("during outage: %q, want 503", e)
+	}
+	sim.SetFaults(simulator.Daraja, simulator.Faults{})
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if _, e := getToken(t, nc, "daraja-test"); e != "" {
+			return fmt.Errorf("%s", e)
+		}
+		return nil
+	})
+}
+
+func TestDemoModeRuns(t *testing.T) {
+	var out bytes.Buffer
+	logs := &testutil.LogBuffer{}
+	dir := t.TempDir()
+	// Demo mode with its built-in config, moved to free ports and a temp store.
+	cfg := strings.NewReplacer("127.0.0.1:4222", "127.0.0.1:0", "127.0.0.1:8080", "127.0.0.1:0", "./data/nats", filepath.Join(dir, "nats")).Replace(string(demoConfig))
+	path := filepath.Join(dir, "demo.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := NewMain(Options{Demo: true, ConfigPath: path, SimulatorListen: "127.0.0.1:0", Lookup: func(string) (string, bool) { return "", false }}, &out, logs)
+	if err := m.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	nc := testutil.Connect(t, m.ns)
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		_, e := getToken(t, nc, "daraja-sandbox")
+		if e != "" {
+			return fmt.Errorf("%s", e)
+		}
+		return nil
+	})
+	if !strings.Contains(out.String(), "get a token") {
+		t.Fatalf("banner does not say how to get a token:\n%s", out.String())
+	}
+}
+
+func protected(t *testing.T, sim *simulator.Server, token string) int {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, "/mpesa/stkpush/v1/processrequest", strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	sim.ServeHTTP(rec, req)
+	return rec.Code
+}

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokenbus/tokenbus/libs/simulator"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/config"
+	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
+	"github.com/tokenbus/tokenbus/services/refresher/natsx"
+	"github.com/tokenbus/tokenbus/services/refresher/provider/daraja"
+	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
+	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+	"github.com/tokenbus/tokenbus/services/refresher/rpc"
+	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
+)
+
+//go:embed demo.yaml
+var demoConfig []byte
+
+// Options are the command-line choices.
+type Options struct {
+	ConfigPath      string
+	Demo            bool
+	SimulatorListen string
+	// Lookup resolves ${NAME} in the configuration; os.LookupEnv if nil.
+	Lookup func(string) (string, bool)
+	// Backoff overrides retry timing (tests).
+	Backoff refresh.Backoff
+}
+
+// Main is the refresher process: Run starts every part and returns, Close
+// stops them in reverse order.
+type Main struct {
+	opts           Options
+	stdout, stderr io.Writer
+	logger         *slog.Logger
+
+	Config   *config.Config
+	Sim      *simulator.Server
+	simSrv   *http.Server
+	ns       *server.Server
+	nc       *nats.Conn
+	store    *natsx.Store
+	svc      *rpc.Service
+	managers []*refresh.Manager
+	httpSrv  *http.Server
+	httpAddr string
+	telStop  func(context.Context) error
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// NewMain returns a Main that logs to stderr and prints its banner to stdout.
+func NewMain(opts Options, stdout, stderr io.Writer) *Main {
+	if opts.Lookup == nil {
+		opts.Lookup = os.LookupEnv
+	}
+	return &Main{opts: opts, stdout: stdout, stderr: stderr, logger: newLogger(stderr, "info", "text")}
+}
+
+// Run loads the configuration, starts the simulator (demo), NATS, the
+// managers, the micro service and the HTTP server, then returns.
+func (m *Main) Run(ctx context.Context) error {
+	lookup := m.opts.Lookup
+	if m.opts.Demo {
+		if err := m.startSimulator(); err != nil {
+			return err
+		}
+		simURL := "http://" + m.simSrv.Addr
+		base := lookup
+		lookup = func(k string) (string, bool) {
+			if k == "TOKENBUS_SIMULATOR_URL" {
+				return simURL, true
+			}
+			return base(k)
+		}
+	}
+	var (
+		cfg *config.Config
+		err error
+	)
+	if m.opts.ConfigPath != "" {
+		cfg, err = config.Load(m.opts.ConfigPath, lookup)
+	} else {
+		cfg, err = config.Parse(demoConfig, lookup)
+	}
+	if err != nil {
+		return err
+	}
+	m.Config = cfg
+	m.logger = newLogger(m.stderr, cfg.Log.Level, cfg.Log.Format)
+	instance := instanceID()
+	httpx.UserAgent = "tokenbus-refresher/" + Version + " (" + instance + ")"
+
+	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
+		return err
+	}
+	if cfg.NATS.URL == "" {
+		m.ns, err = natsx.StartEmbedded(natsx.EmbeddedConfig{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.StoreDir})
+		if err != nil {
+			return err
+		}
+		m.logger.Info("embedded nats-server started", slog.String("url", m.ns.ClientURL()), slog.String("store_dir", cfg.NATS.Embedded.StoreDir))
+	}
+	m.nc, err = natsx.Connect(natsx.ConnectConfig{URL: cfg.NATS.URL, Creds: cfg.NATS.Creds, Name: "tokenbus-refresher " + instance, Logger: m.logger, Embedded: m.ns})
+	if err != nil {
+		return err
+	}
+	if m.store, err = natsx.OpenStore(ctx, m.nc, cfg.Bucket, 1); err != nil {
+		return err
+	}
+
+	sources := make(map[string]rpc.Source, len(cfg.Providers))
+	for _, p := range cfg.Providers {
+		prov, err := buildProvider(p)
+		if err != nil {
+			return err
+		}
+		mgr := refresh.NewManager(refresh.Config{
+			Name: p.Name, Provider: prov, Publisher: m.store,
+			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
+		})
+		m.managers = append(m.managers, mgr)
+		sources[p.Name] = mgr
+	}
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Logger: m.logger}); err != nil {
+		return err
+	}
+	if err := m.startHTTP(cfg.HTTP.Listen); err != nil {
+		return err
+	}
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = cancel
+	for _, mgr := range m.managers {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			_ = mgr.Run(runCtx)
+		}()
+	}
+	m.banner()
+	return nil
+}
+
+// buildProvider returns the refresher.Provider for one configured provider.
+func buildProvider(p config.Provider) (refresher.Provider, error) {
+	switch p.Kind {
+	case "daraja":
+		return daraja.New(daraja.Config{BaseURL: p.BaseURL, ConsumerKey: p.ConsumerKey, ConsumerSecret: p.ConsumerSecret, Timeout: p.Timeout.D()}), nil
+	default:
+		return nil, fmt.Errorf("refresher: provider %q: kind %q is not supported yet", p.Name, p.Kind)
+	}
+}
+
+func (m *Main) startSimulator() error {
+	m.Sim = simulator.New(simulator.Config{DarajaTTL: 60 * time.Second})
+	ln, err := net.Listen("tcp", m.opts.SimulatorListen)
+	if err != nil {
+		return fmt.Errorf("refresher: simulator listen %s: %w", m.opts.SimulatorListen, err)
+	}
+	m.simSrv = &http.Server{Addr: ln.Addr().String(), Handler: m.Sim, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = m.simSrv.Serve(ln) }()
+	return nil
+}
+
+func (m *Main) startHTTP(listen string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("refresher: http listen %s: %w", listen, err)
+	}
+	m.httpAddr = ln.Addr().String()
+	ready := httpapi.CheckFunc(func(ctx context.Context) error {
+		if !m.nc.IsConnected() {
+			return errors.New("not connected to NATS")
+		}
+		_, err := m.store.KV().Status(ctx)
+		return err
+	})
+	m.httpSrv = &http.Server{Handler: httpapi.Handler(ready), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = m.httpSrv.Serve(ln) }()
+	return nil
+}
+
+func (m *Main) banner() {
+	url := m.Config.NATS.URL
+	if m.ns != nil {
+		url = m.ns.ClientURL()
+	}
+	fmt.Fprintf(m.stdout, "tokenbus refresher %s is running\n  NATS:      %s (bucket %q)\n  HTTP:      http://%s/healthz\n", Version, url, m.Config.Bucket, m.httpAddr)
+	if m.simSrv != nil {
+		fmt.Fprintf(m.stdout, "  simulator: http://%s\n", m.simSrv.Addr)
+	}
+	for _, p := range m.Config.Providers {
+		fmt.Fprintf(m.stdout, "  provider %-16s get a token: go run ./tools/cmd/tokenctl --server %s get %s\n", p.Name, url, p.Name)
+	}
+	fmt.Fprintf(m.stdout, "  (or any NATS client: request %s<provider>, or watch KV bucket %q)\n", wire.GetPrefix, m.Config.Bucket)
+}
+
+// Close stops refreshing, stops the service, drains NATS and shuts the
+// embedded server down. It is safe to call after a failed Run.
+func (m *Main) Close() error {
+	if m.cancel != nil {
+		m.cancel()
+	}
+	m.wg.Wait()
+	var errs []error
+	if m.svc != nil {
+		errs = append(errs, m.svc.Stop())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if m.httpSrv != nil {
+		errs = append(errs, m.httpSrv.Shutdown(ctx))
+	}
+	natsx.Drain(m.nc, 5*time.Second)
+	if m.ns != nil {
+		m.ns.Shutdown()
+		m.ns.WaitForShutdown()
+	}
+	if m.simSrv != nil {
+		errs = append(errs, m.simSrv.Shutdown(ctx))
+	}
+	if m.telStop != nil {
+		errs = append(errs, m.telStop(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// instanceID names this replica in logs, spans and the provider's User-Agent.
+func instanceID() string {
+	host, _ := os.Hostname()
+	return host + "-" + strconv.Itoa(os.Getpid())
+}

@@ -1,0 +1,352 @@
+// Package config owns the refresher's YAML configuration file (SPEC §2): it
+// reads it, expands ${NAME} environment references, rejects unknown fields,
+// applies defaults and validates every value, reporting all problems at once.
+//
+// Every error is one line starting "config: " that names the file, line,
+// field and provider concerned. Errors never contain a field's value or the
+// value of an environment variable: they name variables, fields and
+// providers. The one value they show is a valid provider name, which is
+// public by design (it is a NATS subject token and a KV key).
+package config
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// Config is the refresher's configuration.
+type Config struct {
+	// NATS says which NATS server to use.
+	NATS NATS `yaml:"nats"`
+	// Bucket is the JetStream KV bucket that holds tokens; default "tokens".
+	Bucket string `yaml:"bucket"`
+	// Lease configures the leader lease.
+	Lease Lease `yaml:"lease"`
+	// HTTP configures the health, metrics and status server.
+	HTTP HTTP `yaml:"http"`
+	// Log configures the refresher's log (an extension of SPEC §2).
+	Log Log `yaml:"log"`
+	// Providers lists the token providers; at least one.
+	Providers []Provider `yaml:"providers"`
+}
+
+// NATS says which NATS server to use: an external one at URL, or, when URL is
+// empty, an embedded one.
+type NATS struct {
+	// URL is the external server's URL; empty runs an embedded server.
+	URL string `yaml:"url"`
+	// Creds is an optional .creds file for the external server.
+	Creds string `yaml:"creds"`
+	// Embedded configures the embedded server.
+	Embedded Embedded `yaml:"embedded"`
+}
+
+// Embedded configures the embedded NATS server.
+type Embedded struct {
+	// Listen is the client host:port; default 127.0.0.1:4222.
+	Listen string `yaml:"listen"`
+	// StoreDir is the JetStream file store directory; default ./data/nats.
+	StoreDir string `yaml:"store_dir"`
+	// Cluster, when set, joins the embedded server to a NATS cluster.
+	Cluster *Cluster `yaml:"cluster"`
+}
+
+// Cluster configures the embedded server's cluster.
+type Cluster struct {
+	// Name is the cluster name; required.
+	Name string `yaml:"name"`
+	// Listen is the route host:port; required.
+	Listen string `yaml:"listen"`
+	// Routes are the URLs of the other servers, e.g. nats-route://host:6222.
+	Routes []string `yaml:"routes"`
+}
+
+// Lease configures the leader lease.
+type Lease struct {
+	// TTL is how long a lease lasts without renewal; default 10s, at least 1s.
+	TTL Duration `yaml:"ttl"`
+}
+
+// HTTP configures the health, metrics and status server.
+type HTTP struct {
+	// Listen is its host:port; default 127.0.0.1:8080.
+	Listen string `yaml:"listen"`
+}
+
+// Log configures the refresher's log.
+type Log struct {
+	// Level is debug, info (the default), warn or error.
+	Level string `yaml:"level"`
+	// Format is text (the default) or json.
+	Format string `yaml:"format"`
+}
+
+// Provider kinds (SPEC §1).
+const (
+	KindDaraja = "daraja" // Safaricom M-Pesa Daraja
+	KindMPay   = "mpay"   // mPay Africa, single-use tokens
+	KindOAuth2 = "oauth2" // generic OAuth2 client credentials, e.g. MTN MoMo
+	KindAirtel = "airtel" // Airtel Money Africa
+)
+
+// Provider configures one token provider. Which fields apply depends on Kind
+// (see Fields); a field of another kind is an error.
+type Provider struct {
+	// Name is the subject token and KV key: [a-z0-9][a-z0-9-]*.
+	Name string `yaml:"name"`
+	// Kind is daraja, mpay, oauth2 or airtel.
+	Kind string `yaml:"kind"`
+	// BaseURL is the provider's absolute http(s) URL (daraja, mpay, airtel).
+	BaseURL string `yaml:"base_url"`
+	// ConsumerKey is the Daraja app's consumer key (daraja).
+	ConsumerKey string `yaml:"consumer_key"`
+	// ConsumerSecret is the Daraja app's consumer secret (daraja).
+	ConsumerSecret refresher.Secret `yaml:"consumer_secret"`
+	// Username is the API user (mpay).
+	Username string `yaml:"username"`
+	// Password is the API user's password (mpay).
+	Password refresher.Secret `yaml:"password"`
+	// Pool is how many single-use tokens to keep ready (mpay); default 4,
+	// 1 to 1000.
+	Pool int `yaml:"pool"`
+	// TokenURL is the absolute http(s) URL of the token endpoint (oauth2).
+	TokenURL string `yaml:"token_url"`
+	// ClientID is the OAuth2 client ID (oauth2, airtel).
+	ClientID string `yaml:"client_id"`
+	// ClientSecret is the OAuth2 client secret (oauth2, airtel).
+	ClientSecret refresher.Secret `yaml:"client_secret"`
+	// AuthStyle says where the client credentials go (oauth2): "header"
+	// (HTTP Basic, the default) or "params" (the form body).
+	AuthStyle string `yaml:"auth_style"`
+	// Scopes are the requested OAuth2 scopes (oauth2).
+	Scopes []string `yaml:"scopes"`
+	// Headers are extra headers on the token request (oauth2), e.g. MoMo's
+	// Ocp-Apim-Subscription-Key; values may be secrets.
+	Headers map[string]refresher.Secret `yaml:"headers"`
+	// RefreshBefore is how long before expiry to refresh; 0 leaves it to the
+	// refresher, which scales a default to the token lifetime.
+	RefreshBefore Duration `yaml:"refresh_before"`
+	// Timeout bounds each token request; default 10s, 1s to 2m.
+	Timeout Duration `yaml:"timeout"`
+}
+
+// commonFields apply to every kind; kindFields to one kind each.
+var (
+	commonFields = []string{"name", "kind", "refresh_before", "timeout"}
+	kindFields   = map[string][]string{
+		KindDaraja: {"base_url", "consumer_key", "consumer_secret"},
+		KindMPay:   {"base_url", "username", "password", "pool"},
+		KindOAuth2: {"token_url", "client_id", "client_secret", "auth_style", "scopes", "headers"},
+		KindAirtel: {"base_url", "client_id", "client_secret"},
+	}
+	kinds = []string{KindDaraja, KindMPay, KindOAuth2, KindAirtel}
+)
+
+// Fields returns the YAML names of the fields that apply to p.Kind, or nil
+// for an unknown kind.
+func (p Provider) Fields() []string {
+	f, ok := kindFields[p.Kind]
+	if !ok {
+		return nil
+	}
+	return slices.Concat(commonFields, f)
+}
+
+// Duration is a time.Duration written in YAML as "10s", "5m" or "1h30m". A
+// number without a unit (other than 0) and a negative duration are errors.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String returns d in time.Duration's format, e.g. "1m30s".
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText returns d in time.Duration's format.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText parses a duration such as "10s"; empty text is 0. It does not
+// echo the text in its error.
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := parseDuration(string(text))
+	if err != nil {
+		return fmt.Errorf("config: invalid duration: %w", err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil && strings.Trim(s, "0123456789.") == "":
+		return 0, errors.New("a number needs a unit, such as 10s or 5m")
+	case err != nil:
+		return 0, errors.New("want a duration such as 10s, 5m or 1h30m")
+	case d < 0:
+		return 0, errors.New("must not be negative")
+	}
+	return d, nil
+}
+
+// maxFileSize is the largest configuration file Load reads.
+const maxFileSize = 1 << 20
+
+// Load reads the configuration file at path (at most 1 MiB) and parses it as
+// Parse does. lookup returns an environment variable's value and whether it
+// is set; os.LookupEnv fits, and nil means no variable is set. Every error
+// names the file.
+func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("config: %s: larger than 1 MiB", path)
+	}
+	return parse(data, lookup, path)
+}
+
+// Parse parses a YAML configuration, expands ${NAME} references with lookup
+// (nil means no variable is set), applies defaults and validates the result.
+// The error joins every problem found, one per line: a syntax error alone;
+// otherwise every unset variable, unknown field and malformed value; and only
+// when there are none, every problem Validate finds.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	return parse(data, lookup, "")
+}
+
+func parse(data []byte, lookup func(string) (string, bool), source string) (*Config, error) {
+	ps := &problems{source: source}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		ps.add(0, "", "%s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, ps.err()
+	}
+	if len(doc.Content) == 0 || doc.Content[0].Tag == "!!null" {
+		ps.add(0, "", "the configuration is empty")
+		return nil, ps.err()
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		ps.add(more.Line, "", "a second YAML document; the configuration must be one document")
+		return nil, ps.err()
+	}
+
+	if lookup == nil {
+		lookup = func(string) (string, bool) { return "", false }
+	}
+	var c Config
+	d := decoder{problems: ps, lookup: lookup}
+	d.decode(doc.Content[0], reflect.ValueOf(&c).Elem(), "")
+	if len(ps.list) > 0 {
+		return nil, ps.err()
+	}
+	c.SetDefaults()
+	c.validate(ps)
+	if len(ps.list) > 0 {
+		return nil, ps.err()
+	}
+	return &c, nil
+}
+
+// SetDefaults fills in the default of every unset (zero) field that has one.
+func (c *Config) SetDefaults() {
+	setDefault(&c.NATS.Embedded.Listen, "127.0.0.1:4222")
+	setDefault(&c.NATS.Embedded.StoreDir, "./data/nats")
+	setDefault(&c.Bucket, "tokens")
+	setDefault(&c.Lease.TTL, Duration(10*time.Second))
+	setDefault(&c.HTTP.Listen, "127.0.0.1:8080")
+	setDefault(&c.Log.Level, "info")
+	setDefault(&c.Log.Format, "text")
+	for i := range c.Providers {
+		p := &c.Providers[i]
+		setDefault(&p.Timeout, Duration(10*time.Second))
+		switch p.Kind {
+		case KindMPay:
+			setDefault(&p.Pool, 4)
+		case KindOAuth2:
+			setDefault(&p.AuthStyle, "header")
+		}
+	}
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// problems collects configuration errors, each one line starting "config: ",
+// then the file (if any), the line (if known) and the field's path.
+type problems struct {
+	source string
+	list   []problem
+}
+
+type problem struct {
+	line int // 0 if unknown
+	msg  string
+}
+
+// maxProblems is the most problems reported; an operator fixes those first.
+const maxProblems = 100
+
+func (ps *problems) add(line int, path, format string, args ...any) {
+	switch {
+	case len(ps.list) == maxProblems:
+		ps.list = append(ps.list, problem{math.MaxInt, fmt.Sprintf("config: more than %d problems; fix these first", maxProblems)})
+		return
+	case len(ps.list) > maxProblems:
+		return
+	}
+	var b strings.Builder
+	b.WriteString("config: ")
+	switch {
+	case ps.source != "" && line > 0:
+		fmt.Fprintf(&b, "%s:%d: ", ps.source, line)
+	case ps.source != "":
+		b.WriteString(ps.source + ": ")
+	case line > 0:
+		fmt.Fprintf(&b, "line %d: ", line)
+	}
+	if path != "" {
+		b.WriteString(path + ": ")
+	}
+	fmt.Fprintf(&b, format, args...)
+	ps.list = append(ps.list, problem{line, b.String()})
+}
+
+// err joins the problems in the order of their lines, then of their finding;
+// nil if there are none.
+func (ps *problems) err() error {
+	slices.SortStableFunc(ps.list, func(a, b problem) int { return cmp.Compare(a.line, b.line) })
+	errs := make([]error, len(ps.list))
+	for i, p := range ps.list {
+		errs[i] = errors.New(p.msg)
+	}
+	return errors.Join(errs...)
+}

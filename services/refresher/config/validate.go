@@ -1,0 +1,202 @@
+package config
+
+import (
+	"maps"
+	"net"
+	"net/url"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+)
+
+var bucketRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// Validate reports every problem with c, joined, one per line, in a fixed
+// order; nil if there is none. It does not apply defaults (see SetDefaults),
+// and its messages never show a field's value.
+func (c *Config) Validate() error {
+	var ps problems
+	c.validate(&ps)
+	return ps.err()
+}
+
+func (c *Config) validate(ps *problems) {
+	if c.NATS.Creds != "" && c.NATS.URL == "" {
+		ps.add(0, "nats.creds", "needs nats.url: the embedded server takes no credentials")
+	}
+	checkHostPort(ps, "nats.embedded.listen", c.NATS.Embedded.Listen)
+	if c.NATS.Embedded.StoreDir == "" {
+		ps.add(0, "nats.embedded.store_dir", "missing or empty")
+	}
+	if cl := c.NATS.Embedded.Cluster; cl != nil {
+		if cl.Name == "" {
+			ps.add(0, "nats.embedded.cluster.name", "missing or empty")
+		}
+		checkHostPort(ps, "nats.embedded.cluster.listen", cl.Listen)
+		for i, r := range cl.Routes {
+			if u, err := url.Parse(r); err != nil || u.Scheme == "" || u.Host == "" {
+				ps.add(0, itemPath("nats.embedded.cluster.routes", i, ""), "want a URL such as nats-route://10.0.0.2:6222")
+			}
+		}
+	}
+	if !bucketRE.MatchString(c.Bucket) {
+		ps.add(0, "bucket", "want a KV bucket name: letters, digits, _ and -")
+	}
+	if c.Lease.TTL < Duration(time.Second) {
+		ps.add(0, "lease.ttl", "must be at least 1s")
+	}
+	checkHostPort(ps, "http.listen", c.HTTP.Listen)
+	checkOneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")
+	checkOneOf(ps, "log.format", c.Log.Format, "text", "json")
+
+	if len(c.Providers) == 0 {
+		ps.add(0, "providers", "at least one provider is required")
+	}
+	first := make(map[string]int) // provider name → index of its first use
+	for i := range c.Providers {
+		p := &c.Providers[i]
+		path := itemPath("providers", i, p.Name)
+		p.validate(ps, path)
+		if j, dup := first[p.Name]; dup && wire.ValidName(p.Name) {
+			ps.add(0, path+".name", "duplicate: providers[%d] has the same name", j)
+		} else if !dup {
+			first[p.Name] = i
+		}
+	}
+}
+
+func (p *Provider) validate(ps *problems, path string) {
+	at := func(field string) string { return path + "." + field }
+	required := func(field string, empty bool) {
+		if empty {
+			ps.add(0, at(field), "missing or empty; kind %s needs it", p.Kind)
+		}
+	}
+	absURL := func(field, s string) {
+		required(field, s == "")
+		if u, err := url.Parse(s); s != "" && (err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "") {
+			ps.add(0, at(field), "want an absolute http or https URL")
+		}
+	}
+
+	switch {
+	case p.Name == "":
+		ps.add(0, at("name"), "missing or empty")
+	case !wire.ValidName(p.Name):
+		ps.add(0, at("name"), "want [a-z0-9][a-z0-9-]*, at most 64 characters")
+	}
+	switch {
+	case p.Kind == "":
+		ps.add(0, at("kind"), "missing or empty; want %s", orList(kinds))
+	case p.Fields() == nil:
+		ps.add(0, at("kind"), "unknown kind; want %s", orList(kinds))
+	default:
+		v := reflect.ValueOf(*p)
+		for i := range v.NumField() {
+			if name := yamlName(v.Type().Field(i)); !v.Field(i).IsZero() && !slices.Contains(p.Fields(), name) {
+				ps.add(0, path, "%s", notForKind(name, p.Kind))
+			}
+		}
+	}
+
+	switch p.Kind {
+	case KindDaraja:
+		absURL("base_url", p.BaseURL)
+		required("consumer_key", p.ConsumerKey == "")
+		required("consumer_secret", p.ConsumerSecret == "")
+	case KindMPay:
+		absURL("base_url", p.BaseURL)
+		required("username", p.Username == "")
+		required("password", p.Password == "")
+		if p.Pool < 1 || p.Pool > 1000 {
+			ps.add(0, at("pool"), "must be from 1 to 1000")
+		}
+	case KindOAuth2:
+		absURL("token_url", p.TokenURL)
+		required("client_id", p.ClientID == "")
+		required("client_secret", p.ClientSecret == "")
+		checkOneOf(ps, at("auth_style"), p.AuthStyle, "header", "params")
+		for i, s := range p.Scopes {
+			if !validScope(s) {
+				ps.add(0, itemPath(at("scopes"), i, ""), "want an OAuth2 scope: not empty, no spaces, quotes or backslashes")
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(p.Headers)) {
+			if !validHeaderName(name) {
+				ps.add(0, at("headers"), "%q is not a valid HTTP header name", name)
+			} else if !validHeaderValue(p.Headers[name].Reveal()) {
+				ps.add(0, at("headers")+"."+name, "the value contains a control character such as a newline")
+			}
+		}
+	case KindAirtel:
+		absURL("base_url", p.BaseURL)
+		required("client_id", p.ClientID == "")
+		required("client_secret", p.ClientSecret == "")
+	}
+
+	if p.RefreshBefore < 0 {
+		ps.add(0, at("refresh_before"), "must not be negative")
+	}
+	if p.Timeout < Duration(time.Second) || p.Timeout > Duration(2*time.Minute) {
+		ps.add(0, at("timeout"), "must be from 1s to 2m")
+	}
+}
+
+func checkHostPort(ps *problems, path, s string) {
+	_, port, err := net.SplitHostPort(s)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		ps.add(0, path, "want host:port, such as 127.0.0.1:8080")
+	}
+}
+
+func checkOneOf(ps *problems, path, s string, valid ...string) {
+	if !slices.Contains(valid, s) {
+		ps.add(0, path, "want %s", orList(valid))
+	}
+}
+
+// orList returns "a", "a or b", "a, b or c", ….
+func orList(s []string) string {
+	if len(s) == 1 {
+		return s[0]
+	}
+	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
+}
+
+// validScope reports whether s is an RFC 6749 §3.3 scope-token.
+func validScope(s string) bool {
+	for _, c := range []byte(s) {
+		if c < 0x21 || c == '"' || c == '\\' || c > 0x7e {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// validHeaderName reports whether s is an RFC 9110 token.
+func validHeaderName(s string) bool {
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// validHeaderValue reports whether s holds no control character but tab.
+func validHeaderValue(s string) bool {
+	for _, c := range []byte(s) {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}

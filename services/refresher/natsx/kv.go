@@ -1,0 +1,58 @@
+package natsx
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+)
+
+// Store publishes tokens to the JetStream KV bucket under key <provider>.
+type Store struct {
+	kv jetstream.KeyValue
+}
+
+// OpenStore creates the bucket if it does not exist (file storage, history 1,
+// replicas as given, at least 1) and returns a Store on it.
+func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Store, error) {
+	ctx, cancel := ctxTimeout(ctx, 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("natsx: jetstream: %w", err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "tokenbus: current access token of each provider",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsx: open bucket %q: %w", bucket, err)
+	}
+	return &Store{kv: kv}, nil
+}
+
+// KV returns the underlying bucket.
+func (s *Store) KV() jetstream.KeyValue { return s.kv }
+
+// Publish stores tok under its provider key and returns the revision.
+func (s *Store) Publish(ctx context.Context, tok wire.Token) (uint64, error) {
+	b, err := json.Marshal(tok)
+	if err != nil {
+		return 0, fmt.Errorf("natsx: encode token: %w", err)
+	}
+	ctx, cancel := ctxTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rev, err := s.kv.Put(ctx, tok.Provider, b)
+	if err != nil {
+		return 0, fmt.Errorf("natsx: store token for %s: %w", tok.Provider, err)
+	}
+	return rev, nil
+}

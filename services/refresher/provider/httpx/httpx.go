@@ -1,0 +1,192 @@
+// Package httpx is the HTTP plumbing every provider kind shares: one client per
+// provider with a timeout and otelhttp tracing, a body capped at MaxBody, and
+// decoding that turns HTML, garbage or a missing field into a
+// *refresher.ProviderError instead of a stored token. Nothing here logs, and no
+// error carries a request header, a credential or a response body that could
+// hold a token.
+package httpx
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// MaxBody is the most a token endpoint's answer may be: larger answers are
+// rejected as malformed.
+const MaxBody = 1 << 20
+
+// DefaultTimeout bounds each token request when the configuration sets none.
+const DefaultTimeout = 10 * time.Second
+
+// UserAgent is sent on every token request.
+var UserAgent = "tokenbus-refresher"
+
+// NewClient returns an HTTP client for one provider's token endpoint: it times
+// out after timeout (DefaultTimeout if zero), does not follow redirects (a
+// redirected token request would resend credentials elsewhere), and records a
+// client span per call without URL query strings or headers.
+func NewClient(timeout time.Duration, base http.RoundTripper) *http.Client {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return &http.Client{
+		Timeout: timeout,
+		Transport: otelhttp.NewTransport(base,
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+				return "provider " + r.Method + " " + r.URL.Path
+			}),
+		),
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// Response is a token endpoint's answer, read in full (up to MaxBody).
+type Response struct {
+	Status      int
+	ContentType string
+	Header      http.Header
+	Body        []byte
+}
+
+// Do sends req with the client and reads the answer. Transport failures and
+// timeouts come back as a transient *refresher.ProviderError; a body over
+// MaxBody as a permanent one. The request's URL query and headers never appear
+// in the error.
+func Do(ctx context.Context, c *http.Client, req *http.Request) (*Response, error) {
+	req = req.WithContext(ctx)
+	req.Header.Set("User-Agent", UserAgent)
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, &refresher.ProviderError{Kind: refresher.Transient, Message: "token request to " + req.URL.Host + " failed", Err: scrubURL(err)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
+	if err != nil {
+		return nil, &refresher.ProviderError{Kind: refresher.Transient, StatusCode: resp.StatusCode, Message: "reading the token response failed", Err: scrubURL(err)}
+	}
+	if len(body) > MaxBody {
+		return nil, &refresher.ProviderError{Kind: refresher.Permanent, StatusCode: resp.StatusCode, Message: fmt.Sprintf("token response is larger than %d bytes", MaxBody)}
+	}
+	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	return &Response{Status: resp.StatusCode, ContentType: ct, Header: resp.Header, Body: body}, nil
+}
+
+// scrubURL drops the URL from a *url.Error so query parameters never reach an
+// error message; the host is named by the caller.
+func scrubURL(err error) error {
+	type urlError interface{ Unwrap() error }
+	var ue interface {
+		error
+		Timeout() bool
+	}
+	if errors.As(err, &ue) && ue.Timeout() {
+		return errTimeout
+	}
+	if u, ok := err.(urlError); ok && u.Unwrap() != nil {
+		return u.Unwrap()
+	}
+	return err
+}
+
+var (
+	errTimeout    = errors.New("timed out")
+	errNotSeconds = errors.New("expires_in is not a whole number of seconds")
+)
+
+// DecodeJSON decodes r's body into v. An answer that is not JSON (an HTML
+// gateway page, say) or that does not decode is a permanent
+// *refresher.ProviderError that says what came back, never the body itself.
+func (r *Response) DecodeJSON(v any) error {
+	if r.ContentType != "" && r.ContentType != "application/json" && !strings.HasSuffix(r.ContentType, "+json") {
+		if !json.Valid(bytes.TrimSpace(r.Body)) {
+			return r.Malformed(fmt.Sprintf("expected JSON, got %s", r.ContentType))
+		}
+	}
+	if err := json.Unmarshal(r.Body, v); err != nil {
+		return r.Malformed("answer is not valid JSON")
+	}
+	return nil
+}
+
+// Malformed returns a permanent error for an answer that cannot be used.
+func (r *Response) Malformed(why string) error {
+	return &refresher.ProviderError{Kind: refresher.Permanent, StatusCode: r.Status, Message: "malformed token response: " + why}
+}
+
+// RetryAfter returns the Retry-After header as a duration (seconds form only).
+func (r *Response) RetryAfter() time.Duration {
+	if s, err := strconv.Atoi(r.Header.Get("Retry-After")); err == nil && s > 0 {
+		return time.Duration(s) * time.Second
+	}
+	return 0
+}
+
+// StatusError returns the error for a non-2xx answer with no more specific
+// meaning: classified by refresher.KindForStatus, carrying code and message
+// when the provider gave them.
+func (r *Response) StatusError(code, message string) *refresher.ProviderError {
+	if message == "" {
+		message = http.StatusText(r.Status)
+	}
+	return &refresher.ProviderError{Kind: refresher.KindForStatus(r.Status), StatusCode: r.Status, Code: code, Message: message, RetryAfter: r.RetryAfter()}
+}
+
+// FlexSeconds decodes a lifetime in seconds sent as a JSON number or a string
+// ("3599"), as Daraja and Airtel do.
+type FlexSeconds struct {
+	Set   bool
+	Value int64
+}
+
+// UnmarshalJSON accepts 3599, "3599" and null.
+func (f *FlexSeconds) UnmarshalJSON(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if s == "null" {
+		return nil
+	}
+	if strings.HasPrefix(s, `"`) {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		s = strings.TrimSpace(s)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		// A float like 3599.0 is accepted; anything else is not a lifetime.
+		fl, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil || fl != float64(int64(fl)) {
+			return errNotSeconds
+		}
+		n = int64(fl)
+	}
+	f.Set, f.Value = true, n
+	return nil
+}
+
+// Lifetime checks an expires_in value: it must be present and between 1
+// second and 1 year.
+func (r *Response) Lifetime(f FlexSeconds) (time.Duration, error) {
+	if !f.Set {
+		return 0, r.Malformed("expires_in is missing")
+	}
+	if f.Value < 1 || f.Value > 365*24*3600 {
+		return 0, r.Malformed(fmt.Sprintf("expires_in %d is out of range", f.Value))
+	}
+	return time.Duration(f.Value) * time.Second, nil
+}

@@ -1,0 +1,54 @@
+package httpx
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlexSeconds(t *testing.T) {
+	for in, want := range map[string]int64{`3599`: 3599, `"3599"`: 3599, `" 180 "`: 180, `3599.0`: 3599} {
+		var f FlexSeconds
+		if err := json.Unmarshal([]byte(in), &f); err != nil || !f.Set || f.Value != want {
+			t.Errorf("%s: got %+v, %v", in, f, err)
+		}
+	}
+	for _, in := range []string{`"abc"`, `"3599s"`, `1.5`, `true`, `{}`} {
+		var f FlexSeconds
+		if err := json.Unmarshal([]byte(in), &f); err == nil {
+			t.Errorf("%s: accepted as %+v", in, f)
+		}
+	}
+	var f FlexSeconds
+	if err := json.Unmarshal([]byte(`null`), &f); err != nil || f.Set {
+		t.Errorf("null: %+v %v", f, err)
+	}
+}
+
+func TestLifetimeBounds(t *testing.T) {
+	r := &Response{Status: 200}
+	if d, err := r.Lifetime(FlexSeconds{Set: true, Value: 3599}); err != nil || d != 3599*time.Second {
+		t.Fatal(d, err)
+	}
+	for _, f := range []FlexSeconds{{}, {Set: true, Value: 0}, {Set: true, Value: -1}, {Set: true, Value: 1 << 40}} {
+		if _, err := r.Lifetime(f); err == nil {
+			t.Errorf("%+v accepted", f)
+		}
+	}
+}
+
+// FuzzFlexSeconds: any input either decodes to a whole number or errors,
+// never panics, and an error never echoes the input.
+func FuzzFlexSeconds(f *testing.F) {
+	for _, s := range []string{`3599`, `"3599"`, `"abc"`, `null`, `1e3`, `"` + strings.Repeat("9", 100) + `"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var fs FlexSeconds
+		err := fs.UnmarshalJSON(b)
+		if err != nil && err != errNotSeconds && len(b) > 8 && strings.Contains(err.Error(), string(b[1:len(b)-1])) {
+			t.Fatalf("error echoes the input: %q", err)
+		}
+	})
+}

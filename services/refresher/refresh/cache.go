@@ -1,0 +1,107 @@
+package refresh
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// Entry is a token ready to serve: decoded, and pre-encoded as the exact JSON
+// a token.get reply carries, so the request path does no encoding.
+type Entry struct {
+	Token wire.Token
+	JSON  []byte
+	// Revision is the KV revision the token was stored at (0 if not stored).
+	Revision uint64
+}
+
+// NewEntry encodes tok.
+func NewEntry(tok wire.Token, revision uint64) (*Entry, error) {
+	b, err := json.Marshal(tok)
+	if err != nil {
+		return nil, fmt.Errorf("refresh: encode token: %w", err)
+	}
+	return &Entry{Token: tok, JSON: b, Revision: revision}, nil
+}
+
+// Slot holds one provider's current token and last failure. Reads are
+// lock-free; writers wake everyone waiting in Wait.
+type Slot struct {
+	cur     atomic.Pointer[Entry]
+	mu      sync.Mutex
+	lastErr error
+	errAt   time.Time
+	changed chan struct{}
+}
+
+func newSlot() *Slot { return &Slot{changed: make(chan struct{})} }
+
+// Load returns the current entry, or nil.
+func (s *Slot) Load() *Entry { return s.cur.Load() }
+
+// Valid returns the current entry if it has not expired at now. Otherwise it
+// returns ErrNoToken, or the last failure wrapped in it when it was a
+// permanent provider error, so that the edge can say why.
+func (s *Slot) Valid(now time.Time) (*Entry, error) {
+	if e := s.cur.Load(); e != nil && !e.Token.Expired(now) {
+		return e, nil
+	}
+	return nil, s.noToken()
+}
+
+func (s *Slot) noToken() error {
+	s.mu.Lock()
+	err := s.lastErr
+	s.mu.Unlock()
+	if err == nil {
+		return refresher.ErrNoToken
+	}
+	return fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
+}
+
+// Store makes e current unless the slot already holds a newer revision, clears
+// the last failure and wakes waiters. It reports whether e was taken.
+func (s *Slot) Store(e *Entry) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.cur.Load(); old != nil && e.Revision != 0 && old.Revision > e.Revision {
+		return false
+	}
+	s.cur.Store(e)
+	s.lastErr = nil
+	s.wake()
+	return true
+}
+
+// Fail records a failed refresh and wakes waiters.
+func (s *Slot) Fail(err error, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastErr, s.errAt = err, at
+	s.wake()
+}
+
+// LastError returns the last failure since the last success, and when it
+// happened.
+func (s *Slot) LastError() (error, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr, s.errAt
+}
+
+// Changed returns a channel closed at the next Store or Fail.
+func (s *Slot) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+func (s *Slot) wake() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}

@@ -1,0 +1,321 @@
+// Package refresh owns the life of each provider's token inside a refresher:
+// fetch at start, publish, refresh ahead of expiry with jitter, retry with
+// exponential backoff (transient failures) or slowly (permanent ones), and
+// refresh on demand when a caller reports the current token rejected. It
+// serves the current token from memory and never an expired one.
+package refresh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// Publisher stores a fresh token where the fleet can see it (the KV bucket)
+// and returns the revision it was stored at.
+type Publisher interface {
+	Publish(ctx context.Context, tok wire.Token) (uint64, error)
+}
+
+// Backoff bounds retries. The zero value means the defaults.
+type Backoff struct {
+	// Initial and Max bound the exponential backoff after transient failures
+	// (defaults 500ms and 30s).
+	Initial, Max time.Duration
+	// PermanentInitial and PermanentMax bound the slow retries after permanent
+	// failures such as bad credentials (defaults 30s and 10m).
+	PermanentInitial, PermanentMax time.Duration
+}
+
+func (b Backoff) withDefaults() Backoff {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&b.Initial, 500*time.Millisecond)
+	def(&b.Max, 30*time.Second)
+	def(&b.PermanentInitial, 30*time.Second)
+	def(&b.PermanentMax, 10*time.Minute)
+	return b
+}
+
+func exponential(initial, max time.Duration) *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(initial),
+		backoff.WithMaxInterval(max),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0.5),
+		backoff.WithMaxElapsedTime(0),
+	)
+}
+
+// Config configures a Manager.
+type Config struct {
+	// Name is the provider's configured name (subject token and KV key).
+	Name     string
+	Provider refresher.Provider
+	// Publisher receives every fresh token; nil publishes nowhere.
+	Publisher Publisher
+	// RefreshBefore is how long before expiry to refresh; zero means
+	// DefaultRefreshBefore of the token's lifetime.
+	RefreshBefore time.Duration
+	Backoff       Backoff
+	Logger        *slog.Logger
+	// Now returns the current time; time.Now if nil.
+	Now func() time.Time
+	// Tracer records refresh and attempt spans; the global provider if nil.
+	Tracer trace.Tracer
+}
+
+// Manager keeps one provider's token fresh. Create it with NewManager, run it
+// with Run, read it with Current; Refresh asks for a new token.
+type Manager struct {
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	slot *Slot
+	kick chan string
+	tr   trace.Tracer
+}
+
+// NewManager returns a manager for cfg.Provider.
+func NewManager(cfg Config) *Manager {
+	cfg.Backoff = cfg.Backoff.withDefaults()
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan string, 16), tr: cfg.Tracer}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.log = m.log.With(slog.String("provider", cfg.Name))
+	if m.now == nil {
+		m.now = time.Now
+	}
+	if m.tr == nil {
+		m.tr = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/refresh")
+	}
+	return m
+}
+
+// Name returns the provider name.
+func (m *Manager) Name() string { return m.cfg.Name }
+
+// Slot returns the manager's token slot.
+func (m *Manager) Slot() *Slot { return m.slot }
+
+// Current returns the current token, pre-encoded, or an error wrapping
+// refresher.ErrNoToken when none is valid at this moment.
+func (m *Manager) Current() (*Entry, error) { return m.slot.Valid(m.now()) }
+
+// Get returns the current token as wire JSON, from memory.
+func (m *Manager) Get(context.Context) ([]byte, error) {
+	e, err := m.Current()
+	if err != nil {
+		return nil, err
+	}
+	return e.JSON, nil
+}
+
+// DefaultRefreshBefore returns the default refresh margin for a token of
+// lifetime life: a fifth of it, at most 5 minutes (Daraja's hour-long token
+// is refreshed 5 minutes ahead, Airtel's 3-minute token 36 s ahead).
+func DefaultRefreshBefore(life time.Duration) time.Duration {
+	return min(life/5, 5*time.Minute)
+}
+
+// refreshAt returns when to refresh tok: RefreshBefore (or the default) ahead
+// of expiry, minus up to a quarter of that margin of jitter so replicas and
+// providers do not refresh in lockstep. A margin at or above the lifetime is
+// cut to half the lifetime.
+func (m *Manager) refreshAt(tok refresher.Token) time.Time {
+	life := tok.Lifetime()
+	margin := m.cfg.RefreshBefore
+	if margin <= 0 {
+		margin = DefaultRefreshBefore(life)
+	}
+	if margin >= life {
+		margin = life / 2
+	}
+	jitter := time.Duration(0)
+	if q := int64(margin / 4); q > 0 {
+		jitter = time.Duration(rand.Int64N(q))
+	}
+	return tok.ExpiresAt.Add(-margin - jitter)
+}
+
+// Run fetches a token at once, then keeps it fresh until ctx ends. It returns
+// nil when ctx is cancelled.
+func (m *Manager) Run(ctx context.Context) error {
+	transient := exponential(m.cfg.Backoff.Initial, m.cfg.Backoff.Max)
+	permanent := exponential(m.cfg.Backoff.PermanentInitial, m.cfg.Backoff.PermanentMax)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var (
+		span     trace.Span
+		attempts int
+	)
+	endSpan := func(outcome string, err error) {
+		if span == nil {
+			return
+		}
+		span.SetAttributes(attribute.Int("tokenbus.attempts", attempts), attribute.String("tokenbus.outcome", outcome))
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+		span, attempts = nil, 0
+	}
+	defer func() { endSpan("cancelled", nil) }()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case bad := <-m.kick:
+			if !m.stale(bad) || m.failing() {
+				continue // already replaced, or retrying on its own schedule
+			}
+			timer.Stop()
+		case <-timer.C:
+		}
+
+		var sctx context.Context
+		if span == nil {
+			sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)))
+		} else {
+			sctx = trace.ContextWithSpan(ctx, span)
+		}
+		attempts++
+		tok, err := m.attempt(sctx, attempts)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			transient.Reset()
+			permanent.Reset()
+			endSpan("ok", nil)
+			next := m.refreshAt(tok)
+			m.log.Info("token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
+			timer.Reset(max(next.Sub(m.now()), 0))
+			continue
+		}
+		m.slot.Fail(err, m.now())
+		kind := refresher.Classify(err)
+		var wait time.Duration
+		if kind == refresher.Permanent {
+			wait = permanent.NextBackOff()
+			endSpan("failed", err)
+			transient.Reset()
+		} else {
+			wait = transient.NextBackOff()
+		}
+		var pe *refresher.ProviderError
+		if errors.As(err, &pe) && pe.RetryAfter > wait {
+			wait = pe.RetryAfter
+		}
+		m.log.Warn("token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+		timer.Reset(wait)
+	}
+}
+
+// attempt makes one upstream call and publishes its token.
+func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
+	ctx, span := m.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
+		attribute.String("tokenbus.provider", m.cfg.Name), attribute.Int("tokenbus.attempt", n)))
+	defer span.End()
+	tok, err := m.cfg.Provider.Token(ctx)
+	if err == nil {
+		err = m.publish(ctx, tok)
+	}
+	if err != nil {
+		span.SetAttributes(attribute.String("tokenbus.error_kind", refresher.Classify(err).String()))
+		span.SetStatus(codes.Error, err.Error())
+		return tok, err
+	}
+	span.SetAttributes(attribute.String("tokenbus.expires_at", tok.ExpiresAt.UTC().Format(time.RFC3339)))
+	return tok, nil
+}
+
+func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
+	w := tok.Wire(m.cfg.Name)
+	var rev uint64
+	if m.cfg.Publisher != nil {
+		r, err := m.cfg.Publisher.Publish(ctx, w)
+		if err != nil {
+			return fmt.Errorf("refresh: publish %s: %w", m.cfg.Name, err)
+		}
+		rev = r
+	}
+	e, err := NewEntry(w, rev)
+	if err != nil {
+		return err
+	}
+	m.slot.Store(e)
+	return nil
+}
+
+// failing reports whether the last refresh failed: retries then follow the
+// backoff schedule, and token.refresh requests do not add upstream calls.
+func (m *Manager) failing() bool {
+	err, _ := m.slot.LastError()
+	return err != nil
+}
+
+// stale reports whether bad is still the current token (or there is none),
+// i.e. whether a refresh on its account is due.
+func (m *Manager) stale(bad string) bool {
+	e := m.slot.Load()
+	return e == nil || e.Token.AccessToken == bad || e.Token.Expired(m.now())
+}
+
+// Refresh handles a report that invalid was rejected by the provider. If
+// invalid is no longer the current token it returns the current one at once;
+// otherwise it asks Run for a new token and waits for it (or for the refresh
+// to fail, or ctx to end). Any number of concurrent callers reporting the same
+// token cause one upstream call.
+func (m *Manager) Refresh(ctx context.Context, invalid string) ([]byte, error) {
+	e, err := m.refresh(ctx, invalid)
+	if err != nil {
+		return nil, err
+	}
+	return e.JSON, nil
+}
+
+func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
+	changed := m.slot.Changed()
+	if !m.stale(invalid) || m.failing() {
+		return m.Current()
+	}
+	select {
+	case m.kick <- invalid:
+	default: // a refresh is already asked for; wait for it
+	}
+	for {
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			if e, err := m.Current(); err == nil && e.Token.AccessToken != invalid {
+				return e, nil
+			}
+			return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, ctx.Err())
+		}
+		changed = m.slot.Changed()
+		if !m.stale(invalid) {
+			return m.Current()
+		}
+		if err, _ := m.slot.LastError(); err != nil {
+			return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
+		}
+	}
+}

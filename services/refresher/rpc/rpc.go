@@ -1,0 +1,272 @@
+// Package rpc is the refresher's request-reply surface: one NATS micro service
+// named "tokenbus" with the endpoints token.get.* and token.refresh.* in one
+// queue group (SPEC §3). It maps domain errors to wire error codes once, here,
+// and answers token.get from memory on the endpoint's goroutine; anything that
+// may wait (a refresh, a single-use claim) runs on its own goroutine so that
+// it never stalls other callers.
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/natstrace"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// Source serves one provider's tokens as encoded wire.Token JSON.
+type Source interface {
+	// Get returns the token to hand out now. Unless the source is Blocking, it
+	// must answer from memory without waiting.
+	Get(ctx context.Context) ([]byte, error)
+	// Refresh handles a report that invalid was rejected by the provider.
+	Refresh(ctx context.Context, invalid string) ([]byte, error)
+}
+
+// Blocking is implemented by sources whose Get may wait on the network (a
+// single-use pool claims its token from JetStream); the service calls their
+// Get off the endpoint goroutine.
+type Blocking interface {
+	Source
+	Blocking() bool
+}
+
+// Config configures the service.
+type Config struct {
+	// Version is the service version reported by $SRV.INFO.
+	Version string
+	// Sources maps provider names to their sources.
+	Sources map[string]Source
+	// Timeout bounds a blocking request (refresh, single-use claim); 15s if zero.
+	Timeout time.Duration
+	// MaxInFlight bounds concurrent blocking requests; 1024 if zero. Past it,
+	// callers get a 503 at once.
+	MaxInFlight int
+	Logger      *slog.Logger
+	Tracer      trace.Tracer
+	// Now returns the current time; time.Now if nil.
+	Now func() time.Time
+}
+
+// Service is the running micro service.
+type Service struct {
+	cfg    Config
+	nc     *nats.Conn
+	svc    micro.Service
+	log    *slog.Logger
+	tr     trace.Tracer
+	sem    chan struct{}
+	wg     sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// Start registers the tokenbus micro service on nc.
+func Start(nc *nats.Conn, cfg Config) (*Service, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 15 * time.Second
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1024
+	}
+	if cfg.Version == "" {
+		cfg.Version = "0.0.0"
+	}
+	s := &Service{cfg: cfg, nc: nc, log: cfg.Logger, tr: cfg.Tracer, sem: make(chan struct{}, cfg.MaxInFlight)}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.tr == nil {
+		s.tr = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/rpc")
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	names := make([]string, 0, len(cfg.Sources))
+	for n := range cfg.Sources {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        wire.ServiceName,
+		Version:     cfg.Version,
+		Description: "tokenbus: payment-provider access tokens for the fleet",
+		QueueGroup:  wire.QueueGroup,
+		Metadata:    map[string]string{"providers": strings.Join(names, ",")},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rpc: add service: %w", err)
+	}
+	s.svc = svc
+	add := func(name, subject string, h micro.HandlerFunc) error {
+		return svc.AddEndpoint(name, h, micro.WithEndpointSubject(subject),
+			micro.WithEndpointMetadata(map[string]string{"subject": subject}))
+	}
+	if err := add("get", wire.GetPrefix+"*", s.handleGet); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("rpc: add endpoint get: %w", err)
+	}
+	if err := add("refresh", wire.RefreshPrefix+"*", s.handleRefresh); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("rpc: add endpoint refresh: %w", err)
+	}
+	return s, nil
+}
+
+// Micro returns the underlying micro service (for Info and Stats).
+func (s *Service) Micro() micro.Service { return s.svc }
+
+// Stop stops answering and waits for requests in flight to finish.
+func (s *Service) Stop() error {
+	err := s.svc.Stop()
+	s.cancel()
+	s.wg.Wait()
+	return err
+}
+
+func (s *Service) handleGet(req micro.Request) {
+	provider := strings.TrimPrefix(req.Subject(), wire.GetPrefix)
+	ctx, span := s.startSpan(req, "token.get", provider)
+	src, ok := s.cfg.Sources[provider]
+	if !ok {
+		s.fail(span, req.Reply(), req, provider, refresher.ErrUnknownProvider)
+		return
+	}
+	if !emptyOrObject(req.Data()) {
+		s.fail(span, req.Reply(), req, provider, fmt.Errorf("%w: token.get takes an empty body or {}", refresher.ErrBadRequest))
+		return
+	}
+	if b, ok := src.(Blocking); ok && b.Blocking() {
+		s.async(ctx, span, req, provider, func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
+		return
+	}
+	body, err := src.Get(ctx)
+	if err != nil {
+		s.fail(span, req.Reply(), req, provider, err)
+		return
+	}
+	_ = req.Respond(body)
+	span.End()
+}
+
+func (s *Service) handleRefresh(req micro.Request) {
+	provider := strings.TrimPrefix(req.Subject(), wire.RefreshPrefix)
+	ctx, span := s.startSpan(req, "token.refresh", provider)
+	src, ok := s.cfg.Sources[provider]
+	if !ok {
+		s.fail(span, req.Reply(), req, provider, refresher.ErrUnknownProvider)
+		return
+	}
+	var r wire.RefreshRequest
+	if err := json.Unmarshal(req.Data(), &r); err != nil || r.InvalidToken == "" {
+		s.fail(span, req.Reply(), req, provider, fmt.Errorf(`%w: token.refresh takes {"invalid_token":"<rejected token>"}`, refresher.ErrBadRequest))
+		return
+	}
+	s.async(ctx, span, req, provider, func(ctx context.Context) ([]byte, error) { return src.Refresh(ctx, r.InvalidToken) })
+}
+
+// async runs fn on its own goroutine and publishes the reply itself: micro's
+// Request must not be used once the handler has returned.
+func (s *Service) async(ctx context.Context, span trace.Span, req micro.Request, provider string, fn func(context.Context) ([]byte, error)) {
+	reply := req.Reply()
+	select {
+	case s.sem <- struct{}{}:
+	default:
+		s.fail(span, reply, nil, provider, fmt.Errorf("%w: too many requests in flight", refresher.ErrNoToken))
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.sem }()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+		defer cancel()
+		stop := context.AfterFunc(s.ctx, cancel)
+		defer stop()
+		body, err := fn(ctx)
+		if err != nil {
+			s.fail(span, reply, nil, provider, err)
+			return
+		}
+		if reply != "" {
+			_ = s.nc.Publish(reply, body)
+		}
+		span.End()
+	}()
+}
+
+func (s *Service) startSpan(req micro.Request, name, provider string) (context.Context, trace.Span) {
+	ctx := natstrace.Extract(context.Background(), nats.Header(req.Headers()))
+	return s.tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+		attribute.String("messaging.system", "nats"),
+		attribute.String("messaging.operation.type", "process"),
+		attribute.String("messaging.destination.name", req.Subject()),
+		attribute.String("tokenbus.provider", provider),
+	))
+}
+
+// fail answers with the wire error for err. With req it answers through micro
+// (so its stats count the error); without, it publishes to reply directly.
+func (s *Service) fail(span trace.Span, reply string, req micro.Request, provider string, err error) {
+	code, msg := Code(provider, err)
+	span.SetAttributes(attribute.Int("tokenbus.error_code", code))
+	span.SetStatus(codes.Error, msg)
+	span.End()
+	body, _ := json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: msg}})
+	c := fmt.Sprint(code)
+	if req != nil {
+		_ = req.Error(c, msg, body)
+		return
+	}
+	if reply == "" {
+		return
+	}
+	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {c}, wire.HeaderError: {msg}}})
+}
+
+// Code maps a domain error to its wire code and message (SPEC §3): unknown
+// provider 404, bad request 400, a provider that refused (a permanent provider
+// error, message carrying the provider's own code) 502, no valid token 503.
+func Code(provider string, err error) (int, string) {
+	var pe *refresher.ProviderError
+	switch {
+	case errors.Is(err, refresher.ErrUnknownProvider):
+		return wire.CodeUnknownProvider, fmt.Sprintf("unknown provider %q", provider)
+	case errors.Is(err, refresher.ErrBadRequest):
+		return wire.CodeBadRequest, strings.TrimPrefix(err.Error(), "refresher: ")
+	case errors.As(err, &pe) && pe.Kind == refresher.Permanent:
+		return wire.CodeProviderFailed, fmt.Sprintf("%s: %s", provider, pe.Error())
+	case errors.As(err, &pe):
+		return wire.CodeUnavailable, fmt.Sprintf("%s: no valid token available: provider unavailable (%s)", provider, pe.Error())
+	default:
+		return wire.CodeUnavailable, fmt.Sprintf("%s: no valid token available yet", provider)
+	}
+}
+
+// emptyOrObject reports whether b is empty, blank or a JSON object.
+func emptyOrObject(b []byte) bool {
+	for i, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '{':
+			return json.Valid(b[i:])
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,295 @@
+package rpc_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
+	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+	"github.com/tokenbus/tokenbus/services/refresher/rpc"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// clock is a settable time source.
+type clock struct{ t atomic.Pointer[time.Time] }
+
+func newClock() *clock           { c := &clock{}; c.set(time.Now()); return c }
+func (c *clock) now() time.Time  { return *c.t.Load() }
+func (c *clock) set(t time.Time) { c.t.Store(&t) }
+
+// countingProvider hands out numbered tokens valid for life, or fails with
+// the error fail returns (if non-nil).
+type countingProvider struct {
+	calls atomic.Int64
+	life  time.Duration
+	now   func() time.Time
+	fail  atomic.Pointer[error]
+	delay time.Duration
+}
+
+func (p *countingProvider) Token(ctx context.Context) (refresher.Token, error) {
+	n := p.calls.Add(1)
+	if p.delay > 0 {
+		time.Sleep(p.delay)
+	}
+	if e := p.fail.Load(); e != nil {
+		return refresher.Token{}, *e
+	}
+	now := p.now()
+	return refresher.Token{AccessToken: refresher.Secret(fmt.Sprintf("tok-%d", n)), TokenType: "Bearer", IssuedAt: now, ExpiresAt: now.Add(p.life)}, nil
+}
+
+func (p *countingProvider) setFail(err error) {
+	if err == nil {
+		p.fail.Store(nil)
+		return
+	}
+	p.fail.Store(&err)
+}
+
+type fixture struct {
+	nc  *nats.Conn
+	mgr *refresh.Manager
+}
+
+// start runs a manager for provider "p1" behind the service on a fresh server.
+func start(t *testing.T, prov refresher.Provider, now func() time.Time, bo refresh.Backoff) *fixture {
+	t.Helper()
+	ns := testutil.RunServer(t)
+	nc := testutil.Connect(t, ns)
+	mgr := refresh.NewManager(refresh.Config{Name: "p1", Provider: prov, Now: now, Backoff: bo})
+	svc, err := rpc.Start(nc, rpc.Config{Sources: map[string]rpc.Source{"p1": mgr}, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = mgr.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; _ = svc.Stop() })
+	return &fixture{nc: nc, mgr: mgr}
+}
+
+// request sends a request and returns the token or the wire error code.
+func request(t *testing.T, nc *nats.Conn, subject string, body []byte) (wire.Token, int, string) {
+	t.Helper()
+	msg, err := nc.Request(subject, body, 5*time.Second)
+	if err != nil {
+		t.Fatalf("request %s: %v", subject, err)
+	}
+	if code := msg.Header.Get(wire.HeaderErrorCode); code != "" {
+		var eb wire.ErrorBody
+		if err := json.Unmarshal(msg.Data, &eb); err != nil {
+			t.Fatalf("error body %q: %v", msg.Data, err)
+		}
+		if fmt.Sprint(eb.Error.Code) != code || eb.Error.Message != msg.Header.Get(wire.HeaderError) {
+			t.Fatalf("error headers %v disagree with body %s", msg.Header, msg.Data)
+		}
+		return wire.Token{}, eb.Error.Code, eb.Error.Message
+	}
+	var tok wire.Token
+	if err := json.Unmarshal(msg.Data, &tok); err != nil {
+		t.Fatalf("token body %q: %v", msg.Data, err)
+	}
+	return tok, 0, ""
+}
+
+func waitToken(t *testing.T, f *fixture) wire.Token {
+	t.Helper()
+	var tok wire.Token
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		var code int
+		var msg string
+		tok, code, msg = request(t, f.nc, wire.GetSubject("p1"), nil)
+		if code != 0 {
+			return fmt.Errorf("%d %s", code, msg)
+		}
+		return nil
+	})
+	return tok
+}
+
+func TestGetServesCurrentToken(t *testing.T) {
+	clk := newClock()
+	p := &countingProvider{life: time.Hour, now: clk.now}
+	f := start(t, p, clk.now, refresh.Backoff{})
+	tok := waitToken(t, f)
+	if tok.Provider != "p1" || tok.AccessToken != "tok-1" || tok.TokenType != "Bearer" || tok.Expired(clk.now()) {
+		t.Fatalf("unexpected token %+v", tok)
+	}
+	for _, body := range [][]byte{nil, []byte("{}"), []byte(" { } ")} {
+		if got, code, msg := request(t, f.nc, wire.GetSubject("p1"), body); code != 0 || got.AccessToken != "tok-1" {
+			t.Fatalf("body %q: %d %s", body, code, msg)
+		}
+	}
+	if p.calls.Load() != 1 {
+		t.Fatalf("token.get made upstream calls: %d", p.calls.Load())
+	}
+}
+
+func TestErrorsCarryCodes(t *testing.T) {
+	clk := newClock()
+	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresh.Backoff{})
+	waitToken(t, f)
+	for _, tc := range []struct {
+		subject string
+		body    string
+		code    int
+		msg     string
+	}{
+		{wire.GetSubject("nope"), "", 404, `unknown provider "nope"`},
+		{wire.RefreshSubject("nope"), `{"invalid_token":"x"}`, 404, `unknown provider "nope"`},
+		{wire.GetSubject("p1"), "garbage", 400, "token.get takes an empty body"},
+		{wire.GetSubject("p1"), "[1]", 400, "token.get takes an empty body"},
+		{wire.RefreshSubject("p1"), "", 400, "invalid_token"},
+		{wire.RefreshSubject("p1"), `{"invalid_token":""}`, 400, "invalid_token"},
+		{wire.RefreshSubject("p1"), `{`, 400, "invalid_token"},
+	} {
+		_, code, msg := request(t, f.nc, tc.subject, []byte(tc.body))
+		if code != tc.code || !strings.Contains(msg, tc.msg) {
+			t.Errorf("%s %q: got %d %q, want %d containing %q", tc.subject, tc.body, code, msg, tc.code, tc.msg)
+		}
+	}
+}
+
+func TestExpiredTokenIsNeverServed(t *testing.T) {
+	clk := newClock()
+	p := &countingProvider{life: time.Minute, now: clk.now}
+	f := start(t, p, clk.now, refresh.Backoff{Initial: time.Hour, Max: time.Hour})
+	tok := waitToken(t, f)
+	// The provider goes down; the clock passes the expiry.
+	p.setFail(&refresher.ProviderError{Kind: refresher.Transient, StatusCode: 503, Message: "down"})
+	clk.set(tok.ExpiresAt.Add(-time.Millisecond))
+	if _, code, _ := request(t, f.nc, wire.GetSubject("p1"), nil); code != 0 {
+		t.Fatalf("token still valid, got code %d", code)
+	}
+	clk.set(tok.ExpiresAt)
+	_, code, msg := request(t, f.nc, wire.GetSubject("p1"), nil)
+	if code != 503 {
+		t.Fatalf("expired token: got %d %q, want 503", code, msg)
+	}
+}
+
+func TestPermanentFailureIs502AndSlow(t *testing.T) {
+	clk := newClock()
+	p := &countingProvider{life: time.Hour, now: clk.now}
+	p.setFail(&refresher.ProviderError{Kind: refresher.Permanent, StatusCode: 400, Code: "400.008.01", Message: "invalid authentication type"})
+	f := start(t, p, clk.now, refresh.Backoff{Initial: time.Millisecond, Max: time.Millisecond, PermanentInitial: time.Hour, PermanentMax: time.Hour})
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		_, code, msg := request(t, f.nc, wire.GetSubject("p1"), nil)
+		if code != 502 || !strings.Contains(msg, "400.008.01") {
+			return fmt.Errorf("got %d %q", code, msg)
+		}
+		return nil
+	})
+	// Refresh requests must not add upstream calls while permanently failing.
+	for range 20 {
+		_, code, _ := request(t, f.nc, wire.RefreshSubject("p1"), []byte(`{"invalid_token":"whatever"}`))
+		if code != 502 {
+			t.Fatalf("refresh during permanent failure: code %d", code)
+		}
+	}
+	if n := p.calls.Load(); n != 1 {
+		t.Fatalf("permanent failure made %d upstream calls, want 1", n)
+	}
+}
+
+func TestTransientFailuresRetriedWithBackoff(t *testing.T) {
+	clk := newClock()
+	p := &countingProvider{life: time.Hour, now: clk.now}
+	p.setFail(&refresher.ProviderError{Kind: refresher.Transient, StatusCode: 503, Message: "unavailable"})
+	f := start(t, p, clk.now, refresh.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond})
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if p.calls.Load() < 4 {
+			return errors.New("not retried yet")
+		}
+		return nil
+	})
+	_, code, _ := request(t, f.nc, wire.GetSubject("p1"), nil)
+	if code != 503 {
+		t.Fatalf("no token yet during outage: code %d, want 503", code)
+	}
+	// Exponential: 4 calls took at least 20+40+80 ms × (1 ± 0.5); a hot loop
+	// would have made hundreds by now.
+	time.Sleep(300 * time.Millisecond)
+	if n := p.calls.Load(); n > 10 {
+		t.Fatalf("%d upstream calls in ~0.5 s: backoff is not applied", n)
+	}
+	p.setFail(nil)
+	tok := waitToken(t, f)
+	if tok.AccessToken == "" {
+		t.Fatal("no token after recovery")
+	}
+}
+
+func TestRefreshDedup(t *testing.T) {
+	clk := newClock()
+	p := &countingProvider{life: time.Hour, now: clk.now, delay: 50 * time.Millisecond}
+	f := start(t, p, clk.now, refresh.Backoff{})
+	old := waitToken(t, f)
+	body, _ := json.Marshal(wire.RefreshRequest{InvalidToken: old.AccessToken})
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for range 50 {
+		wg.Go(func() {
+			msg, err := f.nc.Request(wire.RefreshSubject("p1"), body, 5*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			var tok wire.Token
+			if err := json.Unmarshal(msg.Data, &tok); err != nil || tok.AccessToken == old.AccessToken || tok.AccessToken == "" {
+				errs <- fmt.Errorf("reply %s %v", msg.Data, msg.Header)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := p.calls.Load(); n != 2 {
+		t.Fatalf("50 refreshes of one token made %d upstream calls in all, want 2 (start + one refresh)", n)
+	}
+	// Reporting a token that is no longer current is answered without a call.
+	if tok, code, _ := request(t, f.nc, wire.RefreshSubject("p1"), body); code != 0 || tok.AccessToken != "tok-2" {
+		t.Fatalf("stale report: %d %+v", code, tok)
+	}
+	if n := p.calls.Load(); n != 2 {
+		t.Fatalf("stale report made an upstream call (%d)", n)
+	}
+}
+
+func TestServiceIsDiscoverable(t *testing.T) {
+	clk := newClock()
+	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresh.Backoff{})
+	msg, err := f.nc.Request("$SRV.INFO.tokenbus", nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Name      string `json:"name"`
+		Endpoints []struct {
+			Subject    string `json:"subject"`
+			QueueGroup string `json:"queue_group"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(msg.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Name != "tokenbus" || len(info.Endpoints) != 2 || info.Endpoints[0].Subject != "token.get.*" || info.Endpoints[1].Subject != "token.refresh.*" || info.Endpoints[0].QueueGroup != "tokenbus" {
+		t.Fatalf("info: %s", msg.Data)
+	}
+}
