@@ -95,3 +95,52 @@ type ErrorDetail struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
 }
+
+// StatusSubject is answered by every refresher replica (no queue group) with
+// its Status, so a requester that gathers replies sees the whole cluster.
+// It extends SPEC §3.
+const StatusSubject = "token.status"
+
+// Status is one refresher replica's view, the reply to StatusSubject.
+type Status struct {
+	// Instance names the replica (host-pid).
+	Instance string `json:"instance"`
+	// Version is the refresher version.
+	Version string `json:"version"`
+	// Leader reports whether this replica holds the lease and calls providers.
+	Leader bool `json:"leader"`
+	// LeaderInstance names the lease holder as this replica last saw it.
+	LeaderInstance string `json:"leader_instance,omitempty"`
+	// Term is the lease term this replica last saw.
+	Term uint64 `json:"term,omitempty"`
+	// Providers lists every configured provider, in configuration order.
+	Providers []ProviderStatus `json:"providers"`
+}
+
+// Provider states reported in ProviderStatus.State.
+const (
+	// StateOK: a valid token is being served.
+	StateOK = "ok"
+	// StateFailing: a valid token is served but the last refresh failed.
+	StateFailing = "failing"
+	// StateNoToken: no valid token (none yet, or the last one expired).
+	StateNoToken = "no_token"
+)
+
+// ProviderStatus is one provider's state in a Status.
+type ProviderStatus struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+	// State is StateOK, StateFailing or StateNoToken.
+	State string `json:"state"`
+	// ExpiresAt is the current token's expiry (shared-token providers).
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// LastRefresh is when the current token was fetched.
+	LastRefresh *time.Time `json:"last_refresh,omitempty"`
+	// LastError is the last refresh failure since the last success.
+	LastError string `json:"last_error,omitempty"`
+	// LastErrorAt is when LastError happened.
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
+	// Pool is the number of ready single-use tokens (single-use providers).
+	Pool *int `json:"pool,omitempty"`
+}

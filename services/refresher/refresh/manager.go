@@ -65,7 +65,9 @@ func exponential(initial, max time.Duration) *backoff.ExponentialBackOff {
 // Config configures a Manager.
 type Config struct {
 	// Name is the provider's configured name (subject token and KV key).
-	Name     string
+	Name string
+	// Kind is the provider kind, for status reports.
+	Kind     string
 	Provider refresher.Provider
 	// Publisher receives every fresh token; nil publishes nowhere.
 	Publisher Publisher
@@ -106,6 +108,26 @@ func NewManager(cfg Config) *Manager {
 		m.tr = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/refresh")
 	}
 	return m
+}
+
+// Status reports the provider's state for token.status and the status page.
+func (m *Manager) Status() wire.ProviderStatus {
+	st := wire.ProviderStatus{Name: m.cfg.Name, Kind: m.cfg.Kind, State: wire.StateNoToken}
+	now := m.now()
+	if e := m.slot.Load(); e != nil {
+		exp, iss := e.Token.ExpiresAt, e.Token.IssuedAt
+		st.ExpiresAt, st.LastRefresh = &exp, &iss
+		if !e.Token.Expired(now) {
+			st.State = wire.StateOK
+		}
+	}
+	if err, at := m.slot.LastError(); err != nil {
+		st.LastError, st.LastErrorAt = err.Error(), &at
+		if st.State == wire.StateOK {
+			st.State = wire.StateFailing
+		}
+	}
+	return st
 }
 
 // Name returns the provider name.

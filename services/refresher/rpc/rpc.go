@@ -52,6 +52,9 @@ type Config struct {
 	Version string
 	// Sources maps provider names to their sources.
 	Sources map[string]Source
+	// Status reports this replica's view for token.status; the endpoint is
+	// not registered when nil.
+	Status func() wire.Status
 	// Timeout bounds a blocking request (refresh, single-use claim); 15s if zero.
 	Timeout time.Duration
 	// MaxInFlight bounds concurrent blocking requests; 1024 if zero. Past it,
@@ -122,6 +125,15 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 	if err := add("refresh", wire.RefreshPrefix+"*", s.handleRefresh); err != nil {
 		_ = svc.Stop()
 		return nil, fmt.Errorf("rpc: add endpoint refresh: %w", err)
+	}
+	if cfg.Status != nil {
+		err := svc.AddEndpoint("status", micro.HandlerFunc(func(req micro.Request) { _ = req.RespondJSON(cfg.Status()) }),
+			micro.WithEndpointSubject(wire.StatusSubject), micro.WithEndpointQueueGroupDisabled(),
+			micro.WithEndpointMetadata(map[string]string{"subject": wire.StatusSubject}))
+		if err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("rpc: add endpoint status: %w", err)
+		}
 	}
 	return s, nil
 }

@@ -142,6 +142,18 @@ func TestDarajaTokensFlowEndToEnd(t *testing.T) {
 	if !strings.Contains(logs.String(), `"msg":"token refreshed"`) {
 		t.Errorf("no refresh logged:\n%s", logs)
 	}
+	// token.status reports the provider as healthy, led by this replica.
+	msg, err := nc.Request(wire.StatusSubject, nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st wire.Status
+	if err := json.Unmarshal(msg.Data, &st); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Leader || st.Instance == "" || len(st.Providers) != 1 || st.Providers[0].Name != "daraja-test" || st.Providers[0].Kind != "daraja" || st.Providers[0].State != wire.StateOK || st.Providers[0].ExpiresAt == nil {
+		t.Fatalf("status: %s", msg.Data)
+	}
 	// /healthz and /readyz answer.
 	for _, p := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + m.httpAddr + p)
@@ -167,6 +179,14 @@ func TestBadCredentialsGive502AndFewCalls(t *testing.T) {
 	}
 	if n := sim.Stats(simulator.Daraja).TokenRequests; n != 1 {
 		t.Fatalf("bad credentials: %d upstream calls, want 1 (retried slowly)", n)
+	}
+	msg, err := nc.Request(wire.StatusSubject, nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st wire.Status
+	if err := json.Unmarshal(msg.Data, &st); err != nil || st.Providers[0].State != wire.StateNoToken || !strings.Contains(st.Providers[0].LastError, "bad credentials") {
+		t.Fatalf("status: %s (%v)", msg.Data, err)
 	}
 	if !strings.Contains(logs.String(), `"kind":"permanent"`) {
 		t.Fatalf("permanent failure not logged:\n%s", logs)

@@ -19,11 +19,9 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
-	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
-	"github.com/tokenbus/tokenbus/services/refresher/provider/daraja"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
@@ -62,6 +60,7 @@ type Main struct {
 	httpSrv  *http.Server
 	httpAddr string
 	telStop  func(context.Context) error
+	instance string
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -133,13 +132,14 @@ func (m *Main) Run(ctx context.Context) error {
 			return err
 		}
 		mgr := refresh.NewManager(refresh.Config{
-			Name: p.Name, Provider: prov, Publisher: m.store,
+			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.store,
 			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		})
 		m.managers = append(m.managers, mgr)
 		sources[p.Name] = mgr
 	}
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Logger: m.logger}); err != nil {
+	m.instance = instance
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger}); err != nil {
 		return err
 	}
 	if err := m.startHTTP(cfg.HTTP.Listen); err != nil {
@@ -159,14 +159,13 @@ func (m *Main) Run(ctx context.Context) error {
 	return nil
 }
 
-// buildProvider returns the refresher.Provider for one configured provider.
-func buildProvider(p config.Provider) (refresher.Provider, error) {
-	switch p.Kind {
-	case "daraja":
-		return daraja.New(daraja.Config{BaseURL: p.BaseURL, ConsumerKey: p.ConsumerKey, ConsumerSecret: p.ConsumerSecret, Timeout: p.Timeout.D()}), nil
-	default:
-		return nil, fmt.Errorf("refresher: provider %q: kind %q is not supported yet", p.Name, p.Kind)
+// Status reports this replica's view of every provider.
+func (m *Main) Status() wire.Status {
+	st := wire.Status{Instance: m.instance, Version: Version, Leader: true, LeaderInstance: m.instance}
+	for _, mgr := range m.managers {
+		st.Providers = append(st.Providers, mgr.Status())
 	}
+	return st
 }
 
 func (m *Main) startSimulator() error {
