@@ -50,6 +50,9 @@ type NATS struct {
 	URL string `yaml:"url"`
 	// Creds is an optional .creds file for the external server.
 	Creds string `yaml:"creds"`
+	// Replicas is the KV bucket's replica count: 1 to 5; default 3 with an
+	// embedded cluster, else 1. Use 3 on a three-node cluster.
+	Replicas int `yaml:"replicas"`
 	// Embedded configures the embedded server.
 	Embedded Embedded `yaml:"embedded"`
 }
@@ -77,7 +80,15 @@ type Cluster struct {
 // Lease configures the leader lease.
 type Lease struct {
 	// TTL is how long a lease lasts without renewal; default 10s, at least 1s.
+	// A standby takes over within about TTL of the leader's last renewal.
 	TTL Duration `yaml:"ttl"`
+	// RenewDeadline is how long after its last renewal was sent the leader
+	// still calls providers; default 2/3 of TTL. TTL − RenewDeadline is the
+	// safety margin for pauses and clock-rate differences.
+	RenewDeadline Duration `yaml:"renew_deadline"`
+	// RetryPeriod is how often the leader renews and a standby checks the
+	// lease; default TTL/5. Must be below RenewDeadline.
+	RetryPeriod Duration `yaml:"retry_period"`
 }
 
 // HTTP configures the health, metrics and status server.
@@ -278,6 +289,12 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.NATS.Embedded.StoreDir, "./data/nats")
 	setDefault(&c.Bucket, "tokens")
 	setDefault(&c.Lease.TTL, Duration(10*time.Second))
+	setDefault(&c.Lease.RenewDeadline, c.Lease.TTL*2/3)
+	setDefault(&c.Lease.RetryPeriod, c.Lease.TTL/5)
+	if c.NATS.Embedded.Cluster != nil && c.NATS.URL == "" {
+		setDefault(&c.NATS.Replicas, 3)
+	}
+	setDefault(&c.NATS.Replicas, 1)
 	setDefault(&c.HTTP.Listen, "127.0.0.1:8080")
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "text")

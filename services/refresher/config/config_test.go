@@ -57,9 +57,9 @@ func TestLoadSpecExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Config{
-		NATS:   NATS{Embedded: Embedded{Listen: "127.0.0.1:4222", StoreDir: "./data/nats"}},
+		NATS:   NATS{Replicas: 1, Embedded: Embedded{Listen: "127.0.0.1:4222", StoreDir: "./data/nats"}},
 		Bucket: "tokens",
-		Lease:  Lease{TTL: Duration(10 * time.Second)},
+		Lease:  Lease{TTL: Duration(10 * time.Second), RenewDeadline: Duration(10 * time.Second * 2 / 3), RetryPeriod: Duration(2 * time.Second)},
 		HTTP:   HTTP{Listen: "127.0.0.1:8080"},
 		Log:    Log{Level: "info", Format: "text"},
 		Providers: []Provider{{
@@ -513,5 +513,26 @@ func TestFields(t *testing.T) {
 				t.Errorf("kind %s: no field %q", k, name)
 			}
 		}
+	}
+}
+
+func TestLeaseTimingRatios(t *testing.T) {
+	base := "providers:\n  - {name: d, kind: daraja, base_url: \"https://x\", consumer_key: k, consumer_secret: s}\n"
+	for _, tc := range []struct{ lease, want string }{
+		{"lease: {ttl: 10s, renew_deadline: 10s}\n", "lease.renew_deadline: must be less than lease.ttl"},
+		{"lease: {ttl: 10s, renew_deadline: 5s, retry_period: 5s}\n", "lease.retry_period: must be positive and less than lease.renew_deadline"},
+		{"nats: {replicas: 7}\n", "nats.replicas: must be 1 to 5"},
+	} {
+		_, err := Parse([]byte(tc.lease+base), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %q", tc.lease, err, tc.want)
+		}
+	}
+	c, err := Parse([]byte("nats: {embedded: {cluster: {name: c, listen: \"127.0.0.1:6222\"}}}\nlease: {ttl: 3s}\n"+base), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NATS.Replicas != 3 || c.Lease.RenewDeadline.D() != 2*time.Second || c.Lease.RetryPeriod.D() != 600*time.Millisecond {
+		t.Fatalf("defaults: replicas %d, renew %v, retry %v", c.NATS.Replicas, c.Lease.RenewDeadline, c.Lease.RetryPeriod)
 	}
 }

@@ -49,6 +49,13 @@ func (c *Config) validate(ps *problems) {
 	}
 	if c.Lease.TTL < Duration(time.Second) {
 		ps.add(0, "lease.ttl", "must be at least 1s")
+	} else if c.Lease.RenewDeadline >= c.Lease.TTL {
+		ps.add(0, "lease.renew_deadline", "must be less than lease.ttl: the difference is the safety margin for pauses and clock drift")
+	} else if c.Lease.RetryPeriod <= 0 || c.Lease.RetryPeriod >= c.Lease.RenewDeadline {
+		ps.add(0, "lease.retry_period", "must be positive and less than lease.renew_deadline, so the leader renews several times before its deadline")
+	}
+	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
+		ps.add(0, "nats.replicas", "must be 1 to 5")
 	}
 	checkHostPort(ps, "http.listen", c.HTTP.Listen)
 	checkOneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")

@@ -14,29 +14,44 @@ import (
 
 // Store publishes tokens to the JetStream KV bucket under key <provider>.
 type Store struct {
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 }
 
 // OpenStore creates the bucket if it does not exist (file storage, history 1,
-// replicas as given, at least 1) and returns a Store on it.
-func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Store, error) {
-	ctx, cancel := ctxTimeout(ctx, 30*time.Second)
+// replicas as given, at least 1) and returns a Store on it. While JetStream is
+// not yet available (a cluster still electing its meta leader, a server
+// starting) it retries every half second until ctx ends (2 minutes if ctx has
+// no deadline), calling wait, if set, with each failure.
+func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, wait func(error)) (*Store, error) {
+	ctx, cancel := ctxTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("natsx: jetstream: %w", err)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "tokenbus: current access token of each provider",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("natsx: open bucket %q: %w", bucket, err)
+	for {
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		kv, err := js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "tokenbus: current access token of each provider (and the leader lease, key _lease)",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    max(replicas, 1),
+		})
+		acancel()
+		if err == nil {
+			return &Store{js: js, kv: kv}, nil
+		}
+		if wait != nil {
+			wait(err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("natsx: open bucket %q: %w", bucket, err)
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	return &Store{kv: kv}, nil
 }
 
 // KV returns the underlying bucket.

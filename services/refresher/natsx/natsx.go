@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -24,8 +25,21 @@ type EmbeddedConfig struct {
 	Listen string
 	// StoreDir is the JetStream file store directory.
 	StoreDir string
-	// Name is the server name; a default is derived from Listen if empty.
+	// Name is the server name; a default is derived from the host name and
+	// Listen if empty. It must be unique within a cluster.
 	Name string
+	// Cluster, if set, joins the server to a NATS cluster through routes.
+	Cluster *ClusterConfig
+}
+
+// ClusterConfig joins an embedded server to a cluster.
+type ClusterConfig struct {
+	// Name is the cluster name, the same on every server.
+	Name string
+	// Listen is host:port for routes from the other servers.
+	Listen string
+	// Routes are the other servers' route URLs, e.g. nats-route://10.0.0.2:6222.
+	Routes []string
 }
 
 // StartEmbedded starts nats-server in this process with JetStream on a file
@@ -44,7 +58,8 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	}
 	name := cfg.Name
 	if name == "" {
-		name = "tokenbus-" + strconv.Itoa(port)
+		host, _ := os.Hostname()
+		name = "tokenbus-" + host + "-" + strconv.Itoa(port)
 	}
 	opts := &server.Options{
 		ServerName: name,
@@ -56,6 +71,18 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		NoLog:      true,
 		// Tokens must survive a crash of the whole install: fsync each write.
 		SyncAlways: true,
+	}
+	if c := cfg.Cluster; c != nil {
+		chost, cport, err := net.SplitHostPort(c.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("natsx: cluster listen %q: %w", c.Listen, err)
+		}
+		opts.Cluster.Name = c.Name
+		opts.Cluster.Host = chost
+		if opts.Cluster.Port, err = strconv.Atoi(cport); err != nil {
+			return nil, fmt.Errorf("natsx: cluster listen %q: bad port", c.Listen)
+		}
+		opts.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -27,7 +27,7 @@ func TestEmbeddedServerStoresTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer Drain(nc, time.Second)
-	st, err := OpenStore(context.Background(), nc, "tokens", 1)
+	st, err := OpenStore(context.Background(), nc, "tokens", 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

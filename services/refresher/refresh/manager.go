@@ -80,7 +80,15 @@ type Config struct {
 	Now func() time.Time
 	// Tracer records refresh and attempt spans; the global provider if nil.
 	Tracer trace.Tracer
+	// MayCall reports whether this replica may call the provider right now
+	// (it holds a valid lease). It is checked immediately before every
+	// provider call; nil means always.
+	MayCall func() bool
 }
+
+// ErrNotAllowed is returned for an attempt skipped because MayCall said no;
+// a Publisher wraps it around a write the lease fence rejected.
+var ErrNotAllowed = errors.New("refresh: this replica may not call the provider now (not the lease holder)")
 
 // Manager keeps one provider's token fresh. Create it with NewManager, run it
 // with Run, read it with Current; Refresh asks for a new token.
@@ -181,7 +189,7 @@ func (m *Manager) refreshAt(tok refresher.Token) time.Time {
 func (m *Manager) Run(ctx context.Context) error {
 	transient := exponential(m.cfg.Backoff.Initial, m.cfg.Backoff.Max)
 	permanent := exponential(m.cfg.Backoff.PermanentInitial, m.cfg.Backoff.PermanentMax)
-	timer := time.NewTimer(0)
+	timer := time.NewTimer(m.firstRefresh())
 	defer timer.Stop()
 	var (
 		span     trace.Span
@@ -232,6 +240,13 @@ func (m *Manager) Run(ctx context.Context) error {
 			timer.Reset(max(next.Sub(m.now()), 0))
 			continue
 		}
+		if errors.Is(err, ErrNotAllowed) {
+			// Lost the lease (or the write was fenced off): not a provider
+			// failure. Leader work is about to be cancelled; wait quietly.
+			m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
+			timer.Reset(m.cfg.Backoff.Initial)
+			continue
+		}
 		m.slot.Fail(err, m.now())
 		kind := refresher.Classify(err)
 		var wait time.Duration
@@ -251,8 +266,24 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
+// firstRefresh returns how long Run waits before its first call: at once,
+// unless the slot already holds a valid token (published by a previous
+// leader), which is then refreshed on its normal schedule. A new leader thus
+// does not replace a fresh Daraja token, which would invalidate it fleet-wide.
+func (m *Manager) firstRefresh() time.Duration {
+	e := m.slot.Load()
+	if e == nil || e.Token.Expired(m.now()) {
+		return 0
+	}
+	at := m.refreshAt(refresher.Token{IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt})
+	return max(at.Sub(m.now()), 0)
+}
+
 // attempt makes one upstream call and publishes its token.
 func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
+	if m.cfg.MayCall != nil && !m.cfg.MayCall() {
+		return refresher.Token{}, ErrNotAllowed
+	}
 	ctx, span := m.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
 		attribute.String("tokenbus.provider", m.cfg.Name), attribute.Int("tokenbus.attempt", n)))
 	defer span.End()

@@ -162,7 +162,7 @@ func (s *Service) handleGet(req micro.Request) {
 		return
 	}
 	if b, ok := src.(Blocking); ok && b.Blocking() {
-		s.async(ctx, span, req, provider, func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
+		s.async(ctx, span, req.Reply(), provider, func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
 		return
 	}
 	body, err := src.Get(ctx)
@@ -187,13 +187,12 @@ func (s *Service) handleRefresh(req micro.Request) {
 		s.fail(span, req.Reply(), req, provider, fmt.Errorf(`%w: token.refresh takes {"invalid_token":"<rejected token>"}`, refresher.ErrBadRequest))
 		return
 	}
-	s.async(ctx, span, req, provider, func(ctx context.Context) ([]byte, error) { return src.Refresh(ctx, r.InvalidToken) })
+	s.async(ctx, span, req.Reply(), provider, func(ctx context.Context) ([]byte, error) { return src.Refresh(ctx, r.InvalidToken) })
 }
 
 // async runs fn on its own goroutine and publishes the reply itself: micro's
 // Request must not be used once the handler has returned.
-func (s *Service) async(ctx context.Context, span trace.Span, req micro.Request, provider string, fn func(context.Context) ([]byte, error)) {
-	reply := req.Reply()
+func (s *Service) async(ctx context.Context, span trace.Span, reply, provider string, fn func(context.Context) ([]byte, error)) {
 	select {
 	case s.sem <- struct{}{}:
 	default:
@@ -253,8 +252,13 @@ func (s *Service) fail(span trace.Span, reply string, req micro.Request, provide
 // provider 404, bad request 400, a provider that refused (a permanent provider
 // error, message carrying the provider's own code) 502, no valid token 503.
 func Code(provider string, err error) (int, string) {
-	var pe *refresher.ProviderError
+	var (
+		pe *refresher.ProviderError
+		re *RemoteError
+	)
 	switch {
+	case errors.As(err, &re):
+		return re.Code, re.Message
 	case errors.Is(err, refresher.ErrUnknownProvider):
 		return wire.CodeUnknownProvider, fmt.Sprintf("unknown provider %q", provider)
 	case errors.Is(err, refresher.ErrBadRequest):

@@ -21,6 +21,7 @@ import (
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
+	"github.com/tokenbus/tokenbus/services/refresher/lease"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
@@ -61,6 +62,7 @@ type Main struct {
 	httpAddr string
 	telStop  func(context.Context) error
 	instance string
+	elector  *lease.Elector
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -111,7 +113,11 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	if cfg.NATS.URL == "" {
-		m.ns, err = natsx.StartEmbedded(natsx.EmbeddedConfig{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.StoreDir})
+		ec := natsx.EmbeddedConfig{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.StoreDir}
+		if c := cfg.NATS.Embedded.Cluster; c != nil {
+			ec.Cluster = &natsx.ClusterConfig{Name: c.Name, Listen: c.Listen, Routes: c.Routes}
+		}
+		m.ns, err = natsx.StartEmbedded(ec)
 		if err != nil {
 			return err
 		}
@@ -121,22 +127,37 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if m.store, err = natsx.OpenStore(ctx, m.nc, cfg.Bucket, 1); err != nil {
+	m.store, err = natsx.OpenStore(ctx, m.nc, cfg.Bucket, cfg.NATS.Replicas, func(err error) {
+		m.logger.Info("waiting for JetStream", slog.String("error", err.Error()))
+	})
+	if err != nil {
+		return err
+	}
+	m.elector, err = lease.New(lease.Config{
+		KV: m.store.KV(), Holder: instance, Logger: m.logger,
+		TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
+	})
+	if err != nil {
 		return err
 	}
 
 	sources := make(map[string]rpc.Source, len(cfg.Providers))
+	leaderSources := make(map[string]rpc.Source, len(cfg.Providers))
+	byName := make(map[string]*refresh.Manager, len(cfg.Providers))
+	pub := fencedPublisher{store: m.store, el: m.elector, writer: instance}
 	for _, p := range cfg.Providers {
 		prov, err := buildProvider(p)
 		if err != nil {
 			return err
 		}
 		mgr := refresh.NewManager(refresh.Config{
-			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.store,
+			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: pub, MayCall: m.elector.Valid,
 			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		})
 		m.managers = append(m.managers, mgr)
-		sources[p.Name] = mgr
+		byName[p.Name] = mgr
+		sources[p.Name] = &replicaSource{name: p.Name, mgr: mgr, el: m.elector, nc: m.nc}
+		leaderSources[p.Name] = mgr
 	}
 	m.instance = instance
 	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger}); err != nil {
@@ -148,20 +169,39 @@ func (m *Main) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
-	for _, mgr := range m.managers {
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			_ = mgr.Run(runCtx)
-		}()
-	}
+	// Every replica keeps its copy of every token current from the bucket.
+	m.wg.Go(func() {
+		m.store.Watch(runCtx, m.nc, func(tok wire.Token, rev uint64) {
+			if mgr := byName[tok.Provider]; mgr != nil {
+				if e, err := refresh.NewEntry(tok, rev); err == nil {
+					mgr.Slot().Store(e)
+				}
+			}
+		})
+	})
+	// Only the lease holder calls providers and serves forwarded refreshes.
+	m.wg.Go(func() {
+		_ = m.elector.Run(runCtx, func(lctx context.Context) {
+			var wg sync.WaitGroup
+			for _, mgr := range m.managers {
+				wg.Go(func() { _ = mgr.Run(lctx) })
+			}
+			wg.Go(func() {
+				if err := m.svc.ServeLeader(lctx, leaderSources); err != nil {
+					m.logger.Error("serving forwarded refreshes", slog.String("error", err.Error()))
+				}
+			})
+			wg.Wait()
+		})
+	})
 	m.banner()
 	return nil
 }
 
 // Status reports this replica's view of every provider.
 func (m *Main) Status() wire.Status {
-	st := wire.Status{Instance: m.instance, Version: Version, Leader: true, LeaderInstance: m.instance}
+	ls := m.elector.State()
+	st := wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term}
 	for _, mgr := range m.managers {
 		st.Providers = append(st.Providers, mgr.Status())
 	}
