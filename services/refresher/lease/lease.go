@@ -260,14 +260,16 @@ func (e *Elector) campaign(ctx context.Context) bool {
 }
 
 // watch returns a channel that receives when the lease key changes; it is
-// only a hint to look again sooner (the loop polls regardless).
+// only a hint to look again sooner (the loop polls regardless), so it is set
+// up off the loop's path: creating a watcher waits on JetStream, which may be
+// unreachable just then (a reconnect).
 func (e *Elector) watch(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{}, 1)
-	w, err := e.cfg.KV.Watch(ctx, e.cfg.Key, jetstream.UpdatesOnly())
-	if err != nil {
-		return ch
-	}
 	go func() {
+		w, err := e.cfg.KV.Watch(ctx, e.cfg.Key, jetstream.UpdatesOnly())
+		if err != nil {
+			return
+		}
 		defer w.Stop()
 		for {
 			select {
@@ -376,6 +378,7 @@ func (e *Elector) lost(why string) {
 	e.setLeader(false, 0, time.Time{})
 	e.mu.Lock()
 	e.rev = 0
+	e.state.Holder = "" // unknown until the next read
 	e.mu.Unlock()
 	e.cfg.Logger.Warn("lease lost: this replica stops calling providers", slog.String("reason", why))
 	e.changed()

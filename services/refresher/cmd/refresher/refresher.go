@@ -41,6 +41,8 @@ type Options struct {
 	Lookup func(string) (string, bool)
 	// Backoff overrides retry timing (tests).
 	Backoff refresh.Backoff
+	// Instance names this replica; host-pid if empty.
+	Instance string
 }
 
 // Main is the refresher process: Run starts every part and returns, Close
@@ -106,7 +108,10 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.Config = cfg
 	m.logger = newLogger(m.stderr, cfg.Log.Level, cfg.Log.Format)
-	instance := instanceID()
+	instance := m.opts.Instance
+	if instance == "" {
+		instance = instanceID()
+	}
 	httpx.UserAgent = "tokenbus-refresher/" + Version + " (" + instance + ")"
 
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
