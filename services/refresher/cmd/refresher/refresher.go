@@ -19,9 +19,11 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
+	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
@@ -63,6 +65,13 @@ type Main struct {
 	instance string
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+
+	// pools is the single-use token pool stream, if any provider needs it.
+	pools *pool.Store
+	// loops call the providers (refresh managers, pool fillers); statusers
+	// report every provider for token.status, in configuration order.
+	loops     []loop
+	statusers []statuser
 }
 
 // NewMain returns a Main that logs to stderr and prints its banner to stdout.
@@ -131,11 +140,21 @@ func (m *Main) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if singleUse(p) {
+			pl, err := m.openPool(ctx, p, prov)
+			if err != nil {
+				return err
+			}
+			sources[p.Name] = pl
+			continue
+		}
 		mgr := refresh.NewManager(refresh.Config{
 			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.store,
 			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		})
 		m.managers = append(m.managers, mgr)
+		m.loops = append(m.loops, mgr)
+		m.statusers = append(m.statusers, mgr)
 		sources[p.Name] = mgr
 	}
 	m.instance = instance
@@ -148,11 +167,13 @@ func (m *Main) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
-	for _, mgr := range m.managers {
+	for _, l := range m.loops {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			_ = mgr.Run(runCtx)
+			if err := l.Run(runCtx); err != nil {
+				m.logger.Error("provider loop stopped", slog.String("error", err.Error()))
+			}
 		}()
 	}
 	m.banner()
@@ -162,14 +183,43 @@ func (m *Main) Run(ctx context.Context) error {
 // Status reports this replica's view of every provider.
 func (m *Main) Status() wire.Status {
 	st := wire.Status{Instance: m.instance, Version: Version, Leader: true, LeaderInstance: m.instance}
-	for _, mgr := range m.managers {
-		st.Providers = append(st.Providers, mgr.Status())
+	for _, s := range m.statusers {
+		st.Providers = append(st.Providers, s.Status())
 	}
 	return st
 }
 
+// loop is a long-running part that calls a provider: a refresh.Manager or a
+// pool.Filler.
+type loop interface {
+	Run(ctx context.Context) error
+}
+
+// statuser reports one provider for token.status.
+type statuser interface {
+	Status() wire.ProviderStatus
+}
+
+// openPool opens the single-use token pool of p (the pool stream first, once)
+// and its filler, which minting with prov keeps it full.
+func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider) (*pool.Pool, error) {
+	if m.pools == nil {
+		var err error
+		if m.pools, err = pool.Open(ctx, m.nc, m.Config.Bucket, 1); err != nil {
+			return nil, err
+		}
+	}
+	pl, err := m.pools.Pool(ctx, pool.Config{Name: p.Name, Kind: p.Kind, Size: p.Pool, Logger: m.logger})
+	if err != nil {
+		return nil, err
+	}
+	m.loops = append(m.loops, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger}))
+	m.statusers = append(m.statusers, pl)
+	return pl, nil
+}
+
 func (m *Main) startSimulator() error {
-	m.Sim = simulator.New(simulator.Config{DarajaTTL: 60 * time.Second})
+	m.Sim = simulator.New(simulator.Config{DarajaTTL: 60 * time.Second, OAuth2SubscriptionKey: "sim-subscription-key"})
 	ln, err := net.Listen("tcp", m.opts.SimulatorListen)
 	if err != nil {
 		return fmt.Errorf("refresher: simulator listen %s: %w", m.opts.SimulatorListen, err)
