@@ -93,6 +93,23 @@ func KindForStatus(status int) Kind {
 	}
 }
 
+// KindFor classifies a token endpoint's failed answer by its HTTP status and
+// the provider's own error code, when it gave one. Codes that say the request
+// or the credentials are wrong are permanent whatever the status (MTN MoMo
+// answers bad credentials with 500 {"error":"login_failed"}); codes that say
+// the server is briefly unable are transient; any other code, or none, falls
+// back to KindForStatus.
+func KindFor(status int, code string) Kind {
+	switch code {
+	case "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+		"unsupported_grant_type", "invalid_scope", "access_denied", "login_failed":
+		return Permanent
+	case "temporarily_unavailable", "server_error", "slow_down":
+		return Transient
+	}
+	return KindForStatus(status)
+}
+
 // Classify returns the Kind of err: a *ProviderError's own Kind; context
 // cancellation, timeouts and network errors are transient; anything else
 // unknown is transient too, so that it is retried with backoff rather than

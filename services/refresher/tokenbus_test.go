@@ -53,3 +53,26 @@ func TestProviderErrorMessage(t *testing.T) {
 		t.Fatalf("got %q want %q", got, want)
 	}
 }
+
+func TestKindFor(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		code   string
+		want   Kind
+	}{
+		{500, "login_failed", Permanent}, // MTN MoMo's bad credentials
+		{401, "invalid_client", Permanent},
+		{400, "invalid_scope", Permanent},
+		{400, "unsupported_grant_type", Permanent},
+		{503, "temporarily_unavailable", Transient},
+		{400, "temporarily_unavailable", Transient},
+		{400, "400.008.01", Permanent}, // unknown codes fall back to the status
+		{502, "weird", Transient},
+		{503, "", Transient},
+		{403, "", Permanent},
+	} {
+		if got := KindFor(tc.status, tc.code); got != tc.want {
+			t.Errorf("KindFor(%d, %q) = %v, want %v", tc.status, tc.code, got, tc.want)
+		}
+	}
+}

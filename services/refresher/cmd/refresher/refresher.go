@@ -19,10 +19,12 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/lease"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
+	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
@@ -59,7 +61,6 @@ type Main struct {
 	nc       *nats.Conn
 	store    *natsx.Store
 	svc      *rpc.Service
-	managers []*refresh.Manager
 	httpSrv  *http.Server
 	httpAddr string
 	telStop  func(context.Context) error
@@ -67,6 +68,13 @@ type Main struct {
 	elector  *lease.Elector
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+
+	// pools is the single-use token pool stream, if any provider needs it.
+	pools *pool.Store
+	// loops call the providers (refresh managers, pool fillers); statusers
+	// report every provider for token.status, in configuration order.
+	loops     []loop
+	statusers []statuser
 }
 
 // NewMain returns a Main that logs to stderr and prints its banner to stdout.
@@ -155,11 +163,20 @@ func (m *Main) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if singleUse(p) {
+			pl, err := m.openPool(ctx, p, prov)
+			if err != nil {
+				return err
+			}
+			sources[p.Name] = pl
+			continue
+		}
 		mgr := refresh.NewManager(refresh.Config{
 			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: pub, MayCall: m.elector.Valid,
 			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		})
-		m.managers = append(m.managers, mgr)
+		m.loops = append(m.loops, mgr)
+		m.statusers = append(m.statusers, mgr)
 		byName[p.Name] = mgr
 		sources[p.Name] = &replicaSource{name: p.Name, mgr: mgr, el: m.elector, nc: m.nc}
 		leaderSources[p.Name] = mgr
@@ -184,12 +201,17 @@ func (m *Main) Run(ctx context.Context) error {
 			}
 		})
 	})
-	// Only the lease holder calls providers and serves forwarded refreshes.
+	// Only the lease holder runs the loops that call providers (refresh
+	// managers, single-use pool fillers) and serves forwarded refreshes.
 	m.wg.Go(func() {
 		_ = m.elector.Run(runCtx, func(lctx context.Context) {
 			var wg sync.WaitGroup
-			for _, mgr := range m.managers {
-				wg.Go(func() { _ = mgr.Run(lctx) })
+			for _, l := range m.loops {
+				wg.Go(func() {
+					if err := l.Run(lctx); err != nil {
+						m.logger.Error("provider loop stopped", slog.String("error", err.Error()))
+					}
+				})
 			}
 			wg.Go(func() {
 				if err := m.svc.ServeLeader(lctx, leaderSources); err != nil {
@@ -207,14 +229,43 @@ func (m *Main) Run(ctx context.Context) error {
 func (m *Main) Status() wire.Status {
 	ls := m.elector.State()
 	st := wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term}
-	for _, mgr := range m.managers {
-		st.Providers = append(st.Providers, mgr.Status())
+	for _, s := range m.statusers {
+		st.Providers = append(st.Providers, s.Status())
 	}
 	return st
 }
 
+// loop is a long-running part that calls a provider: a refresh.Manager or a
+// pool.Filler.
+type loop interface {
+	Run(ctx context.Context) error
+}
+
+// statuser reports one provider for token.status.
+type statuser interface {
+	Status() wire.ProviderStatus
+}
+
+// openPool opens the single-use token pool of p (the pool stream first, once)
+// and its filler, which minting with prov keeps it full.
+func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider) (*pool.Pool, error) {
+	if m.pools == nil {
+		var err error
+		if m.pools, err = pool.Open(ctx, m.nc, m.Config.Bucket, m.Config.NATS.Replicas); err != nil {
+			return nil, err
+		}
+	}
+	pl, err := m.pools.Pool(ctx, pool.Config{Name: p.Name, Kind: p.Kind, Size: p.Pool, Logger: m.logger})
+	if err != nil {
+		return nil, err
+	}
+	m.loops = append(m.loops, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid}))
+	m.statusers = append(m.statusers, pl)
+	return pl, nil
+}
+
 func (m *Main) startSimulator() error {
-	m.Sim = simulator.New(simulator.Config{DarajaTTL: 60 * time.Second})
+	m.Sim = simulator.New(simulator.Config{DarajaTTL: 60 * time.Second, OAuth2SubscriptionKey: "sim-subscription-key"})
 	ln, err := net.Listen("tcp", m.opts.SimulatorListen)
 	if err != nil {
 		return fmt.Errorf("refresher: simulator listen %s: %w", m.opts.SimulatorListen, err)
@@ -279,7 +330,10 @@ func (m *Main) Close() error {
 		m.ns.WaitForShutdown()
 	}
 	if m.simSrv != nil {
-		errs = append(errs, m.simSrv.Shutdown(ctx))
+		// Close, not Shutdown: every provider loop has stopped, and a
+		// connection our clients dialled for a cancelled request would hold
+		// Shutdown for 5 s (net/http treats a new connection as active).
+		errs = append(errs, m.simSrv.Close())
 	}
 	if m.telStop != nil {
 		errs = append(errs, m.telStop(ctx))

@@ -41,7 +41,7 @@ providers:
 	return m
 }
 
-func status(t *testing.T, nc *nats.Conn) map[string]wire.Status {
+func gatherStatus(t *testing.T, nc *nats.Conn) map[string]wire.Status {
 	t.Helper()
 	inbox := nats.NewInbox()
 	sub, err := nc.SubscribeSync(inbox)
@@ -86,7 +86,7 @@ func TestStandbyServesAndTakesOverOnCleanShutdown(t *testing.T) {
 
 	// Both answer; one leads, and both agree which.
 	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-		st := status(t, nc)
+		st := gatherStatus(t, nc)
 		if len(st) != 2 || !st["replica-a"].Leader || st["replica-b"].Leader || st["replica-b"].LeaderInstance != "replica-a" {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -119,7 +119,7 @@ func TestStandbyServesAndTakesOverOnCleanShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
-		if !status(t, nc)["replica-b"].Leader {
+		if !gatherStatus(t, nc)["replica-b"].Leader {
 			return errors.New("b not leading")
 		}
 		return nil

@@ -59,7 +59,7 @@ type success struct {
 	ExpiresIn   httpx.FlexSeconds `json:"expires_in"`
 }
 
-type failure struct {
+type errorBody struct {
 	RequestID    string `json:"requestId"`
 	ErrorCode    string `json:"errorCode"`
 	ErrorMessage string `json:"errorMessage"`
@@ -84,9 +84,13 @@ func (p *Provider) Token(ctx context.Context) (refresher.Token, error) {
 	if err != nil {
 		return refresher.Token{}, err
 	}
-	issued := p.now()
+	return parse(resp, p.now())
+}
+
+// parse reads Daraja's answer to a token request received at issued.
+func parse(resp *httpx.Response, issued time.Time) (refresher.Token, error) {
 	if resp.Status != http.StatusOK {
-		return refresher.Token{}, p.failure(resp)
+		return refresher.Token{}, failed(resp)
 	}
 	var s success
 	if err := resp.DecodeJSON(&s); err != nil {
@@ -102,13 +106,13 @@ func (p *Provider) Token(ctx context.Context) (refresher.Token, error) {
 	return refresher.Token{AccessToken: refresher.Secret(s.AccessToken), TokenType: "Bearer", IssuedAt: issued, ExpiresAt: issued.Add(life)}, nil
 }
 
-// failure maps a non-200 answer to an error an operator can act on.
-func (p *Provider) failure(resp *httpx.Response) error {
+// failed maps a non-200 answer to an error an operator can act on.
+func failed(resp *httpx.Response) error {
 	if resp.Status == http.StatusBadRequest && len(strings.TrimSpace(string(resp.Body))) == 0 {
 		e := resp.StatusError("", "bad credentials: Daraja rejected consumer_key/consumer_secret (check them, and that the app is enabled for this environment)")
 		return e
 	}
-	var f failure
+	var f errorBody
 	if resp.DecodeJSON(&f) != nil || f.ErrorCode == "" {
 		return resp.StatusError("", "")
 	}
@@ -116,7 +120,7 @@ func (p *Provider) failure(resp *httpx.Response) error {
 	if msg == "" {
 		msg = truncate(f.ErrorMessage, 200)
 	}
-	return resp.StatusError(f.ErrorCode, msg)
+	return resp.StatusError(truncate(f.ErrorCode, 64), msg)
 }
 
 func truncate(s string, n int) string {

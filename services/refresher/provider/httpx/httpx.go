@@ -138,13 +138,13 @@ func (r *Response) RetryAfter() time.Duration {
 }
 
 // StatusError returns the error for a non-2xx answer with no more specific
-// meaning: classified by refresher.KindForStatus, carrying code and message
-// when the provider gave them.
+// meaning: classified by refresher.KindFor (the status and the provider's own
+// code), carrying code and message when the provider gave them.
 func (r *Response) StatusError(code, message string) *refresher.ProviderError {
 	if message == "" {
 		message = http.StatusText(r.Status)
 	}
-	return &refresher.ProviderError{Kind: refresher.KindForStatus(r.Status), StatusCode: r.Status, Code: code, Message: message, RetryAfter: r.RetryAfter()}
+	return &refresher.ProviderError{Kind: refresher.KindFor(r.Status, code), StatusCode: r.Status, Code: code, Message: message, RetryAfter: r.RetryAfter()}
 }
 
 // FlexSeconds decodes a lifetime in seconds sent as a JSON number or a string

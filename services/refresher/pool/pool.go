@@ -1,0 +1,423 @@
+// Package pool hands out single-use tokens (mPay's) exactly once across every
+// refresher replica and restart. It owns the pool: a JetStream work-queue
+// stream per KV bucket (file storage, one subject per provider) whose
+// messages are ready tokens, each published with a per-message TTL so that a
+// token disappears by itself before its unused lifetime runs out, and a
+// durable pull consumer per provider with explicit acks.
+//
+// A Pool serves requests on any replica: it claims one message, checks it, and
+// hands the token out only once the server has confirmed the ack that removes
+// it from the stream — a token may be lost on a failure, never handed out
+// twice. A Filler, run by the leader only, calls the provider to keep the pool
+// at its size, refills after claims and expiries, and answers claimers that
+// find the pool empty whether a refill is coming (so that they wait) or the
+// provider is failing (so that they get a 503 at once). The README section
+// "Single-use tokens (mPay)" gives the reasoning.
+//
+// No token value is ever written to the KV bucket: KV watchers never see one.
+package pool
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// Names of the pool's NATS resources. The stream of bucket B is
+// StreamPrefix+B with subjects SubjectPrefix+B+".<provider>"; the filler of
+// provider P listens on SubjectPrefix+B+".<P>.demand".
+const (
+	StreamPrefix  = "TOKENBUS_POOL_"
+	SubjectPrefix = "tokenbus.pool."
+	// AckWait is how long a claimed token stays invisible to other claimers
+	// before the server would deliver it again. A claimer hands its token out
+	// only if its ack was confirmed well within AckWait (see claim).
+	AckWait = 30 * time.Second
+	// fillerQueue is the queue group of the fillers' demand subscriptions.
+	fillerQueue = "tokenbus-pool"
+)
+
+// Errors of the pool.
+var (
+	// ErrNoFiller is returned, wrapped in refresher.ErrNoToken, when the pool
+	// is empty and no refresher answers for its filler (no leader yet, or the
+	// leader is not filling this pool).
+	ErrNoFiller = errors.New("pool: no refresher is filling the pool")
+	// ErrEmpty is returned, wrapped in refresher.ErrNoToken, when the pool
+	// stayed empty for the whole wait.
+	ErrEmpty = errors.New("pool: the pool is empty")
+)
+
+// Store is the pool stream of one KV bucket.
+type Store struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	bucket string
+	stream string
+}
+
+// Open creates or updates the pool stream of bucket (work-queue retention,
+// file storage, per-message TTLs, replicas as given, at least 1) and returns
+// a Store on it.
+func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Store, error) {
+	ctx, cancel := withTimeout(ctx, 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("pool: jetstream: %w", err)
+	}
+	s := &Store{nc: nc, js: js, bucket: bucket, stream: StreamPrefix + bucket}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        s.stream,
+		Description: "tokenbus: ready single-use tokens of bucket " + bucket + ", each handed out once",
+		Subjects:    []string{SubjectPrefix + bucket + ".*"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+		AllowMsgTTL: true,
+		// A runaway filler cannot fill the disk: past this many ready tokens
+		// per provider, publishing fails.
+		MaxMsgsPerSubject:    4096,
+		Discard:              jetstream.DiscardNew,
+		DiscardNewPerSubject: true,
+		MaxMsgSize:           64 << 10,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pool: open stream %s: %w", s.stream, err)
+	}
+	return s, nil
+}
+
+// Stream returns the stream's name.
+func (s *Store) Stream() string { return s.stream }
+
+// Config configures one provider's pool.
+type Config struct {
+	// Name is the provider's configured name.
+	Name string
+	// Kind is the provider kind, for status reports.
+	Kind string
+	// Size is how many ready tokens the filler keeps; at least 1.
+	Size int
+	// Margin is how long before its expiry a ready token is dropped: it is
+	// published with a TTL of its remaining lifetime minus Margin, and a
+	// claimed token with less than Margin/2 left is not handed out. Zero
+	// means a quarter of the token's lifetime (30 s of mPay's 2 minutes).
+	Margin time.Duration
+	// Wait bounds how long a claim waits for a refill while the filler says
+	// one is coming; 5s if zero. When the filler is failing or absent, an
+	// empty pool answers at once.
+	Wait time.Duration
+	// Logger receives warnings about dropped tokens.
+	Logger *slog.Logger
+	// Now returns the current time; time.Now if nil.
+	Now func() time.Time
+
+	ackWait time.Duration // AckWait if zero (tests shorten it)
+}
+
+// Pool serves one provider's single-use tokens: each Get claims a token no
+// one was handed before. It implements the rpc package's Source and Blocking
+// interfaces and is safe for concurrent use.
+type Pool struct {
+	cfg     Config
+	store   *Store
+	cons    jetstream.Consumer
+	subject string
+	demand  string
+	log     *slog.Logger
+	now     func() time.Time
+
+	mu       sync.Mutex
+	lastErr  error
+	errAt    time.Time
+	lastMint time.Time
+}
+
+// Pool creates or updates the durable consumer of provider cfg.Name and
+// returns its pool.
+func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
+	if cfg.Size < 1 {
+		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
+	}
+	if cfg.Wait <= 0 {
+		cfg.Wait = 5 * time.Second
+	}
+	if cfg.ackWait <= 0 {
+		cfg.ackWait = AckWait
+	}
+	ctx, cancel := withTimeout(ctx, 30*time.Second)
+	defer cancel()
+	subject := SubjectPrefix + s.bucket + "." + cfg.Name
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.stream, jetstream.ConsumerConfig{
+		Durable:       "pool-" + cfg.Name,
+		Description:   "tokenbus: claims of " + cfg.Name + "'s single-use tokens",
+		FilterSubject: subject,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.ackWait,
+		MaxDeliver:    -1,
+		MaxWaiting:    4096,
+		MaxAckPending: 4096,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pool: %s: consumer: %w", cfg.Name, err)
+	}
+	p := &Pool{cfg: cfg, store: s, cons: cons, subject: subject, demand: subject + ".demand", log: cfg.Logger, now: cfg.Now}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	p.log = p.log.With(slog.String("provider", cfg.Name))
+	if p.now == nil {
+		p.now = time.Now
+	}
+	return p, nil
+}
+
+// Name returns the provider name.
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// Blocking reports true: Get waits on JetStream, so the rpc service calls it
+// off the endpoint goroutine.
+func (p *Pool) Blocking() bool { return true }
+
+// Ready returns how many tokens are ready in the pool (not yet claimed).
+func (p *Pool) Ready(ctx context.Context) (int, error) {
+	ready, _, err := p.counts(ctx)
+	return ready, err
+}
+
+// counts returns how many tokens are ready and how many claimers are waiting
+// for one, as one snapshot of the consumer.
+func (p *Pool) counts(ctx context.Context) (ready, waiting int, err error) {
+	ctx, cancel := withTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := p.cons.Info(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("pool: %s: consumer info: %w", p.cfg.Name, err)
+	}
+	return int(info.NumPending), info.NumWaiting, nil
+}
+
+// Refresh handles a report that invalid was rejected: single-use tokens are
+// never reused, so it claims a fresh one, as Get does.
+func (p *Pool) Refresh(ctx context.Context, _ string) ([]byte, error) { return p.Get(ctx) }
+
+// Get claims a token no one was handed before and returns it as wire JSON.
+// If the pool is empty it asks the filler: when the filler is failing it
+// returns at once an error wrapping refresher.ErrNoToken and the provider's
+// *refresher.ProviderError; when no filler answers, one wrapping ErrNoFiller;
+// otherwise it waits up to Config.Wait for a refill (ErrEmpty after that).
+func (p *Pool) Get(ctx context.Context) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Wait)
+	defer cancel()
+	b, err := p.claim(ctx, 0)
+	if b != nil || err != nil {
+		return b, err
+	}
+	for {
+		if err := p.ask(ctx); err != nil {
+			return nil, err
+		}
+		d, ok := ctx.Deadline()
+		wait := min(time.Until(d), 250*time.Millisecond)
+		if !ok || wait <= 10*time.Millisecond {
+			return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, ErrEmpty)
+		}
+		if b, err := p.claim(ctx, wait); b != nil || err != nil {
+			return b, err
+		}
+	}
+}
+
+// claim fetches one ready token, waiting up to wait for one (0: not at all),
+// and returns it once it is safely removed from the pool; nil, nil if there
+// was none. A token is handed out only if:
+//   - this is its first delivery (a redelivered token was claimed by someone
+//     whose ack never came; dropping it rules out a second hand-out even if
+//     that ack was merely late);
+//   - it has at least Margin/2 of its lifetime left;
+//   - the server confirmed the ack, within AckWait/2 of the fetch: the server
+//     cannot have redelivered it before then, so no one else can hold it.
+//
+// Tokens failing a check are acked (removed) and dropped.
+func (p *Pool) claim(ctx context.Context, wait time.Duration) ([]byte, error) {
+	for ctx.Err() == nil {
+		start := time.Now()
+		var (
+			batch jetstream.MessageBatch
+			err   error
+		)
+		if wait <= 0 {
+			batch, err = p.cons.FetchNoWait(1)
+		} else {
+			batch, err = p.cons.Fetch(1, jetstream.FetchMaxWait(wait))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: pool: %s: fetch: %w", refresher.ErrNoToken, p.cfg.Name, err)
+		}
+		var msg jetstream.Msg
+		for m := range batch.Messages() { // read until closed: never abandon a delivery
+			msg = m
+		}
+		if msg == nil {
+			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+				return nil, fmt.Errorf("%w: pool: %s: fetch: %w", refresher.ErrNoToken, p.cfg.Name, err)
+			}
+			return nil, nil
+		}
+		body, why := p.check(msg)
+		if why != "" {
+			_ = msg.Ack()
+			p.log.Warn("single-use token dropped", slog.String("reason", why))
+			continue
+		}
+		if err := msg.DoubleAck(ctx); err != nil {
+			// Not confirmed: the token may or may not be removed; it is
+			// not handed out (if it was not removed, it is redelivered
+			// after AckWait and dropped as a redelivery).
+			p.log.Warn("single-use token dropped", slog.String("reason", "ack not confirmed"), slog.String("error", err.Error()))
+			continue
+		}
+		if took := time.Since(start); took > p.cfg.ackWait/2 {
+			p.log.Warn("single-use token dropped", slog.String("reason", "claim too slow to be sure of its ack"), slog.Duration("took", took))
+			continue
+		}
+		p.claimed()
+		return body, nil
+	}
+	return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, ctx.Err())
+}
+
+// check says why msg must not be handed out, or "".
+func (p *Pool) check(msg jetstream.Msg) ([]byte, string) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return nil, "no metadata"
+	}
+	if meta.NumDelivered != 1 {
+		return nil, "redelivered"
+	}
+	var tok wire.Token
+	if err := json.Unmarshal(msg.Data(), &tok); err != nil || tok.AccessToken == "" {
+		return nil, "not a token"
+	}
+	if tok.ExpiresAt.Sub(p.now()) < p.margin(tok.ExpiresAt.Sub(tok.IssuedAt))/2 {
+		return nil, "about to expire"
+	}
+	return msg.Data(), ""
+}
+
+// margin returns the configured margin, or a quarter of life.
+func (p *Pool) margin(life time.Duration) time.Duration {
+	if p.cfg.Margin > 0 {
+		return p.cfg.Margin
+	}
+	return life / 4
+}
+
+// demandReply is the filler's answer: whether it is failing, and why.
+type demandReply struct {
+	Failing bool   `json:"failing"`
+	Kind    string `json:"kind,omitempty"`
+	Status  int    `json:"status,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// ask wakes the filler, telling it that a claimer waits, and returns nil if a
+// refill is coming, or the error to answer with. (The filler counts the
+// waiting claimers itself, from the consumer's waiting pull requests.)
+func (p *Pool) ask(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	msg, err := p.store.nc.RequestWithContext(rctx, p.demand, nil)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w: %w", refresher.ErrNoToken, ErrNoFiller)
+	case err != nil && ctx.Err() != nil:
+		return fmt.Errorf("%w: %w", refresher.ErrNoToken, ErrEmpty)
+	case err != nil:
+		return fmt.Errorf("%w: %w (%w)", refresher.ErrNoToken, ErrNoFiller, err)
+	}
+	var r demandReply
+	if err := json.Unmarshal(msg.Data, &r); err != nil {
+		return fmt.Errorf("%w: pool: %s: bad answer from the filler", refresher.ErrNoToken, p.cfg.Name)
+	}
+	if !r.Failing {
+		return nil
+	}
+	kind := refresher.Transient
+	if r.Kind == refresher.Permanent.String() {
+		kind = refresher.Permanent
+	}
+	return fmt.Errorf("%w: %w", refresher.ErrNoToken, &refresher.ProviderError{Kind: kind, StatusCode: r.Status, Code: r.Code, Message: r.Message})
+}
+
+// claimed tells the filler, if any, that a token was taken.
+func (p *Pool) claimed() { _ = p.store.nc.Publish(p.demand, nil) }
+
+// Status reports the pool for token.status: how many tokens are ready and,
+// on the replica that fills it, the last failure and the last token minted.
+func (p *Pool) Status() wire.ProviderStatus {
+	st := wire.ProviderStatus{Name: p.cfg.Name, Kind: p.cfg.Kind, State: wire.StateNoToken}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if n, err := p.Ready(ctx); err == nil {
+		st.Pool = &n
+		if n > 0 {
+			st.State = wire.StateOK
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.lastMint.IsZero() {
+		t := p.lastMint
+		st.LastRefresh = &t
+	}
+	if p.lastErr != nil {
+		at := p.errAt
+		st.LastError, st.LastErrorAt = p.lastErr.Error(), &at
+		if st.State == wire.StateOK {
+			st.State = wire.StateFailing
+		}
+	}
+	return st
+}
+
+func (p *Pool) minted(at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastMint, p.lastErr = at, nil
+}
+
+func (p *Pool) failed(err error, at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastErr, p.errAt = err, at
+}
+
+// failure returns the last failure since the last token minted, or nil.
+func (p *Pool) failure() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr
+}
+
+// withTimeout applies d to ctx when it has no deadline.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
+}
