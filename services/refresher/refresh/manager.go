@@ -80,6 +80,15 @@ type Config struct {
 	Now func() time.Time
 	// Tracer records refresh and attempt spans; the global provider if nil.
 	Tracer trace.Tracer
+	// Recorder is told about every upstream attempt (metrics, the status
+	// page's history); nil records nothing.
+	Recorder Recorder
+}
+
+// Recorder is told the duration and outcome of every upstream token request
+// (err nil for success). Implementations must not block.
+type Recorder interface {
+	RecordAttempt(provider string, took time.Duration, err error)
 }
 
 // Manager keeps one provider's token fresh. Create it with NewManager, run it
@@ -228,7 +237,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			permanent.Reset()
 			endSpan("ok", nil)
 			next := m.refreshAt(tok)
-			m.log.Info("token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
+			m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
 			timer.Reset(max(next.Sub(m.now()), 0))
 			continue
 		}
@@ -246,7 +255,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		if errors.As(err, &pe) && pe.RetryAfter > wait {
 			wait = pe.RetryAfter
 		}
-		m.log.Warn("token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+		m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
 		timer.Reset(wait)
 	}
 }
@@ -256,9 +265,14 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 	ctx, span := m.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
 		attribute.String("tokenbus.provider", m.cfg.Name), attribute.Int("tokenbus.attempt", n)))
 	defer span.End()
+	start := time.Now()
 	tok, err := m.cfg.Provider.Token(ctx)
+	took := time.Since(start)
 	if err == nil {
 		err = m.publish(ctx, tok)
+	}
+	if m.cfg.Recorder != nil && ctx.Err() == nil {
+		m.cfg.Recorder.RecordAttempt(m.cfg.Name, took, err)
 	}
 	if err != nil {
 		span.SetAttributes(attribute.String("tokenbus.error_kind", refresher.Classify(err).String()))
