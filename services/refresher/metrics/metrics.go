@@ -174,7 +174,7 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	m.renewals, e = meter.Int64Counter("tokenbus.lease.renewal_failures", metric.WithUnit("{failure}"),
 		metric.WithDescription("Failed renewals of the leader lease."))
 	mk(e)
-	_, e = meter.Int64ObservableGauge("tokenbus.leader", metric.WithUnit("1"),
+	_, e = meter.Int64ObservableGauge("tokenbus.leader",
 		metric.WithDescription("1 while this replica holds the leader lease and calls providers, else 0."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			o.Observe(m.leader.Load())
@@ -195,6 +195,8 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	m.regs = append(m.regs, reg)
+	// Export the counter from the start, so rate() and alerts see a zero.
+	m.renewals.Add(context.Background(), 0, m.noAttrs)
 	return m, nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
+	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
@@ -60,6 +61,10 @@ type Main struct {
 	httpSrv  *http.Server
 	httpAddr string
 	telStop  func(context.Context) error
+	obs      *observability
+	// Metrics records the process's metrics; the leader lease reports to it
+	// (SetLeader, LeaseRenewalFailed). Set by Run.
+	Metrics  *metrics.Metrics
 	instance string
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -125,6 +130,14 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
+	names := make([]string, 0, len(cfg.Providers))
+	for _, p := range cfg.Providers {
+		names = append(names, p.Name)
+	}
+	if m.obs, err = newObservability(names, instance); err != nil {
+		return err
+	}
+	m.Metrics = m.obs.metrics
 	sources := make(map[string]rpc.Source, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		prov, err := buildProvider(p)
@@ -134,12 +147,14 @@ func (m *Main) Run(ctx context.Context) error {
 		mgr := refresh.NewManager(refresh.Config{
 			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.store,
 			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
+			Recorder: m.obs,
 		})
+		m.obs.trackExpiry(mgr)
 		m.managers = append(m.managers, mgr)
 		sources[p.Name] = mgr
 	}
 	m.instance = instance
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger}); err != nil {
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
 	if err := m.startHTTP(cfg.HTTP.Listen); err != nil {
@@ -148,6 +163,7 @@ func (m *Main) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
+	m.Metrics.SetLeader(true) // one replica, always leading, until the lease decides
 	for _, mgr := range m.managers {
 		m.wg.Add(1)
 		go func() {
@@ -192,7 +208,9 @@ func (m *Main) startHTTP(listen string) error {
 		_, err := m.store.KV().Status(ctx)
 		return err
 	})
-	m.httpSrv = &http.Server{Handler: httpapi.Handler(ready), ReadHeaderTimeout: 5 * time.Second}
+	m.httpSrv = &http.Server{Handler: httpapi.New(httpapi.Config{
+		Ready: ready, Metrics: m.obs.prom.Handler(), Status: m.Status, History: m.obs.history,
+	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = m.httpSrv.Serve(ln) }()
 	return nil
 }
@@ -202,7 +220,7 @@ func (m *Main) banner() {
 	if m.ns != nil {
 		url = m.ns.ClientURL()
 	}
-	fmt.Fprintf(m.stdout, "tokenbus refresher %s is running\n  NATS:      %s (bucket %q)\n  HTTP:      http://%s/healthz\n", Version, url, m.Config.Bucket, m.httpAddr)
+	fmt.Fprintf(m.stdout, "tokenbus refresher %s is running\n  NATS:      %s (bucket %q)\n  status:    http://%s/ (also /metrics, /healthz, /readyz)\n", Version, url, m.Config.Bucket, m.httpAddr)
 	if m.simSrv != nil {
 		fmt.Fprintf(m.stdout, "  simulator: http://%s\n", m.simSrv.Addr)
 	}
@@ -239,6 +257,7 @@ func (m *Main) Close() error {
 	if m.telStop != nil {
 		errs = append(errs, m.telStop(ctx))
 	}
+	errs = append(errs, m.obs.close(ctx))
 	return errors.Join(errs...)
 }
 
