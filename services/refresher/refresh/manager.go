@@ -98,14 +98,14 @@ type Manager struct {
 	log  *slog.Logger
 	now  func() time.Time
 	slot *Slot
-	kick chan string
+	kick chan kick
 	tr   trace.Tracer
 }
 
 // NewManager returns a manager for cfg.Provider.
 func NewManager(cfg Config) *Manager {
 	cfg.Backoff = cfg.Backoff.withDefaults()
-	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan string, 16), tr: cfg.Tracer}
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 16), tr: cfg.Tracer}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -195,6 +195,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	var (
 		span     trace.Span
 		attempts int
+		link     trace.SpanContext // the token.refresh request that asked for the next refresh
 	)
 	endSpan := func(outcome string, err error) {
 		if span == nil {
@@ -213,17 +214,21 @@ func (m *Manager) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case bad := <-m.kick:
-			if !m.stale(bad) || m.failing() {
+		case k := <-m.kick:
+			if !m.stale(k.bad) || m.failing() {
 				continue // already replaced, or retrying on its own schedule
 			}
 			timer.Stop()
+			link = k.from
 		case <-timer.C:
 		}
 
 		var sctx context.Context
 		if span == nil {
-			sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)))
+			// A refresh asked for by token.refresh links to that request's span.
+			sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
+				trace.WithLinks(trace.Link{SpanContext: link}))
+			link = trace.SpanContext{}
 		} else {
 			sctx = trace.ContextWithSpan(ctx, span)
 		}
@@ -301,6 +306,13 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 	return nil
 }
 
+// kick asks Run for a refresh because bad was rejected; from is the span of
+// the request that reported it.
+type kick struct {
+	bad  string
+	from trace.SpanContext
+}
+
 // failing reports whether the last refresh failed: retries then follow the
 // backoff schedule, and token.refresh requests do not add upstream calls.
 func (m *Manager) failing() bool {
@@ -334,7 +346,7 @@ func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 		return m.Current()
 	}
 	select {
-	case m.kick <- invalid:
+	case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:
 	default: // a refresh is already asked for; wait for it
 	}
 	for {

@@ -247,3 +247,39 @@ func histCount(rm metricdata.ResourceMetrics, name string) uint64 {
 	}
 	return n
 }
+
+// A refresh asked for by token.refresh is linked to that request's span, so
+// the caller's trace leads to the upstream call it caused.
+func TestRefreshLinksToTheReportingRequest(t *testing.T) {
+	o := startObserved(t)
+	cur, code, msg := request(t, o.nc, wire.GetSubject("p1"), nil)
+	if code != 0 {
+		t.Fatal(code, msg)
+	}
+	ctx, span := o.tp.Tracer("client").Start(context.Background(), "pay")
+	req := nats.NewMsg(wire.RefreshSubject("p1"))
+	req.Data = []byte(fmt.Sprintf(`{"invalid_token":%q}`, cur.AccessToken))
+	natstrace.Inject(ctx, req)
+	if _, err := o.nc.RequestMsg(req, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	span.End()
+	testutil.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		var server, refresh *tracetest.SpanStub
+		for _, s := range o.spans.GetSpans() {
+			switch {
+			case s.Name == "token.refresh" && s.SpanContext.TraceID() == span.SpanContext().TraceID():
+				server = &s
+			case s.Name == "tokenbus.refresh" && len(s.Links) == 1:
+				refresh = &s
+			}
+		}
+		if server == nil || refresh == nil {
+			return fmt.Errorf("spans: token.refresh %v, linked tokenbus.refresh %v", server != nil, refresh != nil)
+		}
+		if refresh.Links[0].SpanContext.SpanID() != server.SpanContext.SpanID() {
+			return fmt.Errorf("refresh links to %v, want the token.refresh span %v", refresh.Links[0].SpanContext.SpanID(), server.SpanContext.SpanID())
+		}
+		return nil
+	})
+}
