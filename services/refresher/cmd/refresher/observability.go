@@ -8,6 +8,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
 )
 
@@ -19,7 +20,12 @@ type observability struct {
 	history *httpapi.History
 }
 
-var _ refresh.Recorder = (*observability)(nil)
+var (
+	_ refresh.Recorder = (*observability)(nil)
+	_ refresh.Recorder = (*metrics.Metrics)(nil)
+	_ refresh.Recorder = (*httpapi.History)(nil)
+	_ rpc.Recorder     = (*metrics.Metrics)(nil)
+)
 
 func newObservability(providers []string, instance string) (*observability, error) {
 	prom, err := telemetry.NewPrometheus("tokenbus-refresher", Version, instance)
