@@ -37,7 +37,9 @@ func NewLogger(w io.Writer, level, format string) *slog.Logger {
 
 // TraceHandler wraps a slog.Handler and adds KeyTraceID and KeySpanID to
 // records whose context carries a valid span context. Log with the Context
-// variants (InfoContext, …) for it to see the span.
+// variants (InfoContext, …) for it to see the span. Like any attribute added
+// to a record, the ids land inside the logger's open group, if it has one:
+// the refresher's loggers use none.
 type TraceHandler struct {
 	slog.Handler
 }
