@@ -1,12 +1,19 @@
 // Package httpapi is the refresher's HTTP surface on http.listen: /healthz
-// (the process is alive) and /readyz (connected to NATS and able to read the
-// token bucket).
+// (the process is alive), /readyz (connected to NATS and able to read the
+// token bucket), /metrics (Prometheus), and the status page at / with the
+// JSON it polls, /status.json. The page is plain HTML, CSS and JavaScript
+// embedded in the binary: no build step, no external resources.
 package httpapi
 
 import (
 	"context"
+	"embed"
+	"encoding/json"
+	"io/fs"
 	"net/http"
 	"time"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
 
 // Checker reports whether a dependency is usable right now.
@@ -20,9 +27,41 @@ type CheckFunc func(ctx context.Context) error
 // Check calls f(ctx).
 func (f CheckFunc) Check(ctx context.Context) error { return f(ctx) }
 
-// Handler returns the mux with /healthz and /readyz; ready is consulted on
-// every /readyz with a 2 s budget.
-func Handler(ready Checker) *http.ServeMux {
+// Config says what the HTTP surface serves.
+type Config struct {
+	// Ready is consulted on every /readyz with a 2 s budget; required.
+	Ready Checker
+	// Metrics serves /metrics; not mounted when nil.
+	Metrics http.Handler
+	// Status reports this replica's view for the status page; the page and
+	// /status.json are not mounted when nil.
+	Status func() wire.Status
+	// History holds the recent refreshes charted on the status page; may be nil.
+	History *History
+	// Now returns the current time; time.Now if nil.
+	Now func() time.Time
+}
+
+//go:embed static
+var static embed.FS
+
+// StatusJSON is the body of /status.json.
+type StatusJSON struct {
+	// Now is the server's clock, so the page counts down in server time.
+	Now    time.Time   `json:"now"`
+	Status wire.Status `json:"status"`
+	// History is the recent upstream attempts, oldest first.
+	History []Attempt `json:"history"`
+}
+
+// Handler returns the mux with /healthz and /readyz only.
+func Handler(ready Checker) *http.ServeMux { return New(Config{Ready: ready}) }
+
+// New returns the mux for cfg.
+func New(cfg Config) *http.ServeMux {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -32,12 +71,31 @@ func Handler(ready Checker) *http.ServeMux {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := ready.Check(ctx); err != nil {
+		w.Header().Set("Cache-Control", "no-store")
+		if err := cfg.Ready.Check(ctx); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics)
+	}
+	if cfg.Status != nil {
+		mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
+			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status(), History: []Attempt{}}
+			if cfg.History != nil {
+				body.History = cfg.History.Recent()
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "no-store")
+			_ = json.NewEncoder(w).Encode(body)
+		})
+		sub, _ := fs.Sub(static, "static")
+		files := http.FileServerFS(sub)
+		mux.Handle("GET /{$}", files)
+		mux.Handle("GET /static/", http.StripPrefix("/static/", files))
+	}
 	return mux
 }

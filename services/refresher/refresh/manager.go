@@ -84,6 +84,15 @@ type Config struct {
 	// (it holds a valid lease). It is checked immediately before every
 	// provider call; nil means always.
 	MayCall func() bool
+	// Recorder is told about every upstream attempt (metrics, the status
+	// page's history); nil records nothing.
+	Recorder Recorder
+}
+
+// Recorder is told the duration and outcome of every upstream token request
+// (err nil for success). Implementations must not block.
+type Recorder interface {
+	RecordAttempt(provider string, took time.Duration, err error)
 }
 
 // ErrNotAllowed is returned for an attempt skipped because MayCall said no;
@@ -97,14 +106,14 @@ type Manager struct {
 	log  *slog.Logger
 	now  func() time.Time
 	slot *Slot
-	kick chan string
+	kick chan kick
 	tr   trace.Tracer
 }
 
 // NewManager returns a manager for cfg.Provider.
 func NewManager(cfg Config) *Manager {
 	cfg.Backoff = cfg.Backoff.withDefaults()
-	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan string, 16), tr: cfg.Tracer}
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 16), tr: cfg.Tracer}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -194,6 +203,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	var (
 		span     trace.Span
 		attempts int
+		link     trace.SpanContext // the token.refresh request that asked for the next refresh
 	)
 	endSpan := func(outcome string, err error) {
 		if span == nil {
@@ -212,17 +222,21 @@ func (m *Manager) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case bad := <-m.kick:
-			if !m.stale(bad) || m.failing() {
+		case k := <-m.kick:
+			if !m.stale(k.bad) || m.failing() {
 				continue // already replaced, or retrying on its own schedule
 			}
 			timer.Stop()
+			link = k.from
 		case <-timer.C:
 		}
 
 		var sctx context.Context
 		if span == nil {
-			sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)))
+			// A refresh asked for by token.refresh links to that request's span.
+			sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
+				trace.WithLinks(trace.Link{SpanContext: link}))
+			link = trace.SpanContext{}
 		} else {
 			sctx = trace.ContextWithSpan(ctx, span)
 		}
@@ -236,7 +250,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			permanent.Reset()
 			endSpan("ok", nil)
 			next := m.refreshAt(tok)
-			m.log.Info("token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
+			m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
 			timer.Reset(max(next.Sub(m.now()), 0))
 			continue
 		}
@@ -261,7 +275,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		if errors.As(err, &pe) && pe.RetryAfter > wait {
 			wait = pe.RetryAfter
 		}
-		m.log.Warn("token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+		m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
 		timer.Reset(wait)
 	}
 }
@@ -287,9 +301,14 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 	ctx, span := m.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
 		attribute.String("tokenbus.provider", m.cfg.Name), attribute.Int("tokenbus.attempt", n)))
 	defer span.End()
+	start := time.Now()
 	tok, err := m.cfg.Provider.Token(ctx)
+	took := time.Since(start)
 	if err == nil {
 		err = m.publish(ctx, tok)
+	}
+	if m.cfg.Recorder != nil && ctx.Err() == nil {
+		m.cfg.Recorder.RecordAttempt(m.cfg.Name, took, err)
 	}
 	if err != nil {
 		span.SetAttributes(attribute.String("tokenbus.error_kind", refresher.Classify(err).String()))
@@ -316,6 +335,13 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 	}
 	m.slot.Store(e)
 	return nil
+}
+
+// kick asks Run for a refresh because bad was rejected; from is the span of
+// the request that reported it.
+type kick struct {
+	bad  string
+	from trace.SpanContext
 }
 
 // failing reports whether the last refresh failed: retries then follow the
@@ -351,7 +377,7 @@ func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 		return m.Current()
 	}
 	select {
-	case m.kick <- invalid:
+	case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:
 	default: // a refresh is already asked for; wait for it
 	}
 	for {

@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
-	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/natstrace"
@@ -50,27 +51,27 @@ func Forward(ctx context.Context, nc *nats.Conn, provider, invalid string) ([]by
 	return reply.Data, nil
 }
 
+// endpointLeader names forwarded refreshes in spans.
+const endpointLeader = "token.refresh.leader"
+
 // ServeLeader answers forwarded refresh reports with sources until ctx ends.
 // Call it only while holding the lease.
 func (s *Service) ServeLeader(ctx context.Context, sources map[string]Source) error {
 	sub, err := s.nc.Subscribe(LeaderRefreshPrefix+"*", func(msg *nats.Msg) {
-		provider := strings.TrimPrefix(msg.Subject, LeaderRefreshPrefix)
-		sctx := natstrace.Extract(context.Background(), msg.Header)
-		sctx, span := s.tr.Start(sctx, "token.refresh.leader", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-			attribute.String("messaging.system", "nats"),
-			attribute.String("messaging.destination.name", msg.Subject),
-			attribute.String("tokenbus.provider", provider)))
-		src, ok := sources[provider]
+		c := call{endpoint: endpointLeader, provider: strings.TrimPrefix(msg.Subject, LeaderRefreshPrefix), start: time.Now()}
+		c.ctx, c.span = s.tr.Start(natstrace.Extract(context.Background(), msg.Header), endpointLeader, spanKindServer,
+			trace.WithAttributes(attrSystem, semconv.MessagingDestinationName(msg.Subject), keyProvider.String(c.provider)))
+		src, ok := sources[c.provider]
 		if !ok {
-			s.fail(span, msg.Reply, nil, provider, refresher.ErrUnknownProvider)
+			s.fail(c, msg.Reply, nil, refresher.ErrUnknownProvider)
 			return
 		}
 		var r wire.RefreshRequest
 		if err := json.Unmarshal(msg.Data, &r); err != nil || r.InvalidToken == "" {
-			s.fail(span, msg.Reply, nil, provider, fmt.Errorf("%w: bad forwarded refresh", refresher.ErrBadRequest))
+			s.fail(c, msg.Reply, nil, fmt.Errorf("%w: bad forwarded refresh", refresher.ErrBadRequest))
 			return
 		}
-		s.async(sctx, span, msg.Reply, provider, func(ctx context.Context) ([]byte, error) { return src.Refresh(ctx, r.InvalidToken) })
+		s.async(c, msg.Reply, func(ctx context.Context) ([]byte, error) { return src.Refresh(ctx, r.InvalidToken) })
 	})
 	if err != nil {
 		return fmt.Errorf("rpc: serve leader: %w", err)

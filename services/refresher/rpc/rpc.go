@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/natstrace"
@@ -64,7 +65,27 @@ type Config struct {
 	Tracer      trace.Tracer
 	// Now returns the current time; time.Now if nil.
 	Now func() time.Time
+	// Recorder is told about every token.get and token.refresh answered
+	// (metrics); nil records nothing.
+	Recorder Recorder
 }
+
+// Recorder is told about every request answered: its endpoint ("token.get"
+// or "token.refresh"), provider (as requested; it may not be configured), wire
+// code (200 for success) and latency. It is called on the request path and
+// must be cheap.
+type Recorder interface {
+	RecordRequest(endpoint, provider string, code int, took time.Duration)
+}
+
+// Endpoint names as given to Recorder and in span names.
+const (
+	EndpointGet     = "token.get"
+	EndpointRefresh = "token.refresh"
+)
+
+// codeOK is the code recorded for a successful request.
+const codeOK = 200
 
 // Service is the running micro service.
 type Service struct {
@@ -108,7 +129,7 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		Version:     cfg.Version,
 		Description: "tokenbus: payment-provider access tokens for the fleet",
 		QueueGroup:  wire.QueueGroup,
-		Metadata:    map[string]string{"providers": strings.Join(names, ",")},
+		Metadata:    map[string]string{"providers": strings.Join(names, ","), "version": cfg.Version},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rpc: add service: %w", err)
@@ -150,102 +171,142 @@ func (s *Service) Stop() error {
 }
 
 func (s *Service) handleGet(req micro.Request) {
-	provider := strings.TrimPrefix(req.Subject(), wire.GetPrefix)
-	ctx, span := s.startSpan(req, "token.get", provider)
-	src, ok := s.cfg.Sources[provider]
+	c := s.begin(req, EndpointGet, wire.GetPrefix)
+	src, ok := s.cfg.Sources[c.provider]
 	if !ok {
-		s.fail(span, req.Reply(), req, provider, refresher.ErrUnknownProvider)
+		s.fail(c, req.Reply(), req, refresher.ErrUnknownProvider)
 		return
 	}
 	if !emptyOrObject(req.Data()) {
-		s.fail(span, req.Reply(), req, provider, fmt.Errorf("%w: token.get takes an empty body or {}", refresher.ErrBadRequest))
+		s.fail(c, req.Reply(), req, fmt.Errorf("%w: token.get takes an empty body or {}", refresher.ErrBadRequest))
 		return
 	}
 	if b, ok := src.(Blocking); ok && b.Blocking() {
-		s.async(ctx, span, req.Reply(), provider, func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
+		s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
 		return
 	}
-	body, err := src.Get(ctx)
+	body, err := src.Get(c.ctx)
 	if err != nil {
-		s.fail(span, req.Reply(), req, provider, err)
+		s.fail(c, req.Reply(), req, err)
 		return
 	}
 	_ = req.Respond(body)
-	span.End()
+	s.end(c, codeOK)
 }
 
 func (s *Service) handleRefresh(req micro.Request) {
-	provider := strings.TrimPrefix(req.Subject(), wire.RefreshPrefix)
-	ctx, span := s.startSpan(req, "token.refresh", provider)
-	src, ok := s.cfg.Sources[provider]
+	c := s.begin(req, EndpointRefresh, wire.RefreshPrefix)
+	src, ok := s.cfg.Sources[c.provider]
 	if !ok {
-		s.fail(span, req.Reply(), req, provider, refresher.ErrUnknownProvider)
+		s.fail(c, req.Reply(), req, refresher.ErrUnknownProvider)
 		return
 	}
 	var r wire.RefreshRequest
 	if err := json.Unmarshal(req.Data(), &r); err != nil || r.InvalidToken == "" {
-		s.fail(span, req.Reply(), req, provider, fmt.Errorf(`%w: token.refresh takes {"invalid_token":"<rejected token>"}`, refresher.ErrBadRequest))
+		s.fail(c, req.Reply(), req, fmt.Errorf(`%w: token.refresh takes {"invalid_token":"<rejected token>"}`, refresher.ErrBadRequest))
 		return
 	}
-	s.async(ctx, span, req.Reply(), provider, func(ctx context.Context) ([]byte, error) { return src.Refresh(ctx, r.InvalidToken) })
+	s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) { return src.Refresh(ctx, r.InvalidToken) })
 }
 
 // async runs fn on its own goroutine and publishes the reply itself: micro's
 // Request must not be used once the handler has returned.
-func (s *Service) async(ctx context.Context, span trace.Span, reply, provider string, fn func(context.Context) ([]byte, error)) {
+func (s *Service) async(c call, reply string, fn func(context.Context) ([]byte, error)) {
 	select {
 	case s.sem <- struct{}{}:
 	default:
-		s.fail(span, reply, nil, provider, fmt.Errorf("%w: too many requests in flight", refresher.ErrNoToken))
+		s.fail(c, reply, nil, fmt.Errorf("%w: too many requests in flight", refresher.ErrNoToken))
 		return
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer func() { <-s.sem }()
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), s.cfg.Timeout)
 		defer cancel()
 		stop := context.AfterFunc(s.ctx, cancel)
 		defer stop()
 		body, err := fn(ctx)
 		if err != nil {
-			s.fail(span, reply, nil, provider, err)
+			s.fail(c, reply, nil, err)
 			return
 		}
 		if reply != "" {
 			_ = s.nc.Publish(reply, body)
 		}
-		span.End()
+		s.end(c, codeOK)
 	}()
 }
 
-func (s *Service) startSpan(req micro.Request, name, provider string) (context.Context, trace.Span) {
+// call is one request in progress.
+type call struct {
+	ctx      context.Context
+	span     trace.Span
+	endpoint string
+	provider string
+	start    time.Time
+}
+
+// Span attributes of the server spans (OpenTelemetry messaging semantic
+// conventions, plus the provider).
+var (
+	attrSystem     = semconv.MessagingSystemKey.String("nats")
+	attrGroup      = semconv.MessagingConsumerGroupName(wire.QueueGroup)
+	keyProvider    = attribute.Key("tokenbus.provider")
+	keyErrorCode   = attribute.Key("tokenbus.error_code")
+	spanKindServer = trace.WithSpanKind(trace.SpanKindServer)
+)
+
+// begin starts the server span for req, continuing the caller's trace from
+// the W3C trace context in its headers. Attributes are set only on spans
+// that record, so an unsampled request allocates nothing for them.
+func (s *Service) begin(req micro.Request, endpoint, prefix string) call {
+	c := call{endpoint: endpoint, provider: strings.TrimPrefix(req.Subject(), prefix), start: time.Now()}
 	ctx := natstrace.Extract(context.Background(), nats.Header(req.Headers()))
-	return s.tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-		attribute.String("messaging.system", "nats"),
-		attribute.String("messaging.operation.type", "process"),
-		attribute.String("messaging.destination.name", req.Subject()),
-		attribute.String("tokenbus.provider", provider),
-	))
+	c.ctx, c.span = s.tr.Start(ctx, endpoint, spanKindServer)
+	if c.span.IsRecording() {
+		c.span.SetAttributes(
+			attrSystem,
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingOperationName(endpoint),
+			semconv.MessagingDestinationName(req.Subject()),
+			semconv.MessagingDestinationTemplate(prefix+"*"),
+			semconv.MessagingMessageBodySize(len(req.Data())),
+			attrGroup,
+			keyProvider.String(c.provider),
+		)
+	}
+	return c
+}
+
+// end ends c's span and records it.
+func (s *Service) end(c call, code int) {
+	c.span.End()
+	// A forwarded refresh was counted where it arrived, on the standby.
+	if s.cfg.Recorder != nil && c.endpoint != endpointLeader {
+		s.cfg.Recorder.RecordRequest(c.endpoint, c.provider, code, time.Since(c.start))
+	}
 }
 
 // fail answers with the wire error for err. With req it answers through micro
 // (so its stats count the error); without, it publishes to reply directly.
-func (s *Service) fail(span trace.Span, reply string, req micro.Request, provider string, err error) {
-	code, msg := Code(provider, err)
-	span.SetAttributes(attribute.Int("tokenbus.error_code", code))
-	span.SetStatus(codes.Error, msg)
-	span.End()
+func (s *Service) fail(c call, reply string, req micro.Request, err error) {
+	code, msg := Code(c.provider, err)
+	c.span.SetAttributes(keyErrorCode.Int(code))
+	c.span.SetStatus(codes.Error, msg)
+	s.log.LogAttrs(c.ctx, slog.LevelDebug, "request failed", slog.String("endpoint", c.endpoint),
+		slog.String("provider", c.provider), slog.Int("code", code), slog.String("error", msg))
+	defer s.end(c, code)
 	body, _ := json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: msg}})
-	c := fmt.Sprint(code)
+	cs := fmt.Sprint(code)
 	if req != nil {
-		_ = req.Error(c, msg, body)
+		_ = req.Error(cs, msg, body)
 		return
 	}
 	if reply == "" {
 		return
 	}
-	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {c}, wire.HeaderError: {msg}}})
+	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {cs}, wire.HeaderError: {msg}}})
 }
 
 // Code maps a domain error to its wire code and message (SPEC §3): unknown

@@ -1,22 +1,20 @@
 // Package telemetry owns the refresher's OpenTelemetry SDK: the tracer
 // provider and its exporter, chosen by the standard OTEL_* environment
-// variables through the contrib autoexport package, and the W3C trace-context
-// propagator. Libraries use only the OTel API; this is the one place the SDK
-// is configured.
+// variables through the contrib autoexport package; the W3C trace-context
+// propagator; the meter provider and its Prometheus exporter; and the slog
+// handler that stamps trace and span ids on log records. Libraries use only
+// the OTel API; this is the one place the SDK is configured.
 package telemetry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 )
 
 // Setup installs the global propagator (W3C traceparent and baggage) and, when
@@ -38,10 +36,9 @@ func Setup(ctx context.Context, service, version, instance string) (func(context
 	if autoexport.IsNoneSpanExporter(exp) {
 		return noop, nil
 	}
-	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL,
-		semconv.ServiceName(service), semconv.ServiceVersion(version), semconv.ServiceInstanceID(instance)))
-	if err != nil && !errors.Is(err, resource.ErrSchemaURLConflict) {
-		return nil, fmt.Errorf("telemetry: resource: %w", err)
+	res, err := newResource(service, version, instance)
+	if err != nil {
+		return nil, err
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)

@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=…".
@@ -56,13 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return m.Close()
 }
 
-// newLogger returns the process logger for level and format.
+// newLogger returns the process logger for level and format; records made
+// inside a span carry its trace_id and span_id.
 func newLogger(w io.Writer, level, format string) *slog.Logger {
-	var lv slog.Level
-	_ = lv.UnmarshalText([]byte(level))
-	o := &slog.HandlerOptions{Level: lv}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, o))
-	}
-	return slog.New(slog.NewTextHandler(w, o))
+	return telemetry.NewLogger(w, level, format)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/lease"
+	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
@@ -64,6 +65,10 @@ type Main struct {
 	httpSrv  *http.Server
 	httpAddr string
 	telStop  func(context.Context) error
+	obs      *observability
+	// Metrics records the process's metrics; the leader lease reports to it
+	// (SetLeader, LeaseRenewalFailed). Set by Run.
+	Metrics  *metrics.Metrics
 	instance string
 	elector  *lease.Elector
 	cancel   context.CancelFunc
@@ -146,9 +151,19 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	names := make([]string, 0, len(cfg.Providers))
+	for _, p := range cfg.Providers {
+		names = append(names, p.Name)
+	}
+	if m.obs, err = newObservability(names, instance); err != nil {
+		return err
+	}
+	m.Metrics = m.obs.metrics
 	m.elector, err = lease.New(lease.Config{
 		KV: m.store.KV(), Holder: instance, Logger: m.logger,
 		TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
+		OnChange:       func(st lease.State) { m.Metrics.SetLeader(st.Leader) },
+		OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
 	})
 	if err != nil {
 		return err
@@ -174,7 +189,9 @@ func (m *Main) Run(ctx context.Context) error {
 		mgr := refresh.NewManager(refresh.Config{
 			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: pub, MayCall: m.elector.Valid,
 			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
+			Recorder: m.obs,
 		})
+		m.obs.trackExpiry(mgr)
 		m.loops = append(m.loops, mgr)
 		m.statusers = append(m.statusers, mgr)
 		byName[p.Name] = mgr
@@ -182,7 +199,7 @@ func (m *Main) Run(ctx context.Context) error {
 		leaderSources[p.Name] = mgr
 	}
 	m.instance = instance
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger}); err != nil {
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
 	if err := m.startHTTP(cfg.HTTP.Listen); err != nil {
@@ -261,6 +278,12 @@ func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.P
 	}
 	m.loops = append(m.loops, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid}))
 	m.statusers = append(m.statusers, pl)
+	m.Metrics.RegisterPool(p.Name, func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		n, _ := pl.Ready(ctx)
+		return n
+	})
 	return pl, nil
 }
 
@@ -288,7 +311,9 @@ func (m *Main) startHTTP(listen string) error {
 		_, err := m.store.KV().Status(ctx)
 		return err
 	})
-	m.httpSrv = &http.Server{Handler: httpapi.Handler(ready), ReadHeaderTimeout: 5 * time.Second}
+	m.httpSrv = &http.Server{Handler: httpapi.New(httpapi.Config{
+		Ready: ready, Metrics: m.obs.prom.Handler(), Status: m.Status, History: m.obs.history,
+	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = m.httpSrv.Serve(ln) }()
 	return nil
 }
@@ -298,7 +323,7 @@ func (m *Main) banner() {
 	if m.ns != nil {
 		url = m.ns.ClientURL()
 	}
-	fmt.Fprintf(m.stdout, "tokenbus refresher %s is running\n  NATS:      %s (bucket %q)\n  HTTP:      http://%s/healthz\n", Version, url, m.Config.Bucket, m.httpAddr)
+	fmt.Fprintf(m.stdout, "tokenbus refresher %s is running\n  NATS:      %s (bucket %q)\n  status:    http://%s/ (also /metrics, /healthz, /readyz)\n", Version, url, m.Config.Bucket, m.httpAddr)
 	if m.simSrv != nil {
 		fmt.Fprintf(m.stdout, "  simulator: http://%s\n", m.simSrv.Addr)
 	}
@@ -338,6 +363,7 @@ func (m *Main) Close() error {
 	if m.telStop != nil {
 		errs = append(errs, m.telStop(ctx))
 	}
+	errs = append(errs, m.obs.close(ctx))
 	return errors.Join(errs...)
 }
 

@@ -1,11 +1,13 @@
 // Package testutil holds the refresher's test helpers: an in-process
 // nats-server with JetStream per test, a client connection to it, polling
-// instead of sleeping, and a concurrency-safe log buffer to scan for secrets.
+// instead of sleeping, a concurrency-safe log buffer to scan for secrets, and
+// the path of a headless Chromium for browser tests.
 package testutil
 
 import (
 	"bytes"
 	"log/slog"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -87,4 +89,18 @@ func (b *LogBuffer) String() string {
 // Logger returns a debug-level JSON logger writing to b.
 func (b *LogBuffer) Logger() *slog.Logger {
 	return slog.New(slog.NewJSONHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// Chromium returns the path of a Chromium that can run headless, or skips
+// the test saying why. `go tool task test` installs Debian's chromium first
+// (task chromium) wherever it can: as root with apt-get.
+func Chromium(tb testing.TB) string {
+	tb.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	tb.Skip("browser test skipped: no chromium on PATH; install Debian's chromium (`go tool task chromium`, as root) to run it")
+	return ""
 }

@@ -47,13 +47,42 @@ func NewClient(timeout time.Duration, base http.RoundTripper) *http.Client {
 	}
 	return &http.Client{
 		Timeout: timeout,
-		Transport: otelhttp.NewTransport(base,
+		Transport: hideQuery{otelhttp.NewTransport(restoreQuery{base},
 			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
 				return "provider " + r.Method + " " + r.URL.Path
 			}),
-		),
+		)},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// queryKey carries a request's URL query past otelhttp, which records the
+// full URL (url.full) on its client span: hideQuery takes the query off the
+// request otelhttp sees and restoreQuery puts it back for the wire, so no
+// span ever holds a query string. otelhttp records no request headers.
+type queryKey struct{}
+
+type hideQuery struct{ next http.RoundTripper }
+
+func (t hideQuery) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.RawQuery == "" {
+		return t.next.RoundTrip(r)
+	}
+	r2 := r.Clone(context.WithValue(r.Context(), queryKey{}, r.URL.RawQuery))
+	r2.URL.RawQuery = ""
+	return t.next.RoundTrip(r2)
+}
+
+type restoreQuery struct{ next http.RoundTripper }
+
+func (t restoreQuery) RoundTrip(r *http.Request) (*http.Response, error) {
+	q, ok := r.Context().Value(queryKey{}).(string)
+	if !ok {
+		return t.next.RoundTrip(r)
+	}
+	r2 := r.Clone(r.Context())
+	r2.URL.RawQuery = q
+	return t.next.RoundTrip(r2)
 }
 
 // Response is a token endpoint's answer, read in full (up to MaxBody).

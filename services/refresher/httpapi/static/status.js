@@ -1,0 +1,175 @@
+// tokenbus status page: polls status.json and renders the providers, a live
+// countdown to each token's expiry, the leader, and a chart of recent
+// refreshes. Plain JavaScript, no dependencies.
+"use strict";
+
+const POLL_MS = 2000;
+const STATES = { ok: "OK", failing: "Failing", no_token: "No token" };
+let data = null;      // last status.json
+let offset = 0;       // server clock − browser clock, in ms
+let lastOK = 0;       // browser time of the last successful poll
+
+function now() { return Date.now() + offset; }
+
+function duration(ms) {
+  const s = Math.floor(Math.abs(ms) / 1000);
+  const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60, sec = s % 60;
+  if (d > 0) return `${d}d ${h}h`;
+  if (h > 0) return `${h}h ${String(m).padStart(2, "0")}m ${String(sec).padStart(2, "0")}s`;
+  if (m > 0) return `${m}m ${String(sec).padStart(2, "0")}s`;
+  return `${sec}s`;
+}
+
+function ago(iso) {
+  if (!iso) return "never";
+  return duration(now() - Date.parse(iso)) + " ago";
+}
+
+function plural(n, one, many) { return n + " " + (n === 1 ? one : (many || one + "s")); }
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function renderReplica(st) {
+  const leader = document.getElementById("leader");
+  if (st.leader) {
+    leader.textContent = "Leader: this replica (" + st.instance + ")";
+    leader.className = "leader self";
+  } else if (st.leader_instance) {
+    leader.textContent = "Standby · leader is " + st.leader_instance;
+    leader.className = "leader other";
+  } else {
+    leader.textContent = "Standby · no leader seen";
+    leader.className = "leader unknown";
+  }
+  let who = "replica " + st.instance + " · version " + st.version;
+  if (st.term) who += " · term " + st.term;
+  document.getElementById("instance").textContent = who;
+}
+
+function renderOverall(st) {
+  const ps = st.providers || [];
+  const bad = ps.filter(p => p.state === "no_token"), failing = ps.filter(p => p.state === "failing");
+  const o = document.getElementById("overall");
+  if (bad.length > 0) {
+    o.textContent = `${plural(bad.length, "provider has", "providers have")} no valid token: ${bad.map(p => p.name).join(", ")}`;
+    o.className = "overall bad";
+  } else if (failing.length > 0) {
+    o.textContent = `Tokens valid, but refreshes are failing for ${failing.map(p => p.name).join(", ")}`;
+    o.className = "overall warn";
+  } else {
+    o.textContent = `All ${plural(ps.length, "provider")} have a valid token`;
+    o.className = "overall ok";
+  }
+}
+
+function renderProviders(st) {
+  renderOverall(st);
+  const body = document.querySelector("#providers tbody");
+  body.replaceChildren();
+  for (const p of st.providers || []) {
+    const tr = el("tr");
+    tr.dataset.provider = p.name;
+    tr.append(el("td", "name", p.name), el("td", "kind", p.kind));
+    const state = el("td", "state");
+    state.append(el("span", "badge " + p.state, STATES[p.state] || p.state));
+    tr.append(state);
+    const exp = el("td", "expires");
+    if (p.expires_at) exp.dataset.expires = p.expires_at;
+    else if (p.pool !== undefined && p.pool !== null) exp.textContent = p.pool + " single-use ready";
+    else exp.textContent = "—";
+    tr.append(exp);
+    const last = el("td", "last-refresh");
+    if (p.last_refresh) { last.dataset.at = p.last_refresh; last.title = p.last_refresh; } else last.textContent = "never";
+    tr.append(last);
+    const err = el("td", "last-error");
+    if (p.last_error) {
+      err.append(el("div", "", p.last_error));
+      const when = el("div", "muted when");
+      if (p.last_error_at) when.dataset.at = p.last_error_at;
+      err.append(when);
+    } else {
+      err.append(el("span", "muted", "—"));
+    }
+    tr.append(err);
+    body.append(tr);
+  }
+  tick();
+}
+
+// tick updates every countdown and "… ago" in place; it runs 4 times a second.
+function tick() {
+  for (const td of document.querySelectorAll("td.expires[data-expires]")) {
+    const left = Date.parse(td.dataset.expires) - now();
+    td.textContent = left > 0 ? duration(left) : "expired " + duration(left) + " ago";
+    td.classList.toggle("expired", left <= 0);
+    td.classList.toggle("soon", left > 0 && left < 60000);
+  }
+  for (const e of document.querySelectorAll("[data-at]")) e.textContent = ago(e.dataset.at);
+  const upd = document.getElementById("updated");
+  if (lastOK) upd.textContent = "Updated " + duration(Date.now() - lastOK) + " ago · every " + POLL_MS / 1000 + "s";
+}
+
+function renderChart(history) {
+  const svg = document.getElementById("chart");
+  const NS = "http://www.w3.org/2000/svg";
+  const W = Math.max(320, Math.round(svg.clientWidth || 720)), H = 180, L = 52, R = 12, T = 10, B = 24;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.replaceChildren();
+  const mk = (tag, attrs, text) => {
+    const e = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+  const counts = { ok: 0, transient: 0, permanent: 0 };
+  for (const a of history) counts[a.outcome] = (counts[a.outcome] || 0) + 1;
+  document.getElementById("summary").textContent = history.length === 0
+    ? "No refreshes yet."
+    : `${plural(history.length, "recent refresh", "recent refreshes")}: ${counts.ok} ok, ${plural(counts.transient, "transient failure")}, ${plural(counts.permanent, "permanent failure")}`;
+  mk("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" });
+  mk("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" });
+  if (history.length === 0) return;
+  const t1 = now(), t0 = Math.min(Date.parse(history[0].at), t1 - 60000);
+  const maxMs = Math.max(10, ...history.map(a => a.seconds * 1000)) * 1.1;
+  const x = t => L + (W - L - R) * (t - t0) / Math.max(1, t1 - t0);
+  const y = ms => H - B - (H - B - T) * ms / maxMs;
+  mk("text", { x: L - 6, y: T + 8, "text-anchor": "end" }, Math.round(maxMs) + " ms");
+  mk("text", { x: L - 6, y: H - B, "text-anchor": "end" }, "0");
+  mk("text", { x: L, y: H - 6 }, duration(t1 - t0) + " ago");
+  mk("text", { x: W - R, y: H - 6, "text-anchor": "end" }, "now");
+  for (const a of history) {
+    const c = mk("circle", { cx: x(Date.parse(a.at)).toFixed(1), cy: y(a.seconds * 1000).toFixed(1), r: 4, class: a.outcome });
+    const title = document.createElementNS(NS, "title");
+    title.textContent = `${a.provider} ${a.outcome} ${(a.seconds * 1000).toFixed(1)} ms at ${a.at}`;
+    c.append(title);
+  }
+}
+
+async function poll() {
+  const banner = document.getElementById("banner");
+  try {
+    const t = Date.now();
+    const resp = await fetch("status.json", { cache: "no-store" });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    data = await resp.json();
+    offset = Date.parse(data.now) - (t + Date.now()) / 2;
+    lastOK = Date.now();
+    banner.hidden = true;
+    renderReplica(data.status);
+    renderProviders(data.status);
+    renderChart(data.history || []);
+  } catch (e) {
+    banner.hidden = false;
+    banner.textContent = "Cannot reach the refresher (" + e.message + ")" + (lastOK ? "; showing data from " + duration(Date.now() - lastOK) + " ago" : "");
+  }
+}
+
+poll();
+setInterval(poll, POLL_MS);
+setInterval(tick, 250);

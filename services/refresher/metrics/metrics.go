@@ -1,0 +1,325 @@
+// Package metrics owns the refresher's metric instruments, recorded through
+// the OpenTelemetry metrics API (the SDK and the Prometheus exporter live in
+// package telemetry). Every label value is a configured provider name, an
+// endpoint name, an outcome or a wire code from a fixed set: never a request
+// subject, a credential or a token. Names as Prometheus shows them:
+//
+//	tokenbus_refreshes_total{provider,outcome}          upstream token requests; outcome ok|transient|permanent
+//	tokenbus_upstream_duration_seconds{provider}        upstream token request latency (histogram)
+//	tokenbus_token_expires_in_seconds{provider}         seconds until the current token expires (negative: expired)
+//	tokenbus_requests_total{endpoint,provider,code}     token.get / token.refresh requests by wire code (200 for success)
+//	tokenbus_request_duration_seconds{endpoint,provider,code}  their latency (histogram)
+//	tokenbus_pool_size{provider}                        single-use tokens ready to hand out
+//	tokenbus_leader                                     1 while this replica holds the lease, else 0
+//	tokenbus_lease_renewal_failures_total               failed lease renewals
+//
+// Recording is cheap on the request path: attribute sets and options are built
+// once per provider, endpoint and code, so a request costs a map lookup and
+// two instrument updates, and allocates nothing.
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// ScopeName is the instrumentation scope of every instrument.
+const ScopeName = "github.com/tokenbus/tokenbus/services/refresher/metrics"
+
+// Label keys.
+const (
+	// KeyProvider labels a configured provider name.
+	KeyProvider = attribute.Key("provider")
+	// KeyOutcome labels an upstream attempt: OutcomeOK, OutcomeTransient or
+	// OutcomePermanent.
+	KeyOutcome = attribute.Key("outcome")
+	// KeyEndpoint labels a request endpoint: EndpointGet or EndpointRefresh.
+	KeyEndpoint = attribute.Key("endpoint")
+	// KeyCode labels a request's wire code: 200 for success, else 400, 404,
+	// 502 or 503.
+	KeyCode = attribute.Key("code")
+)
+
+// Label values.
+const (
+	OutcomeOK        = "ok"
+	OutcomeTransient = "transient"
+	OutcomePermanent = "permanent"
+	EndpointGet      = "token.get"
+	EndpointRefresh  = "token.refresh"
+	// UnknownProvider labels requests for a provider that is not configured,
+	// so that callers cannot create label values at will. It is not a valid
+	// provider name.
+	UnknownProvider = "_unknown"
+	// CodeOK is the code label of a successful request.
+	CodeOK = 200
+)
+
+// codes are the wire codes a request can end with, in label order.
+var codes = [...]int{CodeOK, wire.CodeBadRequest, wire.CodeUnknownProvider, wire.CodeProviderFailed, wire.CodeUnavailable}
+
+var endpoints = [...]string{EndpointGet, EndpointRefresh}
+
+// Latency buckets: the request path answers in microseconds, provider calls
+// take tens of milliseconds to seconds.
+var (
+	requestBuckets  = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15}
+	upstreamBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+)
+
+// Metrics records the refresher's metrics. Its methods are safe for
+// concurrent use and do nothing on a nil *Metrics.
+type Metrics struct {
+	refreshes  metric.Int64Counter
+	upstream   metric.Float64Histogram
+	requests   metric.Int64Counter
+	reqLatency metric.Float64Histogram
+	renewals   metric.Int64Counter
+	leader     atomic.Int64
+
+	providers map[string]*providerOpts
+	unknown   *providerOpts
+	noAttrs   metric.AddOption
+
+	mu      sync.Mutex
+	expiry  []expirySource
+	pools   []poolSource
+	regs    []metric.Registration
+	gExpiry metric.Float64ObservableGauge
+	gPool   metric.Int64ObservableGauge
+}
+
+type expirySource struct {
+	provider string
+	attrs    metric.ObserveOption
+	fn       func() (time.Time, bool)
+}
+
+type poolSource struct {
+	provider string
+	attrs    metric.ObserveOption
+	fn       func() int
+}
+
+// providerOpts are one provider's pre-built measurement options.
+type providerOpts struct {
+	name     string
+	set      attribute.Set
+	outcome  [3][]metric.AddOption // by outcome: ok, transient, permanent
+	upstream []metric.RecordOption // {provider}
+	reqAdd   [2][len(codes)][]metric.AddOption
+	reqRec   [2][len(codes)][]metric.RecordOption
+}
+
+func newProviderOpts(name string) *providerOpts {
+	p := &providerOpts{name: name, set: attribute.NewSet(KeyProvider.String(name))}
+	for i, o := range [...]string{OutcomeOK, OutcomeTransient, OutcomePermanent} {
+		p.outcome[i] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(KeyProvider.String(name), KeyOutcome.String(o)))}
+	}
+	p.upstream = []metric.RecordOption{metric.WithAttributeSet(p.set)}
+	for e, ep := range endpoints {
+		for c, code := range codes {
+			opt := metric.WithAttributeSet(attribute.NewSet(KeyEndpoint.String(ep), KeyProvider.String(name), KeyCode.String(strconv.Itoa(code))))
+			p.reqAdd[e][c], p.reqRec[e][c] = []metric.AddOption{opt}, []metric.RecordOption{opt}
+		}
+	}
+	return p
+}
+
+// New creates the instruments on mp (a no-op provider if nil) for the
+// configured providers. The leader gauge starts at 0.
+func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
+	if mp == nil {
+		mp = noop.NewMeterProvider()
+	}
+	meter := mp.Meter(ScopeName)
+	m := &Metrics{providers: make(map[string]*providerOpts, len(providers)), unknown: newProviderOpts(UnknownProvider)}
+	for _, p := range providers {
+		m.providers[p] = newProviderOpts(p)
+	}
+	m.noAttrs = metric.WithAttributeSet(*attribute.EmptySet())
+	var err error
+	mk := func(e error) {
+		if err == nil && e != nil {
+			err = fmt.Errorf("metrics: %w", e)
+		}
+	}
+	var e error
+	m.refreshes, e = meter.Int64Counter("tokenbus.refreshes", metric.WithUnit("{refresh}"),
+		metric.WithDescription("Upstream token requests by provider and outcome (ok, transient, permanent)."))
+	mk(e)
+	m.upstream, e = meter.Float64Histogram("tokenbus.upstream.duration", metric.WithUnit("s"),
+		metric.WithDescription("Latency of upstream token requests, by provider."),
+		metric.WithExplicitBucketBoundaries(upstreamBuckets...))
+	mk(e)
+	m.requests, e = meter.Int64Counter("tokenbus.requests", metric.WithUnit("{request}"),
+		metric.WithDescription("token.get and token.refresh requests by endpoint, provider and wire code (200 for success)."))
+	mk(e)
+	m.reqLatency, e = meter.Float64Histogram("tokenbus.request.duration", metric.WithUnit("s"),
+		metric.WithDescription("Latency of token.get and token.refresh requests, from receipt to reply."),
+		metric.WithExplicitBucketBoundaries(requestBuckets...))
+	mk(e)
+	m.renewals, e = meter.Int64Counter("tokenbus.lease.renewal_failures", metric.WithUnit("{failure}"),
+		metric.WithDescription("Failed renewals of the leader lease."))
+	mk(e)
+	_, e = meter.Int64ObservableGauge("tokenbus.leader",
+		metric.WithDescription("1 while this replica holds the leader lease and calls providers, else 0."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(m.leader.Load())
+			return nil
+		}))
+	mk(e)
+	m.gExpiry, e = meter.Float64ObservableGauge("tokenbus.token.expires_in", metric.WithUnit("s"),
+		metric.WithDescription("Seconds until the current token expires, by provider; negative once expired, absent before the first token."))
+	mk(e)
+	m.gPool, e = meter.Int64ObservableGauge("tokenbus.pool.size", metric.WithUnit("{token}"),
+		metric.WithDescription("Single-use tokens ready to hand out, by provider."))
+	mk(e)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := meter.RegisterCallback(m.observe, m.gExpiry, m.gPool)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	m.regs = append(m.regs, reg)
+	// Export the counter from the start, so rate() and alerts see a zero.
+	m.renewals.Add(context.Background(), 0, m.noAttrs)
+	return m, nil
+}
+
+func (m *Metrics) observe(_ context.Context, o metric.Observer) error {
+	m.mu.Lock()
+	expiry, pools := m.expiry, m.pools
+	m.mu.Unlock()
+	now := time.Now()
+	for _, s := range expiry {
+		if at, ok := s.fn(); ok {
+			o.ObserveFloat64(m.gExpiry, at.Sub(now).Seconds(), s.attrs)
+		}
+	}
+	for _, s := range pools {
+		o.ObserveInt64(m.gPool, int64(s.fn()), s.attrs)
+	}
+	return nil
+}
+
+func (m *Metrics) opts(provider string) *providerOpts {
+	if p, ok := m.providers[provider]; ok {
+		return p
+	}
+	return m.unknown
+}
+
+// TrackExpiry reports provider's token expiry on every collection: fn returns
+// the current token's expiry, or false when there is none.
+func (m *Metrics) TrackExpiry(provider string, fn func() (expiresAt time.Time, ok bool)) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.expiry = append(slices.Clip(m.expiry), expirySource{provider, metric.WithAttributeSet(m.opts(provider).set), fn})
+}
+
+// RegisterPool reports provider's single-use pool size on every collection:
+// fn returns the number of tokens ready to hand out.
+func (m *Metrics) RegisterPool(provider string, fn func() int) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pools = append(slices.Clip(m.pools), poolSource{provider, metric.WithAttributeSet(m.opts(provider).set), fn})
+}
+
+// RecordAttempt records one refresh attempt of provider: its upstream token
+// request took took, and the attempt (request and publication) failed with
+// err, nil for success; err is classified by refresher.Classify into the
+// outcome label.
+func (m *Metrics) RecordAttempt(provider string, took time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	p := m.opts(provider)
+	i := 0
+	if err != nil {
+		i = 1
+		if refresher.Classify(err) == refresher.Permanent {
+			i = 2
+		}
+	}
+	ctx := context.Background()
+	m.refreshes.Add(ctx, 1, p.outcome[i]...)
+	m.upstream.Record(ctx, took.Seconds(), p.upstream...)
+}
+
+// RecordRequest records one request to endpoint (EndpointGet or
+// EndpointRefresh) for provider, answered with the wire code (CodeOK for
+// success) after took. Unconfigured providers are labelled UnknownProvider.
+func (m *Metrics) RecordRequest(endpoint, provider string, code int, took time.Duration) {
+	if m == nil {
+		return
+	}
+	p := m.opts(provider)
+	e := 0
+	if endpoint == EndpointRefresh {
+		e = 1
+	}
+	c := slices.Index(codes[:], code)
+	if c < 0 {
+		c = len(codes) - 1 // any other failure is "unavailable"
+	}
+	ctx := context.Background()
+	m.requests.Add(ctx, 1, p.reqAdd[e][c]...)
+	m.reqLatency.Record(ctx, took.Seconds(), p.reqRec[e][c]...)
+}
+
+// SetLeader sets the leader gauge: 1 while this replica holds the lease.
+func (m *Metrics) SetLeader(leader bool) {
+	if m == nil {
+		return
+	}
+	var v int64
+	if leader {
+		v = 1
+	}
+	m.leader.Store(v)
+}
+
+// LeaseRenewalFailed counts one failed renewal of the leader lease.
+func (m *Metrics) LeaseRenewalFailed() {
+	if m == nil {
+		return
+	}
+	m.renewals.Add(context.Background(), 1, m.noAttrs)
+}
+
+// Close unregisters the observable callbacks.
+func (m *Metrics) Close() error {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var err error
+	for _, r := range m.regs {
+		if e := r.Unregister(); e != nil && err == nil {
+			err = e
+		}
+	}
+	m.regs = nil
+	return err
+}
