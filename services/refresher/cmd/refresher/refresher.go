@@ -202,6 +202,10 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
+	// The endpoints answer once the server has seen their subscriptions.
+	if err := m.nc.FlushTimeout(10 * time.Second); err != nil {
+		return fmt.Errorf("refresher: registering the service: %w", err)
+	}
 	if err := m.startHTTP(cfg.HTTP.Listen); err != nil {
 		return err
 	}
