@@ -3,6 +3,7 @@ package tokenclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -23,8 +24,10 @@ type watch struct {
 	status  chan nats.Status
 	kw      jetstream.KeyWatcher
 	updates <-chan jetstream.KeyValueEntry
-	lastRev uint64
-	lastErr string
+	// kwCancel ends kw's context, which bounds its subscription's life.
+	kwCancel context.CancelFunc
+	lastRev  uint64
+	lastErr  string
 }
 
 func newWatch(c *Client) (*watch, error) {
@@ -70,7 +73,9 @@ func (w *watch) run() {
 				continue
 			}
 			if err := w.start(); err != nil {
-				w.report(err)
+				if err != errNotConnected && w.c.bg.Err() == nil {
+					w.report(err)
+				}
 				fails++
 				d := w.c.o.watchRetry
 				if fast {
@@ -82,7 +87,8 @@ func (w *watch) run() {
 			fails, fast, w.lastErr = 0, false, ""
 		case e, ok := <-w.updates:
 			if !ok {
-				w.kw, w.updates = nil, nil
+				w.kwCancel()
+				w.kw, w.updates, w.kwCancel = nil, nil, nil
 				rebuild()
 				continue
 			}
@@ -91,16 +97,23 @@ func (w *watch) run() {
 	}
 }
 
+// errNotConnected: the watch waits for the connection to come back.
+var errNotConnected = errors.New("tokenclient: not connected")
+
 // start opens the bucket and watches it from the revision after the last one
 // seen (or from each key's latest value the first time).
 func (w *watch) start() error {
+	if !w.c.nc.IsConnected() {
+		// A request now would wait for the reconnect and then its timeout;
+		// the reconnect itself triggers the next attempt.
+		return errNotConnected
+	}
 	ctx, cancel := context.WithTimeout(w.c.bg, w.c.o.timeout)
 	defer cancel()
 	kv, err := w.js.KeyValue(ctx, w.c.o.bucket)
 	if err != nil {
 		return fmt.Errorf("tokenclient: watch bucket %q: %w", w.c.o.bucket, err)
 	}
-	var opts []jetstream.WatchOpt
 	if w.lastRev > 0 {
 		if st, err := kv.Status(ctx); err == nil {
 			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo().State.LastSeq < w.lastRev {
@@ -110,14 +123,22 @@ func (w *watch) start() error {
 			}
 		}
 	}
+	var opts []jetstream.WatchOpt
 	if w.lastRev > 0 {
 		opts = append(opts, jetstream.ResumeFromRevision(w.lastRev+1))
 	}
-	kw, err := kv.WatchAll(ctx, opts...)
+	// The watcher's subscription lives as long as the context it was
+	// created with, so that context must outlive this call: it is cancelled
+	// when the watcher is stopped, or here if creating it takes too long.
+	kwCtx, kwCancel := context.WithCancel(w.c.bg)
+	slow := time.AfterFunc(w.c.o.timeout, kwCancel)
+	kw, err := kv.WatchAll(kwCtx, opts...)
+	slow.Stop()
 	if err != nil {
+		kwCancel()
 		return fmt.Errorf("tokenclient: watch bucket %q: %w", w.c.o.bucket, err)
 	}
-	w.kw, w.updates = kw, kw.Updates()
+	w.kw, w.updates, w.kwCancel = kw, kw.Updates(), kwCancel
 	return nil
 }
 
@@ -128,6 +149,7 @@ func (w *watch) stopWatcher() {
 		return
 	}
 	_ = w.kw.Stop()
+	w.kwCancel()
 	ch := w.updates
 	w.c.wg.Add(1)
 	go func() {
@@ -135,7 +157,7 @@ func (w *watch) stopWatcher() {
 		for range ch {
 		}
 	}()
-	w.kw, w.updates = nil, nil
+	w.kw, w.updates, w.kwCancel = nil, nil, nil
 }
 
 // apply puts one watched change into the cache. Values that are not tokens
