@@ -245,7 +245,10 @@ func TestServerRestartMidWatch(t *testing.T) {
 
 	h.RestartNATS()
 	// The refresher reconnects and answers again; then a new token.
-	var next string
+	var (
+		next  string
+		asked time.Time
+	)
 	harness.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if !h.Refresher().NC.IsConnected() {
 			return errors.New("refresher not reconnected")
@@ -253,6 +256,7 @@ func TestServerRestartMidWatch(t *testing.T) {
 		return nil
 	})
 	harness.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		asked = time.Now()
 		tok, err := h.TryForceRefresh()
 		next = tok.AccessToken
 		return err
@@ -268,7 +272,7 @@ func TestServerRestartMidWatch(t *testing.T) {
 	if err != nil || got.AccessToken != next {
 		t.Fatalf("Token = %v, %v", got.AccessToken != "", err)
 	}
-	t.Logf("tokenclient saw the new token %v after it was published", time.Since(published).Round(time.Millisecond))
+	t.Logf("tokenclient had the new token in memory within %v of asking the refresher for it", time.Since(asked).Round(time.Millisecond))
 	// Give the stock watcher as long again, for the record only.
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
@@ -276,7 +280,7 @@ func TestServerRestartMidWatch(t *testing.T) {
 		stockSaw.Range(func(k, v any) bool {
 			if strings.Contains(k.(string), next) {
 				seenStock = true
-				t.Logf("stock watcher saw it after %v", v.(time.Time).Sub(published).Round(time.Millisecond))
+				t.Logf("stock watcher saw it %v after it was published", v.(time.Time).Sub(published).Round(time.Millisecond))
 			}
 			return !seenStock
 		})
