@@ -292,6 +292,32 @@ func TestServerRestartMidWatch(t *testing.T) {
 	t.Logf("stock watcher had not seen it %v after it was published", time.Since(published).Round(time.Millisecond))
 }
 
+// TestServerLosesStore: the server comes back with an empty store and the
+// refresher creates the bucket again, so revisions start over. The client
+// notices that the bucket is a new one and loads it from the start, rather
+// than waiting for revisions past the ones it had seen.
+func TestServerLosesStore(t *testing.T) {
+	h := harness.Start(t, harness.Config{})
+	tc, ev := newClient(t, h, tokenclient.WithWatchRetry(100*time.Millisecond))
+	waitReady(t, tc)
+	h.ForceRefresh() // revision 2: more than the new bucket will have
+	h.Refresher().Stop()
+	h.StopNATS()
+	h.WipeStore()
+	h.StartNATS()
+	h.StartRefresher()
+	fresh := h.Current()
+	harness.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !ev.seen(fresh.AccessToken) {
+			return errors.New("the watch has not delivered the new bucket's token")
+		}
+		return nil
+	})
+	if got, err := tc.Token(context.Background(), h.Provider); err != nil || got.AccessToken != fresh.AccessToken {
+		t.Fatalf("Token = %v, %v", got.AccessToken == fresh.AccessToken, err)
+	}
+}
+
 // TestExpiredNeverReturned: the provider goes down, the last token expires;
 // from that moment Token answers ErrUnavailable, never the expired token,
 // from memory or over request-reply.

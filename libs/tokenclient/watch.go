@@ -27,7 +27,9 @@ type watch struct {
 	// kwCancel ends kw's context, which bounds its subscription's life.
 	kwCancel context.CancelFunc
 	lastRev  uint64
-	lastErr  string
+	// created is when the bucket's stream was created, as last seen.
+	created time.Time
+	lastErr string
 }
 
 func newWatch(c *Client) (*watch, error) {
@@ -114,13 +116,16 @@ func (w *watch) start() error {
 	if err != nil {
 		return fmt.Errorf("tokenclient: watch bucket %q: %w", w.c.o.bucket, err)
 	}
-	if w.lastRev > 0 {
-		if st, err := kv.Status(ctx); err == nil {
-			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo().State.LastSeq < w.lastRev {
-				// The bucket was deleted and created again: start over.
+	if st, err := kv.Status(ctx); err == nil {
+		if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+			info := bs.StreamInfo()
+			if w.lastRev > 0 && (!info.Created.Equal(w.created) || info.State.LastSeq < w.lastRev) {
+				// The bucket was deleted and created again (or the server
+				// lost its store): its revisions start over, and so do we.
 				w.lastRev = 0
 				w.c.cache.clear()
 			}
+			w.created = info.Created
 		}
 	}
 	var opts []jetstream.WatchOpt

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -156,6 +157,18 @@ func (h *Harness) RestartNATS() {
 	h.tb.Helper()
 	h.StopNATS()
 	h.StartNATS()
+}
+
+// WipeStore deletes the server's JetStream store; call it while the server
+// is stopped, to have it come back empty, as a server that lost its disk would.
+func (h *Harness) WipeStore() {
+	h.tb.Helper()
+	if err := os.RemoveAll(h.storeDir); err != nil {
+		h.tb.Fatal(err)
+	}
+	if err := os.MkdirAll(h.storeDir, 0o700); err != nil {
+		h.tb.Fatal(err)
+	}
 }
 
 // Connect opens a client connection that reconnects forever and quickly,
