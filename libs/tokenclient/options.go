@@ -1,0 +1,163 @@
+package tokenclient
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+)
+
+// Option configures a Client. Each option checks its input; New returns an
+// error wrapping ErrInvalidOption for a bad one.
+type Option func(*options) error
+
+type options struct {
+	timeout    time.Duration
+	bucket     string
+	watch      bool
+	singleUse  map[string]bool
+	watchRetry time.Duration
+	statusWait time.Duration
+	onError    func(error)
+	onUpdate   func(Event)
+	tp         trace.TracerProvider
+}
+
+func defaultOptions() options {
+	return options{
+		timeout:    DefaultTimeout,
+		bucket:     wire.DefaultBucket,
+		watch:      true,
+		singleUse:  map[string]bool{},
+		watchRetry: time.Second,
+		statusWait: statusWaitDefault,
+	}
+}
+
+// DefaultTimeout is how long a request to the refresher (Token's fallback,
+// Invalidate, Status) may take when its context has no deadline.
+const DefaultTimeout = 5 * time.Second
+
+// WithTimeout sets how long a request to the refresher may take when its
+// context has no deadline (default DefaultTimeout). d must be positive.
+func WithTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: WithTimeout(%v): must be positive", ErrInvalidOption, d)
+		}
+		o.timeout = d
+		return nil
+	}
+}
+
+var bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+
+// WithBucket names the KV bucket the refresher publishes tokens to (default
+// "tokens", as the refresher's `bucket` setting).
+func WithBucket(name string) Option {
+	return func(o *options) error {
+		if !bucketRE.MatchString(name) {
+			return fmt.Errorf("%w: WithBucket(%q): not a valid bucket name", ErrInvalidOption, name)
+		}
+		o.bucket = name
+		return nil
+	}
+}
+
+// WithoutWatch turns the KV watch off: every Token call is then a
+// request-reply to token.get.<provider>. For short-lived programs such as a
+// command-line tool.
+func WithoutWatch() Option {
+	return func(o *options) error {
+		o.watch = false
+		return nil
+	}
+}
+
+// WithSingleUse declares providers whose tokens are single-use (mPay): Token
+// always asks the refresher for a token never handed out before, and
+// Transport answers a rejection with a fresh token rather than an
+// invalidation. Undeclared single-use providers work too, since the refresher
+// publishes no value for them to watch, but declaring them skips the cache.
+func WithSingleUse(providers ...string) Option {
+	return func(o *options) error {
+		for _, p := range providers {
+			if !wire.ValidName(p) {
+				return fmt.Errorf("%w: WithSingleUse(%q): not a valid provider name", ErrInvalidOption, p)
+			}
+			o.singleUse[p] = true
+		}
+		return nil
+	}
+}
+
+// WithWatchRetry sets how often the watch is retried while it cannot be set
+// up, e.g. because the bucket does not exist yet (default 1s). After a
+// reconnect the watch is rebuilt at once and retried faster, from 50ms
+// doubling up to this interval. d must be positive.
+func WithWatchRetry(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: WithWatchRetry(%v): must be positive", ErrInvalidOption, d)
+		}
+		o.watchRetry = d
+		return nil
+	}
+}
+
+// WithStatusWait sets how long Status gathers replies from refresher
+// replicas (default 300ms). d must be positive.
+func WithStatusWait(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: WithStatusWait(%v): must be positive", ErrInvalidOption, d)
+		}
+		o.statusWait = d
+		return nil
+	}
+}
+
+// WithErrorHandler sets a function called with every error of the
+// background watch (a bucket that does not exist yet, a failed rebuild). The
+// watch keeps retrying regardless; the Client never logs. fn is called from
+// the watch goroutine and must not block.
+func WithErrorHandler(fn func(error)) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithErrorHandler(nil)", ErrInvalidOption)
+		}
+		o.onError = fn
+		return nil
+	}
+}
+
+// WithOnUpdate sets a function called with every change the watch sees:
+// the current values when the watch starts, then each new token as it is
+// published. fn is called from the watch goroutine, in revision order, and
+// must not block.
+func WithOnUpdate(fn func(Event)) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithOnUpdate(nil)", ErrInvalidOption)
+		}
+		o.onUpdate = fn
+		return nil
+	}
+}
+
+// WithTracerProvider sets the OpenTelemetry tracer provider for the client
+// spans of requests to the refresher (default: the global one). Trace
+// context travels in the request's NATS headers through the global
+// propagator either way.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) error {
+		if tp == nil {
+			return fmt.Errorf("%w: WithTracerProvider(nil)", ErrInvalidOption)
+		}
+		o.tp = tp
+		return nil
+	}
+}

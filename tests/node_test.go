@@ -1,0 +1,149 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/tests/harness"
+)
+
+// nodeEvent is one line the Node.js example prints.
+type nodeEvent struct {
+	Event    string     `json:"event"`
+	Token    wire.Token `json:"token"`
+	Revision uint64     `json:"revision"`
+	Code     int        `json:"code"`
+	Message  string     `json:"message"`
+	FromMem  string     `json:"access_token_from_memory"`
+}
+
+// nodeExample installs clients/node's packages (npm ci, from its
+// package-lock.json) and returns the directory, skipping the test when Node
+// or npm is not installed.
+func nodeExample(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("installs npm packages")
+	}
+	for _, bin := range []string{"node", "npm"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s is not installed: the Node.js example is not tested (install Node.js 18+ and npm to run it)", bin)
+		}
+	}
+	dir, err := filepath.Abs(filepath.Join("..", "clients", "node"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// TestNodeExample runs clients/node/example.mjs against a real refresher:
+// token.get answers the current token, the KV watch delivers it, and then
+// delivers the next one the refresher publishes.
+func TestNodeExample(t *testing.T) {
+	dir := nodeExample(t)
+	h := harness.Start(t, harness.Config{})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "example.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+h.Provider, "BUCKET="+h.Bucket, "UPDATES=2")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan nodeEvent)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev nodeEvent
+			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+				t.Errorf("not JSON: %q", sc.Text())
+				continue
+			}
+			lines <- ev
+		}
+	}()
+	next := func() nodeEvent {
+		t.Helper()
+		select {
+		case ev, ok := <-lines:
+			if !ok {
+				t.Fatalf("example ended early; stderr:\n%s", stderr.String())
+			}
+			return ev
+		case <-ctx.Done():
+			t.Fatalf("timed out; stderr:\n%s", stderr.String())
+		}
+		return nodeEvent{}
+	}
+
+	current := h.Current()
+	if ev := next(); ev.Event != "get" || ev.Token != current {
+		t.Fatalf("first line %+v, want get of %+v", ev, current)
+	}
+	var watched, ready bool
+	for !watched || !ready {
+		switch ev := next(); {
+		case ev.Event == "watch" && ev.Token == current:
+			watched = true
+		case ev.Event == "ready" && ev.FromMem == current.AccessToken:
+			ready = true
+		default:
+			t.Fatalf("unexpected %+v", ev)
+		}
+	}
+	fresh := h.ForceRefresh()
+	if ev := next(); ev.Event != "watch" || ev.Token != fresh {
+		t.Fatalf("after rotation %+v, want watch of the new token", ev)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("example: %v\n%s", err, stderr.String())
+	}
+	for range lines {
+	}
+}
+
+// TestNodeExampleErrors: the Node.js example reports the refresher's error
+// reply with its code.
+func TestNodeExampleErrors(t *testing.T) {
+	dir := nodeExample(t)
+	h := harness.Start(t, harness.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "example.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER=daraja-prod", "BUCKET="+h.Bucket)
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("exit: %v (want status 2)\n%s", err, out)
+	}
+	var ev nodeEvent
+	if err := json.Unmarshal(out, &ev); err != nil || ev.Event != "error" || ev.Code != 404 || !strings.Contains(ev.Message, "daraja-prod") {
+		t.Fatalf("output %q (%v)", out, err)
+	}
+}
