@@ -204,7 +204,7 @@ func (h *Harness) StartRefresher() *Refresher {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := natsx.OpenStore(ctx, nc, h.Bucket, 1)
+	store, err := natsx.OpenStore(ctx, nc, h.Bucket, 1, nil)
 	if err != nil {
 		nc.Close()
 		h.tb.Fatal(err)

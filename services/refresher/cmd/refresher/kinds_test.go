@@ -267,7 +267,7 @@ func TestExampleConfigsLoad(t *testing.T) {
 			t.Fatalf("%s: %v", f, err)
 		}
 		for _, p := range cfg.Providers {
-			if _, err := buildProvider(p); err != nil {
+			if _, err := buildProvider(p, nil); err != nil {
 				t.Fatalf("%s: %v", f, err)
 			}
 		}

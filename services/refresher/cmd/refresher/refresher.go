@@ -125,7 +125,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if instance == "" {
 		instance = instanceID()
 	}
-	httpx.UserAgent = "tokenbus-refresher/" + Version + " (" + instance + ")"
+	transport := httpx.WithUserAgent(nil, "tokenbus-refresher/"+Version+" ("+instance+")")
 
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
 		return err
@@ -174,7 +174,7 @@ func (m *Main) Run(ctx context.Context) error {
 	byName := make(map[string]*refresh.Manager, len(cfg.Providers))
 	pub := fencedPublisher{store: m.store, el: m.elector, writer: instance}
 	for _, p := range cfg.Providers {
-		prov, err := buildProvider(p)
+		prov, err := buildProvider(p, transport)
 		if err != nil {
 			return err
 		}

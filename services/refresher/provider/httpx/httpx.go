@@ -31,8 +31,30 @@ const MaxBody = 1 << 20
 // DefaultTimeout bounds each token request when the configuration sets none.
 const DefaultTimeout = 10 * time.Second
 
-// UserAgent is sent on every token request.
-var UserAgent = "tokenbus-refresher"
+// DefaultUserAgent is sent on token requests whose transport sets none.
+const DefaultUserAgent = "tokenbus-refresher"
+
+// WithUserAgent returns a transport that sends ua as the User-Agent of every
+// request through base (http.DefaultTransport if nil). The refresher names
+// itself and its replica there, so a provider's logs tell replicas apart.
+func WithUserAgent(base http.RoundTripper, ua string) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return userAgent{base: base, ua: ua}
+}
+
+type userAgent struct {
+	base http.RoundTripper
+	ua   string
+}
+
+// RoundTrip sets the User-Agent on a copy of req and sends it.
+func (u userAgent) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("User-Agent", u.ua)
+	return u.base.RoundTrip(req)
+}
 
 // NewClient returns an HTTP client for one provider's token endpoint: it times
 // out after timeout (DefaultTimeout if zero), does not follow redirects (a
@@ -99,7 +121,9 @@ type Response struct {
 // in the error.
 func Do(ctx context.Context, c *http.Client, req *http.Request) (*Response, error) {
 	req = req.WithContext(ctx)
-	req.Header.Set("User-Agent", UserAgent)
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", DefaultUserAgent)
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		return nil, &refresher.ProviderError{Kind: refresher.Transient, Message: "token request to " + req.URL.Host + " failed", Err: scrubURL(err)}

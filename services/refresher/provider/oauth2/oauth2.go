@@ -114,7 +114,9 @@ func (h *headers) RoundTrip(req *http.Request) (*http.Response, error) {
 	for k, v := range h.headers {
 		req.Header.Set(k, v.Reveal())
 	}
-	req.Header.Set("User-Agent", httpx.UserAgent)
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", httpx.DefaultUserAgent)
+	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := h.base.RoundTrip(req)
 	if err == nil && resp.ContentLength > httpx.MaxBody {
