@@ -109,18 +109,7 @@ func parse(resp *httpx.Response, issued time.Time) (refresher.Token, error) {
 	if err := resp.DecodeJSON(&s); err != nil {
 		return refresher.Token{}, err
 	}
-	if s.AccessToken == "" {
-		return refresher.Token{}, resp.Malformed("access_token is missing")
-	}
-	life, err := resp.Lifetime(s.ExpiresIn)
-	if err != nil {
-		return refresher.Token{}, err
-	}
-	typ := s.TokenType
-	if typ == "" {
-		typ = "Bearer"
-	}
-	return refresher.Token{AccessToken: refresher.Secret(s.AccessToken), TokenType: truncate(typ, 64), IssuedAt: issued, ExpiresAt: issued.Add(life)}, nil
+	return resp.Token(s.AccessToken, s.ExpiresIn, truncate(s.TokenType, 64), issued)
 }
 
 // failed maps a non-200 answer to an error an operator can act on.

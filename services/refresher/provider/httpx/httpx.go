@@ -243,3 +243,20 @@ func (r *Response) Lifetime(f FlexSeconds) (time.Duration, error) {
 	}
 	return time.Duration(f.Value) * time.Second, nil
 }
+
+// Token checks the fields of a decoded success answer and returns the token,
+// issued at issued: the access token must be there and expires_in valid
+// (see Lifetime). An empty tokenType means "Bearer".
+func (r *Response) Token(accessToken string, expiresIn FlexSeconds, tokenType string, issued time.Time) (refresher.Token, error) {
+	if accessToken == "" {
+		return refresher.Token{}, r.Malformed("access_token is missing")
+	}
+	life, err := r.Lifetime(expiresIn)
+	if err != nil {
+		return refresher.Token{}, err
+	}
+	if tokenType == "" {
+		tokenType = "Bearer"
+	}
+	return refresher.Token{AccessToken: refresher.Secret(accessToken), TokenType: tokenType, IssuedAt: issued, ExpiresAt: issued.Add(life)}, nil
+}
