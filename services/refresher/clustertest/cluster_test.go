@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 )
 
 const leaseTTL = 2 * time.Second
@@ -77,7 +79,8 @@ http: {listen: "127.0.0.1:0"}
 log: {level: debug}
 providers:
   - {name: daraja-test, kind: daraja, base_url: %q, consumer_key: sim-consumer-key, consumer_secret: sim-consumer-secret, refresh_before: 8s}
-`, urls, leaseTTL, simURL)
+  - {name: mpay-test, kind: mpay, base_url: %q, username: sim-user, password: sim-pass, pool: 4}
+`, urls, leaseTTL, simURL, simURL)
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +159,12 @@ func startLoad(t *testing.T, urls string) *load {
 				msg, err := nc.Request(wire.GetSubject("daraja-test"), nil, 200*time.Millisecond)
 				if err != nil {
 					why = err.Error()
+					// No responders comes back at once, e.g. from a NATS node
+					// that has just restarted and not yet learnt the other
+					// nodes' interest: back off before trying again.
+					if errors.Is(err, nats.ErrNoResponders) {
+						time.Sleep(50 * time.Millisecond)
+					}
 					continue
 				}
 				if c := msg.Header.Get(wire.HeaderErrorCode); c != "" {
@@ -185,6 +194,47 @@ func startLoad(t *testing.T, urls string) *load {
 }
 
 func (l *load) finish() { close(l.stop); <-l.done }
+
+// claims takes single-use tokens continuously through every failover.
+type claims struct {
+	mu     sync.Mutex
+	tokens []string
+	failed int
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func startClaims(t *testing.T, urls string) *claims {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &claims{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		defer nc.Close()
+		for {
+			select {
+			case <-c.stop:
+				return
+			case <-time.After(25 * time.Millisecond):
+			}
+			msg, err := nc.Request(wire.GetSubject("mpay-test"), nil, 2*time.Second)
+			c.mu.Lock()
+			var tok wire.Token
+			if err == nil && msg.Header.Get(wire.HeaderErrorCode) == "" && json.Unmarshal(msg.Data, &tok) == nil {
+				c.tokens = append(c.tokens, tok.AccessToken)
+			} else {
+				c.failed++ // an empty pool while no replica leads is expected
+			}
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+func (c *claims) finish() { close(c.stop); <-c.done }
 
 // write is a token or lease write as stored in the KV stream.
 type write struct {
@@ -231,6 +281,15 @@ func recordWrites(t *testing.T, js jetstream.JetStream) func() []write {
 	}
 }
 
+// mpayUse spends token at the simulator's mPay protected endpoint.
+func mpayUse(sim *simulator.Server, token string) int {
+	req := httptest.NewRequest(http.MethodPost, "/v2/payments", strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	sim.ServeHTTP(rec, req)
+	return rec.Code
+}
+
 // acquiredAfter returns when holder's lease write after t was stored.
 func acquiredAfter(ws []write, holder string, t time.Time) time.Time {
 	for _, w := range ws {
@@ -254,13 +313,13 @@ func TestFailover(t *testing.T) {
 
 	nodes, urls := startCluster(t)
 	var nc *nats.Conn
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() (err error) {
+	testutil.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() (err error) {
 		nc, err = nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 		return err
 	})
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		_, err := js.AccountInfo(context.Background())
 		return err
 	})
@@ -270,12 +329,17 @@ func TestFailover(t *testing.T) {
 		reps = append(reps, startReplica(t, i, urls, simSrv.URL))
 	}
 	started := time.Now()
-	checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+	testutil.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		st := statuses(nc)
 		for _, r := range reps {
 			s := st[r.instance]
-			if len(s.Providers) != 1 || s.Providers[0].State != wire.StateOK {
-				return fmt.Errorf("replica %s not serving a token yet: %+v", r.instance, s)
+			if len(s.Providers) != 2 {
+				return fmt.Errorf("replica %s not up yet: %+v", r.instance, s)
+			}
+			for _, p := range s.Providers {
+				if p.State != wire.StateOK {
+					return fmt.Errorf("replica %s not serving %s yet: %+v", r.instance, p.Name, p)
+				}
 			}
 		}
 		_, err := leaderOf(nc, reps)
@@ -285,6 +349,7 @@ func TestFailover(t *testing.T) {
 	writes := recordWrites(t, js)
 	recording := time.Now()
 	ld := startLoad(t, urls)
+	cl := startClaims(t, urls)
 
 	// 1. kill -9 the leader: a standby takes over within lease.ttl + 1 s.
 	first, _ := leaderOf(nc, reps)
@@ -292,7 +357,7 @@ func TestFailover(t *testing.T) {
 	t.Logf("%s kill -9 leader", killed.Format("15:04:05.000"))
 	first.kill()
 	var second *replica
-	checkFor(t, leaseTTL+5*time.Second, 20*time.Millisecond, func() (err error) {
+	testutil.CheckFor(t, leaseTTL+5*time.Second, 20*time.Millisecond, func() (err error) {
 		second, err = leaderOf(nc, reps)
 		return err
 	})
@@ -308,7 +373,7 @@ func TestFailover(t *testing.T) {
 	t.Logf("%s SIGSTOP leader", paused.Format("15:04:05.000"))
 	second.signal(syscall.SIGSTOP)
 	var third *replica
-	checkFor(t, leaseTTL+5*time.Second, 20*time.Millisecond, func() (err error) {
+	testutil.CheckFor(t, leaseTTL+5*time.Second, 20*time.Millisecond, func() (err error) {
 		third, err = leaderOf(nc, reps)
 		if err == nil && third == second {
 			err = errors.New("paused replica still reported as leader")
@@ -318,7 +383,7 @@ func TestFailover(t *testing.T) {
 	t.Logf("SIGSTOP: takeover after %v", acquiredAfter(writes(), third.instance, paused).Sub(paused))
 	time.Sleep(time.Until(paused.Add(2 * leaseTTL)))
 	second.signal(syscall.SIGCONT)
-	checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
 		st := statuses(nc)[second.instance]
 		if st.Instance == "" || st.Leader || st.LeaderInstance != third.instance {
 			return fmt.Errorf("woken replica's view: %+v", st)
@@ -330,7 +395,7 @@ func TestFailover(t *testing.T) {
 	t.Logf("%s restart NATS node n1", time.Now().Format("15:04:05.000"))
 	nodes[1].stop()
 	nodes[1].start(t)
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		c, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", nodes[1].port))
 		if err != nil {
 			return err
@@ -345,13 +410,14 @@ func TestFailover(t *testing.T) {
 	}
 	// Let a few more rotations happen under the new conditions.
 	before := sim.Stats(simulator.Daraja).TokensIssued
-	checkFor(t, 15*time.Second, 100*time.Millisecond, func() error {
+	testutil.CheckFor(t, 15*time.Second, 100*time.Millisecond, func() error {
 		if sim.Stats(simulator.Daraja).TokensIssued < before+1 {
 			return errors.New("waiting for one more rotation")
 		}
 		return nil
 	})
 	ld.finish()
+	cl.finish()
 
 	// token.get availability throughout.
 	ok, fail := ld.ok.Load(), ld.fail.Load()
@@ -365,6 +431,26 @@ func TestFailover(t *testing.T) {
 	}
 	if ld.expired.Load() != 0 {
 		t.Errorf("%d expired tokens served", ld.expired.Load())
+	}
+
+	// Single-use tokens: handed out exactly once through every failover, and
+	// each accepted exactly once by the provider.
+	seen := map[string]bool{}
+	for _, tok := range cl.tokens {
+		if seen[tok] {
+			t.Errorf("single-use token %s… handed out twice", tok[:8])
+		}
+		seen[tok] = true
+		if code := mpayUse(sim, tok); code != 200 {
+			t.Errorf("single-use token %s… refused on first use: %d", tok[:8], code)
+		}
+		if code := mpayUse(sim, tok); code != 401 {
+			t.Errorf("single-use token %s… accepted twice: %d", tok[:8], code)
+		}
+	}
+	t.Logf("single-use: %d distinct tokens handed out, %d claims failed", len(seen), cl.failed)
+	if len(seen) < 20 { // enough claims to have crossed every failover
+		t.Errorf("only %d single-use tokens handed out", len(seen))
 	}
 
 	// Every provider call and every token write was made by the lease holder

@@ -70,14 +70,45 @@ type Store struct {
 // file storage, per-message TTLs, replicas as given, at least 1) and returns
 // a Store on it.
 func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Store, error) {
-	ctx, cancel := withTimeout(ctx, 30*time.Second)
+	ctx, cancel := withTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("pool: jetstream: %w", err)
 	}
 	s := &Store{nc: nc, js: js, bucket: bucket, stream: StreamPrefix + bucket}
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	err = retry(ctx, func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateStream(ctx, s.streamConfig(bucket, replicas))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pool: open stream %s: %w", s.stream, err)
+	}
+	return s, nil
+}
+
+// retry calls fn with a 5 s budget per attempt, every half second, until it
+// succeeds or ctx ends: JetStream answers its API only once a cluster has
+// elected its leaders, and replicas starting together race to create the
+// same stream and consumers.
+func retry(ctx context.Context, fn func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Store) streamConfig(bucket string, replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        s.stream,
 		Description: "tokenbus: ready single-use tokens of bucket " + bucket + ", each handed out once",
 		Subjects:    []string{SubjectPrefix + bucket + ".*"},
@@ -91,11 +122,7 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Sto
 		Discard:              jetstream.DiscardNew,
 		DiscardNewPerSubject: true,
 		MaxMsgSize:           64 << 10,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("pool: open stream %s: %w", s.stream, err)
 	}
-	return s, nil
 }
 
 // Stream returns the stream's name.
@@ -156,19 +183,13 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 	if cfg.ackWait <= 0 {
 		cfg.ackWait = AckWait
 	}
-	ctx, cancel := withTimeout(ctx, 30*time.Second)
+	ctx, cancel := withTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	subject := SubjectPrefix + s.bucket + "." + cfg.Name
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.stream, jetstream.ConsumerConfig{
-		Durable:       "pool-" + cfg.Name,
-		Description:   "tokenbus: claims of " + cfg.Name + "'s single-use tokens",
-		FilterSubject: subject,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       cfg.ackWait,
-		MaxDeliver:    -1,
-		MaxWaiting:    4096,
-		MaxAckPending: 4096,
+	var cons jetstream.Consumer
+	err := retry(ctx, func(ctx context.Context) (err error) {
+		cons, err = s.js.CreateOrUpdateConsumer(ctx, s.stream, s.consumerConfig(cfg, subject))
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pool: %s: consumer: %w", cfg.Name, err)
@@ -182,6 +203,21 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 		p.now = time.Now
 	}
 	return p, nil
+}
+
+// consumerConfig is the durable pull consumer that claims cfg's tokens.
+func (s *Store) consumerConfig(cfg Config, subject string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       "pool-" + cfg.Name,
+		Description:   "tokenbus: claims of " + cfg.Name + "'s single-use tokens",
+		FilterSubject: subject,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.ackWait,
+		MaxDeliver:    -1,
+		MaxWaiting:    4096,
+		MaxAckPending: 4096,
+	}
 }
 
 // Name returns the provider name.
