@@ -14,9 +14,11 @@ type entry struct {
 	tok wire.Token
 	// rev is the KV revision the token was stored at.
 	rev uint64
-	// deadline is when the token expires, on the cache's monotonic clock:
-	// checking it costs one monotonic clock read, and a step of the wall
-	// clock after the token arrived does not change how long it is served.
+	// deadline is when the token expires, on the cache's monotonic clock, so
+	// a wall clock stepped back after the token arrived does not lengthen
+	// how long it is served. get checks the wall-clock expires_at too: the
+	// monotonic clock stops while a host is suspended, the wall clock does
+	// not. A token is served only while both say it is valid.
 	deadline time.Duration
 }
 
@@ -39,10 +41,14 @@ func newCache() *cache {
 // now reads the cache's monotonic clock.
 func (c *cache) now() time.Duration { return time.Since(c.base) }
 
-// get returns provider's cached token if it has not expired.
+// get returns provider's cached token if it has not expired by either clock.
 func (c *cache) get(provider string) (*entry, bool) {
 	e := (*c.m.Load())[provider]
-	if e == nil || c.now() >= e.deadline {
+	if e == nil {
+		return nil, false
+	}
+	now := time.Now() // one read: the monotonic and the wall clock
+	if now.Sub(c.base) >= e.deadline || !now.Before(e.tok.ExpiresAt) {
 		return nil, false
 	}
 	return e, true

@@ -135,6 +135,24 @@ func TestTokenNeverExpired(t *testing.T) {
 	}
 }
 
+// TestWallClockExpiryAlsoCounts: after a host suspend the monotonic clock
+// lags the wall clock; a token past its wall-clock expires_at is not served
+// even though its monotonic deadline has not come.
+func TestWallClockExpiryAlsoCounts(t *testing.T) {
+	c := newTestClient(t, func(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+		return tokenReply(testToken("daraja", "stale", -time.Minute))(ctx, msg)
+	})
+	c.cache.put("daraja", testToken("daraja", "t", time.Minute), 1)
+	c.cache.update(func(m map[string]*entry) {
+		e := *m["daraja"]
+		e.tok.ExpiresAt = time.Now().Add(-time.Second) // the wall clock moved on during a suspend
+		m["daraja"] = &e
+	})
+	if _, ok := c.cache.get("daraja"); ok {
+		t.Fatal("served a token past its wall-clock expiry")
+	}
+}
+
 func TestTokenErrors(t *testing.T) {
 	tests := []struct {
 		code    string
