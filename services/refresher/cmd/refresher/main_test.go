@@ -252,3 +252,11 @@ func protected(t *testing.T, sim *simulator.Server, token string) int {
 	sim.ServeHTTP(rec, req)
 	return rec.Code
 }
+
+func TestWarnsWhenRefreshBeforeIsShorterThanFailover(t *testing.T) {
+	sim := simulator.New(simulator.Config{DarajaSecret: consumerSecret})
+	_, logs := startMain(t, sim, "    refresh_before: 2s\n")
+	if !strings.Contains(logs.String(), "refresh_before is shorter than a leader failover") {
+		t.Fatalf("no warning for refresh_before 2s with lease.ttl 10s:\n%s", logs)
+	}
+}

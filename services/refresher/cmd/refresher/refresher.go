@@ -121,6 +121,14 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.Config = cfg
 	m.logger = newLogger(m.stderr, cfg.Log.Level, cfg.Log.Format)
+	for _, p := range cfg.Providers {
+		// A token must outlive a failover: a standby takes over about
+		// lease.ttl after the leader's last renewal.
+		if rb := p.RefreshBefore.D(); rb > 0 && rb < cfg.Lease.TTL.D()+cfg.Lease.RetryPeriod.D() {
+			m.logger.Warn("refresh_before is shorter than a leader failover: the token may expire while a standby takes over",
+				slog.String("provider", p.Name), slog.Duration("refresh_before", rb), slog.Duration("lease_ttl", cfg.Lease.TTL.D()))
+		}
+	}
 	instance := m.opts.Instance
 	if instance == "" {
 		instance = instanceID()
