@@ -37,6 +37,9 @@ type FillerConfig struct {
 	Logger *slog.Logger
 	// Tracer records a span per refill; the global provider if nil.
 	Tracer trace.Tracer
+	// Recorder is told about every upstream token request (metrics, the
+	// status page's history); nil records nothing.
+	Recorder refresh.Recorder
 	// MayCall reports whether this replica may call the provider right now
 	// (it holds a valid lease); checked immediately before every call. nil
 	// means always.
@@ -242,7 +245,11 @@ func (f *Filler) mintOne(ctx context.Context) error {
 	if f.cfg.MayCall != nil && !f.cfg.MayCall() {
 		return refresh.ErrNotAllowed
 	}
+	start := time.Now()
 	tok, err := f.cfg.Provider.Token(ctx)
+	if f.cfg.Recorder != nil && ctx.Err() == nil {
+		f.cfg.Recorder.RecordAttempt(f.pool.cfg.Name, time.Since(start), err)
+	}
 	if err != nil {
 		return err
 	}

@@ -63,7 +63,8 @@ var redactionRows = []redactionRow{
 		},
 		singleUse: true,
 		mustSee: []string{"malformed token response", `"msg":"single-use token pool refill failed"`,
-			`span "tokenbus.pool.fill"`, `span "provider `, `span "token.get"`, "tokenbus_pool_size"},
+			`span "tokenbus.pool.fill"`, `span "provider `, `span "token.get"`, "tokenbus_pool_size",
+			`tokenbus_refreshes_total{outcome="ok",provider="r-mpay"}`, `tokenbus_refreshes_total{outcome="permanent",provider="r-mpay"}`},
 	},
 	{
 		kind: simulator.OAuth2,

@@ -288,7 +288,7 @@ func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.P
 	if err != nil {
 		return nil, err
 	}
-	m.loops = append(m.loops, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid}))
+	m.loops = append(m.loops, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid, Recorder: m.obs}))
 	m.statusers = append(m.statusers, pl)
 	m.Metrics.RegisterPool(p.Name, func() int {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
