@@ -119,7 +119,9 @@ func TestDemoAllServesEveryKind(t *testing.T) {
 		if got := strings.Join(names, ","); got != "daraja-sandbox,mpay,momo-collection,airtel-ke" {
 			t.Fatalf("status providers %s", got)
 		}
-		if p := st.Providers[1]; p.Pool == nil || *p.Pool != 4 || p.State != wire.StateOK {
+		// Size 4; claims that waited through the new leader's acquire
+		// delay can leave one spare token.
+		if p := st.Providers[1]; p.Pool == nil || *p.Pool < 4 || *p.Pool > 5 || p.State != wire.StateOK {
 			return fmt.Errorf("mpay status %+v", p)
 		}
 		return nil
