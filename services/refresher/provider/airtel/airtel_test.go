@@ -2,27 +2,26 @@ package airtel_test
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/airtel"
 )
 
 const secret = "AIRTEL-CLIENT-SECRET-9d2e"
 
+// secrets must not appear in an error.
+var secrets = []string{secret}
+
 func newSim(t *testing.T, cfg simulator.Config) (*simulator.Server, *httptest.Server) {
 	t.Helper()
 	cfg.AirtelClientID, cfg.AirtelClientSecret = "client", secret
-	sim := simulator.New(cfg)
-	srv := httptest.NewServer(sim)
-	t.Cleanup(srv.Close)
-	return sim, srv
+	return testutil.StartSimulator(t, cfg)
 }
 
 func TestTokenFromSimulator(t *testing.T) {
@@ -37,44 +36,11 @@ func TestTokenFromSimulator(t *testing.T) {
 	if tok.AccessToken == "" || tok.TokenType != "bearer" || tok.Lifetime() != 180*time.Second || tok.IssuedAt.Before(before) {
 		t.Fatalf("token %+v", tok)
 	}
-	if code := protected(t, srv.URL, tok.AccessToken.Reveal()); code != 200 {
+	if code := testutil.ProtectedCall(t, http.MethodGet, srv.URL+"/airtel/protected", tok.AccessToken.Reveal()); code != 200 {
 		t.Fatalf("protected call: %d", code)
 	}
 	if s := sim.Stats(simulator.Airtel); s.TokensIssued != 1 || s.ProtectedOK != 1 {
 		t.Fatalf("stats %+v", s)
-	}
-}
-
-func protected(t *testing.T, base, token string) int {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, base+"/airtel/protected", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
-type want struct {
-	kind   refresher.Kind
-	status int
-	code   string
-	substr string
-}
-
-func check(t *testing.T, err error, w want) {
-	t.Helper()
-	var pe *refresher.ProviderError
-	if !errors.As(err, &pe) {
-		t.Fatalf("error %v is not a ProviderError", err)
-	}
-	if pe.Kind != w.kind || pe.StatusCode != w.status || pe.Code != w.code || !strings.Contains(err.Error(), w.substr) {
-		t.Fatalf("got kind=%v status=%d code=%q %q; want kind=%v status=%d code=%q containing %q", pe.Kind, pe.StatusCode, pe.Code, err, w.kind, w.status, w.code, w.substr)
-	}
-	if strings.Contains(err.Error(), secret) {
-		t.Fatalf("secret leaked into error: %v", err)
 	}
 }
 
@@ -83,16 +49,16 @@ func TestFailuresAreClassified(t *testing.T) {
 		name   string
 		faults simulator.Faults
 		secret string
-		want   want
+		want   testutil.WantError
 	}{
-		{"bad credentials", simulator.Faults{}, "wrong", want{refresher.Permanent, 401, "invalid_client", "bad credentials: Airtel rejected client_id/client_secret"}},
-		{"outage", simulator.Faults{Outage: true}, secret, want{refresher.Transient, 503, "temporarily_unavailable", "temporarily unavailable"}},
-		{"error rate", simulator.Faults{ErrorRate: 1}, secret, want{refresher.Transient, 503, "temporarily_unavailable", "HTTP 503"}},
-		{"html", simulator.Faults{Malformed: "html"}, secret, want{refresher.Permanent, 200, "", "expected JSON, got text/html"}},
-		{"no token", simulator.Faults{Malformed: "no_token"}, secret, want{refresher.Permanent, 200, "", "access_token is missing"}},
-		{"bad expires_in", simulator.Faults{Malformed: "bad_expires"}, secret, want{refresher.Permanent, 200, "", "malformed token response"}},
-		{"garbage", simulator.Faults{Malformed: "garbage"}, secret, want{refresher.Permanent, 200, "", "not valid JSON"}},
-		{"huge", simulator.Faults{Malformed: "huge"}, secret, want{refresher.Permanent, 200, "", "larger than"}},
+		{"bad credentials", simulator.Faults{}, "wrong", testutil.WantError{Kind: refresher.Permanent, Status: 401, Code: "invalid_client", Substr: "bad credentials: Airtel rejected client_id/client_secret"}},
+		{"outage", simulator.Faults{Outage: true}, secret, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "temporarily_unavailable", Substr: "temporarily unavailable"}},
+		{"error rate", simulator.Faults{ErrorRate: 1}, secret, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "temporarily_unavailable", Substr: "HTTP 503"}},
+		{"html", simulator.Faults{Malformed: "html"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expected JSON, got text/html"}},
+		{"no token", simulator.Faults{Malformed: "no_token"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "access_token is missing"}},
+		{"bad expires_in", simulator.Faults{Malformed: "bad_expires"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+		{"garbage", simulator.Faults{Malformed: "garbage"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "not valid JSON"}},
+		{"huge", simulator.Faults{Malformed: "huge"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "larger than"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sim, srv := newSim(t, simulator.Config{})
@@ -102,7 +68,7 @@ func TestFailuresAreClassified(t *testing.T) {
 			if err == nil {
 				t.Fatalf("got token %+v, want error", tok)
 			}
-			check(t, err, tc.want)
+			testutil.CheckProviderError(t, err, tc.want, secrets...)
 		})
 	}
 
@@ -111,7 +77,7 @@ func TestFailuresAreClassified(t *testing.T) {
 		sim.SetFaults(simulator.Airtel, simulator.Faults{Latency: 300 * time.Millisecond})
 		p := airtel.New(airtel.Config{BaseURL: srv.URL, ClientID: "client", ClientSecret: secret, Timeout: 50 * time.Millisecond})
 		_, err := p.Token(context.Background())
-		check(t, err, want{refresher.Transient, 0, "", "timed out"})
+		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "timed out"}, secrets...)
 	})
 
 	// Answers the simulator cannot be made to give (our request is always
@@ -119,14 +85,14 @@ func TestFailuresAreClassified(t *testing.T) {
 	for _, tc := range []struct {
 		name, body string
 		status     int
-		want       want
+		want       testutil.WantError
 	}{
-		{"unsupported grant", `{"error":"unsupported_grant_type","error_description":"Only client_credentials"}`, 400, want{refresher.Permanent, 400, "unsupported_grant_type", "grant_type=client_credentials (Only client_credentials)"}},
-		{"invalid request", `{"error":"invalid_request"}`, 400, want{refresher.Permanent, 400, "invalid_request", "could not read"}},
-		{"gateway message", `{"message":"Forbidden by policy"}`, 403, want{refresher.Permanent, 403, "", "Forbidden by policy"}},
-		{"429", `{}`, 429, want{refresher.Transient, 429, "", "Too Many Requests"}},
-		{"expires_in number", `{"access_token":"x","expires_in":0}`, 200, want{refresher.Permanent, 200, "", "out of range"}},
-		{"expires_in missing", `{"access_token":"x","token_type":"bearer"}`, 200, want{refresher.Permanent, 200, "", "expires_in is missing"}},
+		{"unsupported grant", `{"error":"unsupported_grant_type","error_description":"Only client_credentials"}`, 400, testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "unsupported_grant_type", Substr: "grant_type=client_credentials (Only client_credentials)"}},
+		{"invalid request", `{"error":"invalid_request"}`, 400, testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "invalid_request", Substr: "could not read"}},
+		{"gateway message", `{"message":"Forbidden by policy"}`, 403, testutil.WantError{Kind: refresher.Permanent, Status: 403, Code: "", Substr: "Forbidden by policy"}},
+		{"429", `{}`, 429, testutil.WantError{Kind: refresher.Transient, Status: 429, Code: "", Substr: "Too Many Requests"}},
+		{"expires_in number", `{"access_token":"x","expires_in":0}`, 200, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "out of range"}},
+		{"expires_in missing", `{"access_token":"x","token_type":"bearer"}`, 200, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expires_in is missing"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -137,7 +103,7 @@ func TestFailuresAreClassified(t *testing.T) {
 			t.Cleanup(srv.Close)
 			p := airtel.New(airtel.Config{BaseURL: srv.URL, ClientID: "client", ClientSecret: secret})
 			_, err := p.Token(context.Background())
-			check(t, err, tc.want)
+			testutil.CheckProviderError(t, err, tc.want, secrets...)
 		})
 	}
 }

@@ -2,27 +2,31 @@ package daraja_test
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/daraja"
 )
 
-const secret = "S3CR3T-consumer-secret-value"
+const (
+	secret = "S3CR3T-consumer-secret-value"
+	// protectedPath is the simulator's Daraja STK push endpoint.
+	protectedPath = "/mpesa/stkpush/v1/processrequest"
+)
+
+// secrets must not appear in an error: the consumer secret, the Basic
+// credential, and the start of its base64 ("a2V5Oi" encodes "key:").
+var secrets = []string{secret, "key:" + secret, "a2V5Oi"}
 
 func newSim(t *testing.T, cfg simulator.Config) (*simulator.Server, *httptest.Server) {
 	t.Helper()
 	cfg.DarajaKey, cfg.DarajaSecret = "key", secret
-	sim := simulator.New(cfg)
-	srv := httptest.NewServer(sim)
-	t.Cleanup(srv.Close)
-	return sim, srv
+	return testutil.StartSimulator(t, cfg)
 }
 
 func TestTokenFromSimulator(t *testing.T) {
@@ -39,17 +43,17 @@ func TestTokenFromSimulator(t *testing.T) {
 		}
 		// The simulator's protected endpoint accepts it, and a second token
 		// invalidates the first (Daraja's documented behaviour).
-		if code := protected(t, srv.URL, tok.AccessToken.Reveal()); code != 200 {
+		if code := testutil.ProtectedCall(t, http.MethodPost, srv.URL+protectedPath, tok.AccessToken.Reveal()); code != 200 {
 			t.Fatalf("protected call with fresh token: %d", code)
 		}
 		tok2, err := p.Token(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if code := protected(t, srv.URL, tok.AccessToken.Reveal()); code != 401 {
+		if code := testutil.ProtectedCall(t, http.MethodPost, srv.URL+protectedPath, tok.AccessToken.Reveal()); code != 401 {
 			t.Fatalf("old token still accepted after a new one: %d", code)
 		}
-		if code := protected(t, srv.URL, tok2.AccessToken.Reveal()); code != 200 {
+		if code := testutil.ProtectedCall(t, http.MethodPost, srv.URL+protectedPath, tok2.AccessToken.Reveal()); code != 200 {
 			t.Fatalf("new token rejected: %d", code)
 		}
 		if s := sim.Stats(simulator.Daraja); s.TokensIssued != 2 {
@@ -58,53 +62,22 @@ func TestTokenFromSimulator(t *testing.T) {
 	}
 }
 
-func protected(t *testing.T, base, token string) int {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, base+"/mpesa/stkpush/v1/processrequest", strings.NewReader("{}"))
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 func TestFailuresAreClassified(t *testing.T) {
-	type want struct {
-		kind   refresher.Kind
-		code   string
-		substr string
-	}
-	check := func(t *testing.T, err error, w want) {
-		t.Helper()
-		var pe *refresher.ProviderError
-		if !errors.As(err, &pe) {
-			t.Fatalf("error %v is not a ProviderError", err)
-		}
-		if pe.Kind != w.kind || pe.Code != w.code || !strings.Contains(err.Error(), w.substr) {
-			t.Fatalf("got kind=%v code=%q %q; want kind=%v code=%q containing %q", pe.Kind, pe.Code, err, w.kind, w.code, w.substr)
-		}
-		if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "a2V5Oi") {
-			t.Fatalf("credential leaked into error: %v", err)
-		}
-	}
-
 	t.Run("simulator", func(t *testing.T) {
 		for _, tc := range []struct {
 			name   string
 			faults simulator.Faults
 			secret string
-			want   want
+			want   testutil.WantError
 		}{
-			{"bad credentials", simulator.Faults{}, "wrong", want{refresher.Permanent, "", "bad credentials"}},
-			{"outage", simulator.Faults{Outage: true}, secret, want{refresher.Transient, "", "HTTP 503"}},
-			{"error rate", simulator.Faults{ErrorRate: 1}, secret, want{refresher.Transient, "", "HTTP 503"}},
-			{"html", simulator.Faults{Malformed: "html"}, secret, want{refresher.Permanent, "", "expected JSON, got text/html"}},
-			{"no token", simulator.Faults{Malformed: "no_token"}, secret, want{refresher.Permanent, "", "access_token is missing"}},
-			{"bad expires_in", simulator.Faults{Malformed: "bad_expires"}, secret, want{refresher.Permanent, "", "malformed token response"}},
-			{"garbage", simulator.Faults{Malformed: "garbage"}, secret, want{refresher.Permanent, "", "malformed token response"}},
-			{"huge", simulator.Faults{Malformed: "huge"}, secret, want{refresher.Permanent, "", "larger than"}},
+			{"bad credentials", simulator.Faults{}, "wrong", testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "", Substr: "bad credentials"}},
+			{"outage", simulator.Faults{Outage: true}, secret, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
+			{"error rate", simulator.Faults{ErrorRate: 1}, secret, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
+			{"html", simulator.Faults{Malformed: "html"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expected JSON, got text/html"}},
+			{"no token", simulator.Faults{Malformed: "no_token"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "access_token is missing"}},
+			{"bad expires_in", simulator.Faults{Malformed: "bad_expires"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+			{"garbage", simulator.Faults{Malformed: "garbage"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+			{"huge", simulator.Faults{Malformed: "huge"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "larger than"}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				sim, srv := newSim(t, simulator.Config{})
@@ -114,7 +87,7 @@ func TestFailuresAreClassified(t *testing.T) {
 				if err == nil {
 					t.Fatalf("got token %+v, want error", tok)
 				}
-				check(t, err, tc.want)
+				testutil.CheckProviderError(t, err, tc.want, secrets...)
 			})
 		}
 	})
@@ -124,7 +97,7 @@ func TestFailuresAreClassified(t *testing.T) {
 		sim.SetFaults(simulator.Daraja, simulator.Faults{Latency: 2 * time.Second})
 		p := daraja.New(daraja.Config{BaseURL: srv.URL, ConsumerKey: "key", ConsumerSecret: secret, Timeout: 50 * time.Millisecond})
 		_, err := p.Token(context.Background())
-		check(t, err, want{refresher.Transient, "", "timed out"})
+		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "timed out"}, secrets...)
 	})
 
 	t.Run("connection refused", func(t *testing.T) {
@@ -132,7 +105,7 @@ func TestFailuresAreClassified(t *testing.T) {
 		srv.Close()
 		p := daraja.New(daraja.Config{BaseURL: srv.URL, ConsumerKey: "key", ConsumerSecret: secret})
 		_, err := p.Token(context.Background())
-		check(t, err, want{refresher.Transient, "", "failed"})
+		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "failed"}, secrets...)
 	})
 
 	// Answers the simulator cannot be made to give (our client always sends
@@ -142,17 +115,17 @@ func TestFailuresAreClassified(t *testing.T) {
 		status int
 		ctype  string
 		body   string
-		want   want
+		want   testutil.WantError
 	}{
-		{"400.008.01", 400, "application/json", `{"requestId":"1","errorCode":"400.008.01","errorMessage":"Invalid Authentication passed"}`, want{refresher.Permanent, "400.008.01", "HTTP Basic auth"}},
-		{"400.008.02", 400, "application/json", `{"requestId":"1","errorCode":"400.008.02","errorMessage":"Invalid grant type passed"}`, want{refresher.Permanent, "400.008.02", "grant_type=client_credentials"}},
-		{"unknown code", 403, "application/json", `{"errorCode":"403.000.01","errorMessage":"Forbidden by policy"}`, want{refresher.Permanent, "403.000.01", "Forbidden by policy"}},
-		{"500 html", 500, "text/html", `<html>Internal</html>`, want{refresher.Transient, "", "HTTP 500"}},
-		{"expires_in zero", 200, "application/json", `{"access_token":"x","expires_in":"0"}`, want{refresher.Permanent, "", "out of range"}},
-		{"expires_in missing", 200, "application/json", `{"access_token":"x"}`, want{refresher.Permanent, "", "expires_in is missing"}},
-		{"expires_in negative number", 200, "application/json", `{"access_token":"x","expires_in":-5}`, want{refresher.Permanent, "", "out of range"}},
-		{"json array", 200, "application/json", `[]`, want{refresher.Permanent, "", "not valid JSON"}},
-		{"empty 200", 200, "application/json", ``, want{refresher.Permanent, "", "not valid JSON"}},
+		{"400.008.01", 400, "application/json", `{"requestId":"1","errorCode":"400.008.01","errorMessage":"Invalid Authentication passed"}`, testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "400.008.01", Substr: "HTTP Basic auth"}},
+		{"400.008.02", 400, "application/json", `{"requestId":"1","errorCode":"400.008.02","errorMessage":"Invalid grant type passed"}`, testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "400.008.02", Substr: "grant_type=client_credentials"}},
+		{"unknown code", 403, "application/json", `{"errorCode":"403.000.01","errorMessage":"Forbidden by policy"}`, testutil.WantError{Kind: refresher.Permanent, Status: 403, Code: "403.000.01", Substr: "Forbidden by policy"}},
+		{"500 html", 500, "text/html", `<html>Internal</html>`, testutil.WantError{Kind: refresher.Transient, Status: 500, Code: "", Substr: "HTTP 500"}},
+		{"expires_in zero", 200, "application/json", `{"access_token":"x","expires_in":"0"}`, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "out of range"}},
+		{"expires_in missing", 200, "application/json", `{"access_token":"x"}`, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expires_in is missing"}},
+		{"expires_in negative number", 200, "application/json", `{"access_token":"x","expires_in":-5}`, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "out of range"}},
+		{"json array", 200, "application/json", `[]`, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "not valid JSON"}},
+		{"empty 200", 200, "application/json", ``, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "not valid JSON"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -163,7 +136,7 @@ func TestFailuresAreClassified(t *testing.T) {
 			t.Cleanup(srv.Close)
 			p := daraja.New(daraja.Config{BaseURL: srv.URL, ConsumerKey: "key", ConsumerSecret: secret})
 			_, err := p.Token(context.Background())
-			check(t, err, tc.want)
+			testutil.CheckProviderError(t, err, tc.want, secrets...)
 		})
 	}
 }

@@ -2,27 +2,26 @@ package mpay_test
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/mpay"
 )
 
 const password = "MPAY-PASSWORD-51c0"
 
+// secrets must not appear in an error.
+var secrets = []string{password}
+
 func newSim(t *testing.T, cfg simulator.Config) (*simulator.Server, *httptest.Server) {
 	t.Helper()
 	cfg.MPayUsername, cfg.MPayPassword = "user", password
-	sim := simulator.New(cfg)
-	srv := httptest.NewServer(sim)
-	t.Cleanup(srv.Close)
-	return sim, srv
+	return testutil.StartSimulator(t, cfg)
 }
 
 func TestSingleUseTokensFromSimulator(t *testing.T) {
@@ -42,10 +41,10 @@ func TestSingleUseTokensFromSimulator(t *testing.T) {
 	}
 	// Both are valid at once; each is accepted exactly once.
 	for _, tok := range []refresher.Token{b, a} {
-		if code := payment(t, srv.URL, tok.AccessToken.Reveal()); code != 200 {
+		if code := testutil.ProtectedCall(t, http.MethodPost, srv.URL+"/v2/payments", tok.AccessToken.Reveal()); code != 200 {
 			t.Fatalf("fresh token rejected: %d", code)
 		}
-		if code := payment(t, srv.URL, tok.AccessToken.Reveal()); code != 401 {
+		if code := testutil.ProtectedCall(t, http.MethodPost, srv.URL+"/v2/payments", tok.AccessToken.Reveal()); code != 401 {
 			t.Fatalf("used token accepted again: %d", code)
 		}
 	}
@@ -57,53 +56,21 @@ func TestSingleUseTokensFromSimulator(t *testing.T) {
 	}
 }
 
-func payment(t *testing.T, base, token string) int {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, base+"/v2/payments", strings.NewReader("{}"))
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
-type want struct {
-	kind   refresher.Kind
-	status int
-	substr string
-}
-
-func check(t *testing.T, err error, w want) {
-	t.Helper()
-	var pe *refresher.ProviderError
-	if !errors.As(err, &pe) {
-		t.Fatalf("error %v is not a ProviderError", err)
-	}
-	if pe.Kind != w.kind || pe.StatusCode != w.status || !strings.Contains(err.Error(), w.substr) {
-		t.Fatalf("got kind=%v status=%d %q; want kind=%v status=%d containing %q", pe.Kind, pe.StatusCode, err, w.kind, w.status, w.substr)
-	}
-	if strings.Contains(err.Error(), password) {
-		t.Fatalf("password leaked into error: %v", err)
-	}
-}
-
 func TestFailuresAreClassified(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		faults   simulator.Faults
 		password string
-		want     want
+		want     testutil.WantError
 	}{
-		{"bad credentials", simulator.Faults{}, "wrong", want{refresher.Permanent, 400, "enabled for this environment): Bad request"}},
-		{"outage", simulator.Faults{Outage: true}, password, want{refresher.Transient, 503, "Service unavailable"}},
-		{"error rate", simulator.Faults{ErrorRate: 1}, password, want{refresher.Transient, 503, "HTTP 503"}},
-		{"html", simulator.Faults{Malformed: "html"}, password, want{refresher.Permanent, 200, "expected JSON, got text/html"}},
-		{"no token", simulator.Faults{Malformed: "no_token"}, password, want{refresher.Permanent, 200, "token is missing"}},
-		{"bad expires", simulator.Faults{Malformed: "bad_expires"}, password, want{refresher.Permanent, 200, "token is missing"}},
-		{"garbage", simulator.Faults{Malformed: "garbage"}, password, want{refresher.Permanent, 200, "not valid JSON"}},
-		{"huge", simulator.Faults{Malformed: "huge"}, password, want{refresher.Permanent, 200, "larger than"}},
+		{"bad credentials", simulator.Faults{}, "wrong", testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "", Substr: "enabled for this environment): Bad request"}},
+		{"outage", simulator.Faults{Outage: true}, password, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "Service unavailable"}},
+		{"error rate", simulator.Faults{ErrorRate: 1}, password, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
+		{"html", simulator.Faults{Malformed: "html"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expected JSON, got text/html"}},
+		{"no token", simulator.Faults{Malformed: "no_token"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "token is missing"}},
+		{"bad expires", simulator.Faults{Malformed: "bad_expires"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "token is missing"}},
+		{"garbage", simulator.Faults{Malformed: "garbage"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "not valid JSON"}},
+		{"huge", simulator.Faults{Malformed: "huge"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "larger than"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sim, srv := newSim(t, simulator.Config{})
@@ -113,7 +80,7 @@ func TestFailuresAreClassified(t *testing.T) {
 			if err == nil {
 				t.Fatalf("got token %+v, want error", tok)
 			}
-			check(t, err, tc.want)
+			testutil.CheckProviderError(t, err, tc.want, secrets...)
 		})
 	}
 
@@ -122,7 +89,7 @@ func TestFailuresAreClassified(t *testing.T) {
 		sim.SetFaults(simulator.MPay, simulator.Faults{Latency: 300 * time.Millisecond})
 		p := mpay.New(mpay.Config{BaseURL: srv.URL, Username: "user", Password: password, Timeout: 50 * time.Millisecond})
 		_, err := p.Token(context.Background())
-		check(t, err, want{refresher.Transient, 0, "timed out"})
+		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "timed out"}, secrets...)
 	})
 
 	t.Run("connection refused", func(t *testing.T) {
@@ -130,20 +97,20 @@ func TestFailuresAreClassified(t *testing.T) {
 		srv.Close()
 		p := mpay.New(mpay.Config{BaseURL: srv.URL, Username: "user", Password: password})
 		_, err := p.Token(context.Background())
-		check(t, err, want{refresher.Transient, 0, "failed"})
+		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "failed"}, secrets...)
 	})
 
 	// Answers the simulator does not give, crafted as mPay might send them.
 	for _, tc := range []struct {
 		name, body string
 		status     int
-		want       want
+		want       testutil.WantError
 	}{
-		{"200 with status 0", `{"status":0,"description":"Account locked","token":""}`, 200, want{refresher.Permanent, 200, "refused the token request: Account locked"}},
-		{"200 without status", `{"token":"x"}`, 200, want{refresher.Permanent, 200, "refused"}},
-		{"blank token", `{"status":1,"description":"Success","token":"  "}`, 200, want{refresher.Permanent, 200, "token is missing"}},
-		{"429", `{"status":0,"description":"Too many requests"}`, 429, want{refresher.Transient, 429, "Too many requests"}},
-		{"401 empty", ``, 401, want{refresher.Permanent, 401, "Unauthorized"}},
+		{"200 with status 0", `{"status":0,"description":"Account locked","token":""}`, 200, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "refused the token request: Account locked"}},
+		{"200 without status", `{"token":"x"}`, 200, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "refused"}},
+		{"blank token", `{"status":1,"description":"Success","token":"  "}`, 200, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "token is missing"}},
+		{"429", `{"status":0,"description":"Too many requests"}`, 429, testutil.WantError{Kind: refresher.Transient, Status: 429, Code: "", Substr: "Too many requests"}},
+		{"401 empty", ``, 401, testutil.WantError{Kind: refresher.Permanent, Status: 401, Code: "", Substr: "Unauthorized"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -154,7 +121,7 @@ func TestFailuresAreClassified(t *testing.T) {
 			t.Cleanup(srv.Close)
 			p := mpay.New(mpay.Config{BaseURL: srv.URL, Username: "user", Password: password})
 			_, err := p.Token(context.Background())
-			check(t, err, tc.want)
+			testutil.CheckProviderError(t, err, tc.want, secrets...)
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/oauth2"
 )
 
@@ -20,13 +21,13 @@ const (
 	subKey = "MOMO-SUBSCRIPTION-KEY-e2f9"
 )
 
+// secrets must not appear in an error.
+var secrets = []string{secret, subKey}
+
 func newSim(t *testing.T, cfg simulator.Config) (*simulator.Server, *httptest.Server) {
 	t.Helper()
 	cfg.OAuth2ClientID, cfg.OAuth2ClientSecret = "api-user", secret
-	sim := simulator.New(cfg)
-	srv := httptest.NewServer(sim)
-	t.Cleanup(srv.Close)
-	return sim, srv
+	return testutil.StartSimulator(t, cfg)
 }
 
 // recorder keeps the last token request's headers and form.
@@ -70,7 +71,7 @@ func TestMoMoTokenFromSimulator(t *testing.T) {
 			if tok.AccessToken == "" || tok.TokenType != "access_token" || tok.Lifetime() != time.Hour || tok.IssuedAt.Before(before) {
 				t.Fatalf("token %+v", tok)
 			}
-			if code := protected(t, srv.URL, tok.AccessToken.Reveal()); code != 200 {
+			if code := testutil.ProtectedCall(t, http.MethodGet, srv.URL+"/oauth2/protected", tok.AccessToken.Reveal()); code != 200 {
 				t.Fatalf("protected call: %d", code)
 			}
 			if s := sim.Stats(simulator.OAuth2); s.TokensIssued != 1 {
@@ -93,60 +94,25 @@ func TestMoMoTokenFromSimulator(t *testing.T) {
 	}
 }
 
-func protected(t *testing.T, base, token string) int {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, base+"/oauth2/protected", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
-type want struct {
-	kind   refresher.Kind
-	status int
-	code   string
-	substr string
-}
-
-func check(t *testing.T, err error, w want) {
-	t.Helper()
-	var pe *refresher.ProviderError
-	if !errors.As(err, &pe) {
-		t.Fatalf("error %v is not a ProviderError", err)
-	}
-	if pe.Kind != w.kind || pe.StatusCode != w.status || pe.Code != w.code || !strings.Contains(err.Error(), w.substr) {
-		t.Fatalf("got kind=%v status=%d code=%q %q; want kind=%v status=%d code=%q containing %q", pe.Kind, pe.StatusCode, pe.Code, err, w.kind, w.status, w.code, w.substr)
-	}
-	for _, s := range []string{secret, subKey} {
-		if strings.Contains(err.Error(), s) {
-			t.Fatalf("secret leaked into error: %v", err)
-		}
-	}
-}
-
 func TestFailuresAreClassified(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		faults simulator.Faults
 		secret string
 		subKey string
-		want   want
+		want   testutil.WantError
 	}{
 		// MoMo answers bad credentials with 500 {"error":"login_failed"}.
-		{"login_failed", simulator.Faults{}, "wrong", subKey, want{refresher.Permanent, 500, "login_failed", "bad credentials"}},
-		{"no subscription key", simulator.Faults{}, secret, "", want{refresher.Permanent, 401, "", "missing subscription key"}},
-		{"bad subscription key", simulator.Faults{}, secret, "wrong", want{refresher.Permanent, 401, "", "invalid subscription key"}},
-		{"outage", simulator.Faults{Outage: true}, secret, subKey, want{refresher.Transient, 503, "temporarily_unavailable", "temporarily unavailable"}},
-		{"error rate", simulator.Faults{ErrorRate: 1}, secret, subKey, want{refresher.Transient, 503, "temporarily_unavailable", "HTTP 503"}},
-		{"html", simulator.Faults{Malformed: "html"}, secret, subKey, want{refresher.Permanent, 200, "", "malformed token response"}},
-		{"no token", simulator.Faults{Malformed: "no_token"}, secret, subKey, want{refresher.Permanent, 200, "", "access_token is missing"}},
-		{"bad expires_in", simulator.Faults{Malformed: "bad_expires"}, secret, subKey, want{refresher.Permanent, 200, "", "malformed token response"}},
-		{"garbage", simulator.Faults{Malformed: "garbage"}, secret, subKey, want{refresher.Permanent, 200, "", "malformed token response"}},
-		{"huge", simulator.Faults{Malformed: "huge"}, secret, subKey, want{refresher.Permanent, 0, "", "larger than"}},
+		{"login_failed", simulator.Faults{}, "wrong", subKey, testutil.WantError{Kind: refresher.Permanent, Status: 500, Code: "login_failed", Substr: "bad credentials"}},
+		{"no subscription key", simulator.Faults{}, secret, "", testutil.WantError{Kind: refresher.Permanent, Status: 401, Code: "", Substr: "missing subscription key"}},
+		{"bad subscription key", simulator.Faults{}, secret, "wrong", testutil.WantError{Kind: refresher.Permanent, Status: 401, Code: "", Substr: "invalid subscription key"}},
+		{"outage", simulator.Faults{Outage: true}, secret, subKey, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "temporarily_unavailable", Substr: "temporarily unavailable"}},
+		{"error rate", simulator.Faults{ErrorRate: 1}, secret, subKey, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "temporarily_unavailable", Substr: "HTTP 503"}},
+		{"html", simulator.Faults{Malformed: "html"}, secret, subKey, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+		{"no token", simulator.Faults{Malformed: "no_token"}, secret, subKey, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "access_token is missing"}},
+		{"bad expires_in", simulator.Faults{Malformed: "bad_expires"}, secret, subKey, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+		{"garbage", simulator.Faults{Malformed: "garbage"}, secret, subKey, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+		{"huge", simulator.Faults{Malformed: "huge"}, secret, subKey, testutil.WantError{Kind: refresher.Permanent, Status: 0, Code: "", Substr: "larger than"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sim, srv := newSim(t, simulator.Config{OAuth2SubscriptionKey: subKey})
@@ -160,7 +126,7 @@ func TestFailuresAreClassified(t *testing.T) {
 			if err == nil {
 				t.Fatalf("got token %+v, want error", tok)
 			}
-			check(t, err, tc.want)
+			testutil.CheckProviderError(t, err, tc.want, secrets...)
 		})
 	}
 
@@ -169,7 +135,7 @@ func TestFailuresAreClassified(t *testing.T) {
 		sim.SetFaults(simulator.OAuth2, simulator.Faults{Latency: 300 * time.Millisecond})
 		p := oauth2.New(oauth2.Config{TokenURL: srv.URL + "/oauth2/token", ClientID: "api-user", ClientSecret: secret, Timeout: 50 * time.Millisecond})
 		_, err := p.Token(context.Background())
-		check(t, err, want{refresher.Transient, 0, "", "timed out"})
+		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "timed out"}, secrets...)
 	})
 
 	t.Run("connection refused", func(t *testing.T) {
@@ -177,7 +143,7 @@ func TestFailuresAreClassified(t *testing.T) {
 		srv.Close()
 		p := oauth2.New(oauth2.Config{TokenURL: srv.URL + "/oauth2/token?x=1", ClientID: "api-user", ClientSecret: secret})
 		_, err := p.Token(context.Background())
-		check(t, err, want{refresher.Transient, 0, "", "failed"})
+		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "failed"}, secrets...)
 		if strings.Contains(err.Error(), "x=1") {
 			t.Fatalf("query in error: %v", err)
 		}
@@ -188,17 +154,17 @@ func TestFailuresAreClassified(t *testing.T) {
 		name, ctype, body string
 		status            int
 		retryAfter        string
-		want              want
+		want              testutil.WantError
 	}{
-		{"invalid_scope", "application/json", `{"error":"invalid_scope","error_description":"scope payments is not granted"}`, 400, "", want{refresher.Permanent, 400, "invalid_scope", "check scopes) (scope payments is not granted)"}},
-		{"unsupported_grant_type", "application/json", `{"error":"unsupported_grant_type"}`, 400, "", want{refresher.Permanent, 400, "unsupported_grant_type", "grant_type=client_credentials"}},
-		{"invalid_client 401", "application/json", `{"error":"invalid_client"}`, 401, "", want{refresher.Permanent, 401, "invalid_client", "auth_style"}},
-		{"form-encoded error", "application/x-www-form-urlencoded", `error=invalid_grant&error_description=nope`, 400, "", want{refresher.Permanent, 400, "invalid_grant", "(nope)"}},
-		{"error code in a 200", "application/json", `{"error":"access_denied"}`, 200, "", want{refresher.Permanent, 200, "access_denied", "access denied"}},
-		{"429", "application/json", `{}`, 429, "7", want{refresher.Transient, 429, "", "Too Many Requests"}},
-		{"502 html", "text/html", `<html>bad gateway</html>`, 502, "", want{refresher.Transient, 502, "", "Bad Gateway"}},
-		{"expires_in missing", "application/json", `{"access_token":"x","token_type":"Bearer"}`, 200, "", want{refresher.Permanent, 200, "", "expires_in is missing"}},
-		{"expires_in negative", "application/json", `{"access_token":"x","expires_in":-3}`, 200, "", want{refresher.Permanent, 200, "", "out of range"}},
+		{"invalid_scope", "application/json", `{"error":"invalid_scope","error_description":"scope payments is not granted"}`, 400, "", testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "invalid_scope", Substr: "check scopes) (scope payments is not granted)"}},
+		{"unsupported_grant_type", "application/json", `{"error":"unsupported_grant_type"}`, 400, "", testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "unsupported_grant_type", Substr: "grant_type=client_credentials"}},
+		{"invalid_client 401", "application/json", `{"error":"invalid_client"}`, 401, "", testutil.WantError{Kind: refresher.Permanent, Status: 401, Code: "invalid_client", Substr: "auth_style"}},
+		{"form-encoded error", "application/x-www-form-urlencoded", `error=invalid_grant&error_description=nope`, 400, "", testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "invalid_grant", Substr: "(nope)"}},
+		{"error code in a 200", "application/json", `{"error":"access_denied"}`, 200, "", testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "access_denied", Substr: "access denied"}},
+		{"429", "application/json", `{}`, 429, "7", testutil.WantError{Kind: refresher.Transient, Status: 429, Code: "", Substr: "Too Many Requests"}},
+		{"502 html", "text/html", `<html>bad gateway</html>`, 502, "", testutil.WantError{Kind: refresher.Transient, Status: 502, Code: "", Substr: "Bad Gateway"}},
+		{"expires_in missing", "application/json", `{"access_token":"x","token_type":"Bearer"}`, 200, "", testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expires_in is missing"}},
+		{"expires_in negative", "application/json", `{"access_token":"x","expires_in":-3}`, 200, "", testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "out of range"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -212,7 +178,7 @@ func TestFailuresAreClassified(t *testing.T) {
 			t.Cleanup(srv.Close)
 			p := oauth2.New(oauth2.Config{TokenURL: srv.URL, ClientID: "api-user", ClientSecret: secret})
 			_, err := p.Token(context.Background())
-			check(t, err, tc.want)
+			testutil.CheckProviderError(t, err, tc.want, secrets...)
 			var pe *refresher.ProviderError
 			if errors.As(err, &pe) && tc.retryAfter != "" && pe.RetryAfter != 7*time.Second {
 				t.Fatalf("retry after %v", pe.RetryAfter)
