@@ -127,14 +127,7 @@ func get(t *testing.T, nc *nats.Conn) (wire.Token, string) {
 // pay makes the simulator's protected mPay call, which consumes the token.
 func (e *env) pay(t *testing.T, token string) int {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, e.url+"/v2/payments", strings.NewReader("{}"))
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	return testutil.ProtectedCall(t, http.MethodPost, e.url+"/v2/payments", token)
 }
 
 // waitReady waits until at least n tokens are ready. (A burst of claims may

@@ -41,3 +41,11 @@ func CheckParsed(tb testing.TB, tok refresher.Token, err error, issued time.Time
 		tb.Fatal("token type is empty")
 	}
 }
+
+// FuzzStatus maps any fuzzed integer to an HTTP status from 100 to 599.
+func FuzzStatus(n int) int {
+	if n < 0 {
+		n = -(n + 1)
+	}
+	return 100 + n%500
+}

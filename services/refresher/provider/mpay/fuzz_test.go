@@ -16,15 +16,8 @@ func FuzzParse(f *testing.F) {
 	f.Add(400, "application/json", []byte(`{"status":0,"description":"Bad request","token":""}`))
 	issued := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	f.Fuzz(func(t *testing.T, status int, ctype string, body []byte) {
-		resp := &httpx.Response{Status: 100 + abs(status)%500, ContentType: ctype, Body: body}
+		resp := &httpx.Response{Status: testutil.FuzzStatus(status), ContentType: ctype, Body: body}
 		tok, err := parse(resp, issued, DefaultLifetime)
 		testutil.CheckParsed(t, tok, err, issued)
 	})
-}
-
-func abs(n int) int {
-	if n < 0 {
-		return -(n + 1)
-	}
-	return n
 }
