@@ -50,6 +50,8 @@ type transport struct {
 	singleUse bool
 }
 
+// RoundTrip sends req with a Bearer token, and once more with a fresh one if
+// the provider rejects it.
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	tok, err := t.src.Token(ctx, t.provider)

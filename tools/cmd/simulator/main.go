@@ -172,6 +172,7 @@ type statusWriter struct {
 	status int
 }
 
+// WriteHeader records status for the request log and passes it on.
 func (w *statusWriter) WriteHeader(status int) {
 	w.status = status
 	w.ResponseWriter.WriteHeader(status)

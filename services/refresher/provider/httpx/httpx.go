@@ -86,6 +86,7 @@ type queryKey struct{}
 
 type hideQuery struct{ next http.RoundTripper }
 
+// RoundTrip passes r on without its query, so that spans never record it.
 func (t hideQuery) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.RawQuery == "" {
 		return t.next.RoundTrip(r)
@@ -97,6 +98,7 @@ func (t hideQuery) RoundTrip(r *http.Request) (*http.Response, error) {
 
 type restoreQuery struct{ next http.RoundTripper }
 
+// RoundTrip puts the query back on r before it goes out.
 func (t restoreQuery) RoundTrip(r *http.Request) (*http.Response, error) {
 	q, ok := r.Context().Value(queryKey{}).(string)
 	if !ok {
