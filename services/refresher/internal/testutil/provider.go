@@ -1,12 +1,14 @@
 package testutil
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/services/refresher"
@@ -81,4 +83,55 @@ func CheckProviderError(tb testing.TB, err error, want WantError, secrets ...str
 			}
 		}
 	}
+}
+
+// FaultCase is one simulator fault and the exact error a provider must answer
+// it with.
+type FaultCase struct {
+	Name   string
+	Faults simulator.Faults
+	// Secret is the credential the provider sends: a wrong one makes a
+	// bad-credentials case.
+	Secret string
+	Want   WantError
+}
+
+// BuildProvider returns the provider under test for the simulator at baseURL,
+// sending secret, with a per-request timeout (0 for the default).
+type BuildProvider func(baseURL string, secret refresher.Secret, timeout time.Duration) refresher.Provider
+
+// CheckFaults runs every case against a fresh simulator from start, with
+// kind's faults set, and asserts the exact error with CheckProviderError. It
+// adds the two cases every provider shares, sending goodSecret: a request that
+// times out and a refused connection, both transient with no HTTP status and
+// no provider code, and with no URL (so no query string) in the message.
+func CheckFaults(t *testing.T, kind simulator.Kind, start func(*testing.T) (*simulator.Server, *httptest.Server),
+	build BuildProvider, goodSecret string, cases []FaultCase, secrets ...string) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.Name, func(t *testing.T) {
+			sim, srv := start(t)
+			sim.SetFaults(kind, tc.Faults)
+			tok, err := build(srv.URL, refresher.Secret(tc.Secret), 0).Token(context.Background())
+			if err == nil {
+				t.Fatalf("got token %+v, want error", tok)
+			}
+			CheckProviderError(t, err, tc.Want, secrets...)
+		})
+	}
+	t.Run("timeout", func(t *testing.T) {
+		sim, srv := start(t)
+		sim.SetFaults(kind, simulator.Faults{Latency: 300 * time.Millisecond})
+		_, err := build(srv.URL, refresher.Secret(goodSecret), 50*time.Millisecond).Token(context.Background())
+		CheckProviderError(t, err, WantError{Kind: refresher.Transient, Substr: "timed out"}, secrets...)
+	})
+	t.Run("connection refused", func(t *testing.T) {
+		srv := httptest.NewServer(http.NotFoundHandler())
+		srv.Close()
+		_, err := build(srv.URL, refresher.Secret(goodSecret), 0).Token(context.Background())
+		CheckProviderError(t, err, WantError{Kind: refresher.Transient, Substr: "failed"}, secrets...)
+		if strings.Contains(err.Error(), "://") {
+			t.Fatalf("a URL in the error: %v", err)
+		}
+	})
 }

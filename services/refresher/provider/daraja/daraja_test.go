@@ -63,50 +63,19 @@ func TestTokenFromSimulator(t *testing.T) {
 }
 
 func TestFailuresAreClassified(t *testing.T) {
-	t.Run("simulator", func(t *testing.T) {
-		for _, tc := range []struct {
-			name   string
-			faults simulator.Faults
-			secret string
-			want   testutil.WantError
-		}{
-			{"bad credentials", simulator.Faults{}, "wrong", testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "", Substr: "bad credentials"}},
-			{"outage", simulator.Faults{Outage: true}, secret, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
-			{"error rate", simulator.Faults{ErrorRate: 1}, secret, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
-			{"html", simulator.Faults{Malformed: "html"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expected JSON, got text/html"}},
-			{"no token", simulator.Faults{Malformed: "no_token"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "access_token is missing"}},
-			{"bad expires_in", simulator.Faults{Malformed: "bad_expires"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
-			{"garbage", simulator.Faults{Malformed: "garbage"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
-			{"huge", simulator.Faults{Malformed: "huge"}, secret, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "larger than"}},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				sim, srv := newSim(t, simulator.Config{})
-				sim.SetFaults(simulator.Daraja, tc.faults)
-				p := daraja.New(daraja.Config{BaseURL: srv.URL, ConsumerKey: "key", ConsumerSecret: refresher.Secret(tc.secret)})
-				tok, err := p.Token(context.Background())
-				if err == nil {
-					t.Fatalf("got token %+v, want error", tok)
-				}
-				testutil.CheckProviderError(t, err, tc.want, secrets...)
-			})
-		}
-	})
-
-	t.Run("timeout", func(t *testing.T) {
-		sim, srv := newSim(t, simulator.Config{})
-		sim.SetFaults(simulator.Daraja, simulator.Faults{Latency: 2 * time.Second})
-		p := daraja.New(daraja.Config{BaseURL: srv.URL, ConsumerKey: "key", ConsumerSecret: secret, Timeout: 50 * time.Millisecond})
-		_, err := p.Token(context.Background())
-		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "timed out"}, secrets...)
-	})
-
-	t.Run("connection refused", func(t *testing.T) {
-		srv := httptest.NewServer(http.NotFoundHandler())
-		srv.Close()
-		p := daraja.New(daraja.Config{BaseURL: srv.URL, ConsumerKey: "key", ConsumerSecret: secret})
-		_, err := p.Token(context.Background())
-		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "failed"}, secrets...)
-	})
+	testutil.CheckFaults(t, simulator.Daraja, func(t *testing.T) (*simulator.Server, *httptest.Server) { return newSim(t, simulator.Config{}) },
+		func(base string, s refresher.Secret, timeout time.Duration) refresher.Provider {
+			return daraja.New(daraja.Config{BaseURL: base, ConsumerKey: "key", ConsumerSecret: s, Timeout: timeout})
+		}, secret, []testutil.FaultCase{
+			{Name: "bad credentials", Faults: simulator.Faults{}, Secret: "wrong", Want: testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "", Substr: "bad credentials"}},
+			{Name: "outage", Faults: simulator.Faults{Outage: true}, Secret: secret, Want: testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
+			{Name: "error rate", Faults: simulator.Faults{ErrorRate: 1}, Secret: secret, Want: testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
+			{Name: "html", Faults: simulator.Faults{Malformed: "html"}, Secret: secret, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expected JSON, got text/html"}},
+			{Name: "no token", Faults: simulator.Faults{Malformed: "no_token"}, Secret: secret, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "access_token is missing"}},
+			{Name: "bad expires_in", Faults: simulator.Faults{Malformed: "bad_expires"}, Secret: secret, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+			{Name: "garbage", Faults: simulator.Faults{Malformed: "garbage"}, Secret: secret, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "malformed token response"}},
+			{Name: "huge", Faults: simulator.Faults{Malformed: "huge"}, Secret: secret, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "larger than"}},
+		}, secrets...)
 
 	// Answers the simulator cannot be made to give (our client always sends
 	// Basic auth and the right grant type), crafted as Daraja sends them.

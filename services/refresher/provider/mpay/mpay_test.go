@@ -57,48 +57,19 @@ func TestSingleUseTokensFromSimulator(t *testing.T) {
 }
 
 func TestFailuresAreClassified(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		faults   simulator.Faults
-		password string
-		want     testutil.WantError
-	}{
-		{"bad credentials", simulator.Faults{}, "wrong", testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "", Substr: "enabled for this environment): Bad request"}},
-		{"outage", simulator.Faults{Outage: true}, password, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "Service unavailable"}},
-		{"error rate", simulator.Faults{ErrorRate: 1}, password, testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
-		{"html", simulator.Faults{Malformed: "html"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expected JSON, got text/html"}},
-		{"no token", simulator.Faults{Malformed: "no_token"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "token is missing"}},
-		{"bad expires", simulator.Faults{Malformed: "bad_expires"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "token is missing"}},
-		{"garbage", simulator.Faults{Malformed: "garbage"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "not valid JSON"}},
-		{"huge", simulator.Faults{Malformed: "huge"}, password, testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "larger than"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			sim, srv := newSim(t, simulator.Config{})
-			sim.SetFaults(simulator.MPay, tc.faults)
-			p := mpay.New(mpay.Config{BaseURL: srv.URL, Username: "user", Password: refresher.Secret(tc.password)})
-			tok, err := p.Token(context.Background())
-			if err == nil {
-				t.Fatalf("got token %+v, want error", tok)
-			}
-			testutil.CheckProviderError(t, err, tc.want, secrets...)
-		})
-	}
-
-	t.Run("timeout", func(t *testing.T) {
-		sim, srv := newSim(t, simulator.Config{})
-		sim.SetFaults(simulator.MPay, simulator.Faults{Latency: 300 * time.Millisecond})
-		p := mpay.New(mpay.Config{BaseURL: srv.URL, Username: "user", Password: password, Timeout: 50 * time.Millisecond})
-		_, err := p.Token(context.Background())
-		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "timed out"}, secrets...)
-	})
-
-	t.Run("connection refused", func(t *testing.T) {
-		srv := httptest.NewServer(http.NotFoundHandler())
-		srv.Close()
-		p := mpay.New(mpay.Config{BaseURL: srv.URL, Username: "user", Password: password})
-		_, err := p.Token(context.Background())
-		testutil.CheckProviderError(t, err, testutil.WantError{Kind: refresher.Transient, Status: 0, Code: "", Substr: "failed"}, secrets...)
-	})
+	testutil.CheckFaults(t, simulator.MPay, func(t *testing.T) (*simulator.Server, *httptest.Server) { return newSim(t, simulator.Config{}) },
+		func(base string, s refresher.Secret, timeout time.Duration) refresher.Provider {
+			return mpay.New(mpay.Config{BaseURL: base, Username: "user", Password: s, Timeout: timeout})
+		}, password, []testutil.FaultCase{
+			{Name: "bad credentials", Faults: simulator.Faults{}, Secret: "wrong", Want: testutil.WantError{Kind: refresher.Permanent, Status: 400, Code: "", Substr: "enabled for this environment): Bad request"}},
+			{Name: "outage", Faults: simulator.Faults{Outage: true}, Secret: password, Want: testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "Service unavailable"}},
+			{Name: "error rate", Faults: simulator.Faults{ErrorRate: 1}, Secret: password, Want: testutil.WantError{Kind: refresher.Transient, Status: 503, Code: "", Substr: "HTTP 503"}},
+			{Name: "html", Faults: simulator.Faults{Malformed: "html"}, Secret: password, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "expected JSON, got text/html"}},
+			{Name: "no token", Faults: simulator.Faults{Malformed: "no_token"}, Secret: password, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "token is missing"}},
+			{Name: "bad expires", Faults: simulator.Faults{Malformed: "bad_expires"}, Secret: password, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "token is missing"}},
+			{Name: "garbage", Faults: simulator.Faults{Malformed: "garbage"}, Secret: password, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "not valid JSON"}},
+			{Name: "huge", Faults: simulator.Faults{Malformed: "huge"}, Secret: password, Want: testutil.WantError{Kind: refresher.Permanent, Status: 200, Code: "", Substr: "larger than"}},
+		}, secrets...)
 
 	// Answers the simulator does not give, crafted as mPay might send them.
 	for _, tc := range []struct {
