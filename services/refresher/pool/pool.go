@@ -169,6 +169,10 @@ type Pool struct {
 	lastErr  error
 	errAt    time.Time
 	lastMint time.Time
+	// ready and readyAt: the last count of ready tokens, shared by readers
+	// of Ready for readyMaxAge.
+	ready   int
+	readyAt time.Time
 }
 
 // Pool creates or updates the durable consumer of provider cfg.Name and
@@ -227,10 +231,31 @@ func (p *Pool) Name() string { return p.cfg.Name }
 // off the endpoint goroutine.
 func (p *Pool) Blocking() bool { return true }
 
-// Ready returns how many tokens are ready in the pool (not yet claimed).
+// readyMaxAge is how old a count Ready may answer with: token.status, every
+// open status page and every metrics scrape share one consumer-info request
+// a second instead of making one each.
+const readyMaxAge = time.Second
+
+// Ready returns how many tokens are ready in the pool (not yet claimed), as
+// counted at most readyMaxAge ago. The filler's own decisions use live counts.
 func (p *Pool) Ready(ctx context.Context) (int, error) {
+	p.mu.Lock()
+	if !p.readyAt.IsZero() && time.Since(p.readyAt) < readyMaxAge {
+		n := p.ready
+		p.mu.Unlock()
+		return n, nil
+	}
+	p.mu.Unlock()
 	ready, _, err := p.counts(ctx)
 	return ready, err
+}
+
+// forgetReady drops the shared count, so that a change this replica made is
+// seen by its next reader at once (other replicas' at most readyMaxAge late).
+func (p *Pool) forgetReady() {
+	p.mu.Lock()
+	p.readyAt = time.Time{}
+	p.mu.Unlock()
 }
 
 // counts returns how many tokens are ready and how many claimers are waiting
@@ -242,6 +267,9 @@ func (p *Pool) counts(ctx context.Context) (ready, waiting int, err error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("pool: %s: consumer info: %w", p.cfg.Name, err)
 	}
+	p.mu.Lock()
+	p.ready, p.readyAt = int(info.NumPending), time.Now()
+	p.mu.Unlock()
 	return int(info.NumPending), info.NumWaiting, nil
 }
 
@@ -312,6 +340,7 @@ func (p *Pool) claim(ctx context.Context, wait time.Duration) ([]byte, error) {
 			}
 			return nil, nil
 		}
+		p.forgetReady() // a token left the pool: the next reader counts again
 		body, why := p.check(msg)
 		if why != "" {
 			_ = msg.Ack()
@@ -435,6 +464,7 @@ func (p *Pool) minted(at time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.lastMint, p.lastErr = at, nil
+	p.readyAt = time.Time{} // a token joined the pool: the next reader counts again
 }
 
 func (p *Pool) failed(err error, at time.Time) {

@@ -412,3 +412,44 @@ func TestATokenClaimedByADeadClaimerIsNeverHandedOut(t *testing.T) {
 		return nil
 	})
 }
+
+// TestReadyReadersShareOneCount: status pages, token.status and metric
+// scrapes asking for the pool size at once cause one consumer-info request a
+// second, not one each.
+func TestReadyReadersShareOneCount(t *testing.T) {
+	e := newEnv(t, 2*time.Minute)
+	nc := testutil.Connect(t, e.ns)
+	r := e.replica(t, nc, pool.Config{Size: 2}, false, 0, "")
+	watcher := testutil.Connect(t, e.ns)
+	infos, err := watcher.SubscribeSync("$JS.API.CONSUMER.INFO.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watcher.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if _, err := r.pool.Ready(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests := func(want int) {
+		t.Helper()
+		testutil.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+			if n, _, _ := infos.Pending(); n < want {
+				return fmt.Errorf("%d consumer-info requests seen, want %d", n, want)
+			}
+			return nil
+		})
+		time.Sleep(50 * time.Millisecond) // any extra request would have arrived
+		if n, _, _ := infos.Pending(); n != want {
+			t.Fatalf("%d consumer-info requests, want %d", n, want)
+		}
+	}
+	requests(1)             // 20 readers, one request
+	time.Sleep(time.Second) // past readyMaxAge: the next reader counts again
+	if _, err := r.pool.Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	requests(2)
+}
