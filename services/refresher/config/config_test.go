@@ -96,7 +96,7 @@ func TestLoadSpecExample(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	c, err := Parse([]byte(`
+	_, err := Parse([]byte(`
 providers:
   - {name: m, kind: mpay, base_url: "http://localhost:9000", username: u, password: p}
   - {name: o, kind: oauth2, token_url: "http://localhost:9000/token", client_id: i, client_secret: s}
@@ -105,7 +105,7 @@ providers:
 	if err == nil || !strings.Contains(err.Error(), `providers[2] (d): field "pool" does not apply to kind daraja`) {
 		t.Fatalf("a foreign field set to its zero value: got %v", err)
 	}
-	c, err = Parse([]byte(`
+	c, err := Parse([]byte(`
 lease: {ttl: 0s}
 providers:
   - {name: m, kind: mpay, base_url: "http://localhost:9000", username: u, password: p}

@@ -40,7 +40,7 @@ func points(tb testing.TB, r *sdkmetric.ManualReader, name string) map[string]fl
 			if k != "" {
 				k += ","
 			}
-			k += string(kv.Key) + "=" + kv.Value.Emit()
+			k += string(kv.Key) + "=" + kv.Value.String()
 		}
 		return k
 	}

@@ -88,10 +88,10 @@ func (s *Slot) Fail(err error, at time.Time) {
 
 // LastError returns the last failure since the last success, and when it
 // happened.
-func (s *Slot) LastError() (error, time.Time) {
+func (s *Slot) LastError() (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lastErr, s.errAt
+	return s.errAt, s.lastErr
 }
 
 // Changed returns a channel closed at the next Store or Fail.

@@ -138,7 +138,7 @@ func (m *Manager) Status() wire.ProviderStatus {
 			st.State = wire.StateOK
 		}
 	}
-	if err, at := m.slot.LastError(); err != nil {
+	if at, err := m.slot.LastError(); err != nil {
 		st.LastError, st.LastErrorAt = err.Error(), &at
 		if st.State == wire.StateOK {
 			st.State = wire.StateFailing
@@ -347,7 +347,7 @@ type kick struct {
 // failing reports whether the last refresh failed: retries then follow the
 // backoff schedule, and token.refresh requests do not add upstream calls.
 func (m *Manager) failing() bool {
-	err, _ := m.slot.LastError()
+	_, err := m.slot.LastError()
 	return err != nil
 }
 
@@ -393,7 +393,7 @@ func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 		if !m.stale(invalid) {
 			return m.Current()
 		}
-		if err, _ := m.slot.LastError(); err != nil {
+		if _, err := m.slot.LastError(); err != nil {
 			return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
 		}
 	}

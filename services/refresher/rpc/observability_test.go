@@ -228,7 +228,7 @@ func labelKey(s attribute.Set) string {
 	var parts []string
 	for _, k := range []attribute.Key{metrics.KeyEndpoint, metrics.KeyProvider, metrics.KeyCode, metrics.KeyOutcome} {
 		if v, ok := s.Value(k); ok {
-			parts = append(parts, v.Emit())
+			parts = append(parts, v.String())
 		}
 	}
 	return strings.Join(parts, " ")

@@ -224,12 +224,12 @@ func testRedaction(t *testing.T, row redactionRow) {
 		var b strings.Builder
 		fmt.Fprintf(&b, "span %q status %q:", s.Name, s.Status.Description)
 		for _, kv := range s.Attributes {
-			fmt.Fprintf(&b, " %s=%q", kv.Key, kv.Value.Emit())
+			fmt.Fprintf(&b, " %s=%q", kv.Key, kv.Value.String())
 		}
 		for _, e := range s.Events {
 			fmt.Fprintf(&b, " event %q", e.Name)
 			for _, kv := range e.Attributes {
-				fmt.Fprintf(&b, " %s=%q", kv.Key, kv.Value.Emit())
+				fmt.Fprintf(&b, " %s=%q", kv.Key, kv.Value.String())
 			}
 		}
 		leaks = append(leaks, b.String())
