@@ -173,6 +173,9 @@ type Pool struct {
 	// of Ready for readyMaxAge.
 	ready   int
 	readyAt time.Time
+	// readyGen counts claims and mints: a count taken across one of them is
+	// not shared, as it may predate it.
+	readyGen uint64
 }
 
 // Pool creates or updates the durable consumer of provider cfg.Name and
@@ -255,6 +258,7 @@ func (p *Pool) Ready(ctx context.Context) (int, error) {
 func (p *Pool) forgetReady() {
 	p.mu.Lock()
 	p.readyAt = time.Time{}
+	p.readyGen++
 	p.mu.Unlock()
 }
 
@@ -263,12 +267,17 @@ func (p *Pool) forgetReady() {
 func (p *Pool) counts(ctx context.Context) (ready, waiting int, err error) {
 	ctx, cancel := withTimeout(ctx, 5*time.Second)
 	defer cancel()
+	p.mu.Lock()
+	gen := p.readyGen
+	p.mu.Unlock()
 	info, err := p.cons.Info(ctx)
 	if err != nil {
 		return 0, 0, fmt.Errorf("pool: %s: consumer info: %w", p.cfg.Name, err)
 	}
 	p.mu.Lock()
-	p.ready, p.readyAt = int(info.NumPending), time.Now()
+	if p.readyGen == gen {
+		p.ready, p.readyAt = int(info.NumPending), time.Now()
+	}
 	p.mu.Unlock()
 	return int(info.NumPending), info.NumWaiting, nil
 }
@@ -464,7 +473,9 @@ func (p *Pool) minted(at time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.lastMint, p.lastErr = at, nil
-	p.readyAt = time.Time{} // a token joined the pool: the next reader counts again
+	// A token joined the pool: the next reader counts again.
+	p.readyAt = time.Time{}
+	p.readyGen++
 }
 
 func (p *Pool) failed(err error, at time.Time) {
