@@ -11,8 +11,8 @@
 // twice. A Filler, run by the leader only, calls the provider to keep the pool
 // at its size, refills after claims and expiries, and answers claimers that
 // find the pool empty whether a refill is coming (so that they wait) or the
-// provider is failing (so that they get a 503 at once). The README section
-// "Single-use tokens (mPay)" gives the reasoning.
+// provider is failing (so that they get a 503 at once). docs/single-use-tokens.md
+// gives the reasoning.
 //
 // No token value is ever written to the KV bucket: KV watchers never see one.
 package pool

@@ -2,5 +2,5 @@
 // oauth2, airtel) and httpx, the HTTP plumbing they share: a timeout on every
 // call, a capped body, JSON decoding with clear errors, and tracing of the
 // upstream call. A provider implements refresher.Provider; adding one is a
-// file plus its tests (README, "Adding a provider").
+// file plus its tests (CONTRIBUTING.md, "Adding a provider").
 package provider

@@ -38,7 +38,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("refresher", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var opts Options
-	fs.StringVar(&opts.ConfigPath, "config", "", "configuration file (YAML); see README")
+	fs.StringVar(&opts.ConfigPath, "config", "", "configuration file (YAML); see docs/configuration.md")
 	fs.BoolVar(&opts.Demo, "demo", false, "start the built-in provider simulator; without --config, use the demo configuration")
 	fs.StringVar(&opts.SimulatorListen, "simulator-listen", "127.0.0.1:8090", "address of the built-in simulator with --demo")
 	if err := fs.Parse(args); err != nil {
