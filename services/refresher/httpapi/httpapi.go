@@ -52,6 +52,9 @@ type StatusJSON struct {
 	Status wire.Status `json:"status"`
 	// History is the recent upstream attempts, oldest first.
 	History []Attempt `json:"history"`
+	// Ready is what /readyz would answer now; NotReady says why not.
+	Ready    bool   `json:"ready"`
+	NotReady string `json:"not_ready,omitempty"`
 }
 
 // Handler returns the mux with /healthz and /readyz only.
@@ -84,9 +87,16 @@ func New(cfg Config) *http.ServeMux {
 	}
 	if cfg.Status != nil {
 		mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
-			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status(), History: []Attempt{}}
+			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status(), History: []Attempt{}, Ready: true}
 			if cfg.History != nil {
-				body.History = cfg.History.Recent()
+				if h := cfg.History.Recent(); h != nil {
+					body.History = h
+				}
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			if err := cfg.Ready.Check(ctx); err != nil {
+				body.Ready, body.NotReady = false, err.Error()
 			}
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Cache-Control", "no-store")

@@ -55,6 +55,8 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else if err := probeListen(cfg.Listen); err != nil {
+		return nil, err
 	}
 	name := cfg.Name
 	if name == "" {
@@ -82,6 +84,13 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		if opts.Cluster.Port, err = strconv.Atoi(cport); err != nil {
 			return nil, fmt.Errorf("natsx: cluster listen %q: bad port", c.Listen)
 		}
+		if opts.Cluster.Port != 0 {
+			if err := probeListen(c.Listen); err != nil {
+				e := err.(*ListenError)
+				e.Cluster = true
+				return nil, e
+			}
+		}
 		opts.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
 	}
 	ns, err := server.NewServer(opts)
@@ -91,9 +100,46 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
-		return nil, errors.New("natsx: embedded server did not become ready within 30s (is the port in use?)")
+		return nil, errors.New("natsx: embedded server did not become ready within 30s")
 	}
 	return ns, nil
+}
+
+// ListenError is returned by StartEmbedded when an address it must listen on
+// cannot be bound, typically because another process (another nats-server)
+// already listens there.
+type ListenError struct {
+	// Addr is the address as configured.
+	Addr string
+	// Cluster is true for the cluster (route) address, false for clients.
+	Cluster bool
+	// Err is the error from the operating system.
+	Err error
+}
+
+func (e *ListenError) Error() string {
+	what := "client"
+	if e.Cluster {
+		what = "cluster"
+	}
+	return fmt.Sprintf("natsx: embedded server cannot listen for %s connections on %s: %v", what, e.Addr, e.Err)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// probeListen binds addr and releases it at once, so that an address in use
+// fails start-up at once: nats-server itself only logs it, and then never
+// becomes ready.
+func probeListen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			err = op.Err // "bind: address already in use", without the address again
+		}
+		return &ListenError{Addr: addr, Err: err}
+	}
+	return ln.Close()
 }
 
 // ConnectConfig configures the client connection.
@@ -159,6 +205,10 @@ func Connect(cfg ConnectConfig) (*nats.Conn, error) {
 	log.Info("nats connected", slog.String("server", nc.ConnectedUrlRedacted()))
 	return nc, nil
 }
+
+// RedactURL hides any user:password in a comma-separated NATS URL list, for
+// logs and errors.
+func RedactURL(list string) string { return redactURL(list) }
 
 // redactURL hides any user:password in a comma-separated NATS URL list.
 func redactURL(list string) string {

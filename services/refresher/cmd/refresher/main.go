@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
@@ -26,11 +27,22 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "refresher:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			return // --help: usage printed, exit 0
 		}
+		fmt.Fprintln(os.Stderr, errorLine(err))
 		os.Exit(2)
 	}
+}
+
+// errorLine is err as the one line printed before exiting, prefixed
+// "refresher: " once (errors of the refresher package carry it already).
+func errorLine(err error) string {
+	msg := err.Error()
+	if strings.HasPrefix(msg, "refresher: ") {
+		return msg
+	}
+	return "refresher: " + msg
 }
 
 // run parses args, starts the refresher and blocks until ctx ends.
@@ -41,8 +53,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&opts.ConfigPath, "config", "", "configuration file (YAML); see docs/configuration.md")
 	fs.BoolVar(&opts.Demo, "demo", false, "start the built-in provider simulator; without --config, use the demo configuration")
 	fs.StringVar(&opts.SimulatorListen, "simulator-listen", "127.0.0.1:8090", "address of the built-in simulator with --demo")
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: refresher --config FILE | --demo [--config FILE]\n\nKeeps payment-provider access tokens fresh and serves them over NATS (docs/configuration.md).\n\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *version {
+		fmt.Fprintln(stdout, "refresher", Version)
+		return nil
 	}
 	if opts.ConfigPath == "" && !opts.Demo {
 		fs.Usage()
@@ -51,6 +72,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	m := NewMain(opts, stdout, stderr)
 	if err := m.Run(ctx); err != nil {
 		_ = m.Close()
+		if ctx.Err() != nil {
+			return nil // interrupted while starting (e.g. waiting for NATS): a clean stop
+		}
 		return err
 	}
 	<-ctx.Done()

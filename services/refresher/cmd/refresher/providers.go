@@ -28,7 +28,7 @@ func buildProvider(p config.Provider, transport http.RoundTripper) (refresher.Pr
 	case config.KindAirtel:
 		return airtel.New(airtel.Config{BaseURL: p.BaseURL, ClientID: p.ClientID, ClientSecret: p.ClientSecret, Timeout: p.Timeout.D(), Transport: transport}), nil
 	default:
-		return nil, fmt.Errorf("refresher: provider %q: kind %q is not supported", p.Name, p.Kind)
+		return nil, fmt.Errorf("provider %q: kind %q is not supported", p.Name, p.Kind)
 	}
 }
 

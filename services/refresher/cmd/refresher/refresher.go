@@ -71,8 +71,12 @@ type Main struct {
 	Metrics  *metrics.Metrics
 	instance string
 	elector  *lease.Elector
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// ready answers /readyz: start-up's progress, then a live check.
+	ready readiness
+	// jsWaitLogged is when start-up last logged waiting for JetStream.
+	jsWaitLogged time.Time
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
 
 	// pools is the single-use token pool stream, if any provider needs it.
 	pools *pool.Store
@@ -121,6 +125,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.Config = cfg
 	m.logger = newLogger(m.stderr, cfg.Log.Level, cfg.Log.Format)
+	m.ready.logger = m.logger
 	for _, p := range cfg.Providers {
 		// A token must outlive a failover: a standby takes over about
 		// lease.ttl after the leader's last renewal.
@@ -135,28 +140,8 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	transport := httpx.WithUserAgent(nil, "tokenbus-refresher/"+Version+" ("+instance+")")
 
+	m.instance = instance
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
-		return err
-	}
-	if cfg.NATS.URL == "" {
-		ec := natsx.EmbeddedConfig{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.StoreDir}
-		if c := cfg.NATS.Embedded.Cluster; c != nil {
-			ec.Cluster = &natsx.ClusterConfig{Name: c.Name, Listen: c.Listen, Routes: c.Routes}
-		}
-		m.ns, err = natsx.StartEmbedded(ec)
-		if err != nil {
-			return err
-		}
-		m.logger.Info("embedded nats-server started", slog.String("url", m.ns.ClientURL()), slog.String("store_dir", cfg.NATS.Embedded.StoreDir))
-	}
-	m.nc, err = natsx.Connect(natsx.ConnectConfig{URL: cfg.NATS.URL, Creds: cfg.NATS.Creds, Name: "tokenbus-refresher " + instance, Logger: m.logger, Embedded: m.ns})
-	if err != nil {
-		return err
-	}
-	m.store, err = natsx.OpenStore(ctx, m.nc, cfg.Bucket, cfg.NATS.Replicas, func(err error) {
-		m.logger.Info("waiting for JetStream", slog.String("error", err.Error()))
-	})
-	if err != nil {
 		return err
 	}
 	names := make([]string, 0, len(cfg.Providers))
@@ -167,6 +152,35 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.Metrics = m.obs.metrics
+	// /readyz answers 503, with the reason, from here until start-up ends.
+	m.ready.starting("connecting to NATS")
+	if err := m.startHTTP(cfg.HTTP.Listen); err != nil {
+		return err
+	}
+	if cfg.NATS.URL == "" {
+		ec := natsx.EmbeddedConfig{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.StoreDir}
+		if c := cfg.NATS.Embedded.Cluster; c != nil {
+			ec.Cluster = &natsx.ClusterConfig{Name: c.Name, Listen: c.Listen, Routes: c.Routes}
+		}
+		m.ns, err = natsx.StartEmbedded(ec)
+		if err != nil {
+			return listenProblem(err, m.opts.Demo && m.opts.ConfigPath == "")
+		}
+		m.logger.Info("embedded nats-server started", slog.String("url", m.ns.ClientURL()), slog.String("store_dir", cfg.NATS.Embedded.StoreDir))
+	}
+	cc := natsx.ConnectConfig{URL: cfg.NATS.URL, Creds: cfg.NATS.Creds, Name: "tokenbus-refresher " + instance, Logger: m.logger, Embedded: m.ns}
+	if m.ns != nil {
+		m.nc, err = natsx.Connect(cc)
+	} else {
+		m.nc, err = m.connectNATS(ctx, cc)
+	}
+	if err != nil {
+		return err
+	}
+	m.store, err = natsx.OpenStore(ctx, m.nc, cfg.Bucket, cfg.NATS.Replicas, m.waitingForJetStream)
+	if err != nil {
+		return natsx.JetStreamProblem(err)
+	}
 	m.elector, err = lease.New(lease.Config{
 		KV: m.store.KV(), Holder: instance, Logger: m.logger,
 		TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
@@ -206,16 +220,12 @@ func (m *Main) Run(ctx context.Context) error {
 		sources[p.Name] = &replicaSource{name: p.Name, mgr: mgr, el: m.elector, nc: m.nc}
 		leaderSources[p.Name] = mgr
 	}
-	m.instance = instance
 	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
 	// The endpoints answer once the server has seen their subscriptions.
 	if err := m.nc.FlushTimeout(10 * time.Second); err != nil {
-		return fmt.Errorf("refresher: registering the service: %w", err)
-	}
-	if err := m.startHTTP(cfg.HTTP.Listen); err != nil {
-		return err
+		return fmt.Errorf("registering the service: %w", err)
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -250,6 +260,8 @@ func (m *Main) Run(ctx context.Context) error {
 			wg.Wait()
 		})
 	})
+	m.ready.setStarted(m.readyCheck)
+	m.wg.Go(func() { m.ready.monitor(runCtx, 5*time.Second) })
 	m.banner()
 	return nil
 }
@@ -303,7 +315,7 @@ func (m *Main) startSimulator() error {
 	m.Sim = simulator.New(simulator.Config{DarajaTTL: 60 * time.Second, OAuth2SubscriptionKey: "sim-subscription-key"})
 	ln, err := net.Listen("tcp", m.opts.SimulatorListen)
 	if err != nil {
-		return fmt.Errorf("refresher: simulator listen %s: %w", m.opts.SimulatorListen, err)
+		return fmt.Errorf("--simulator-listen %s: %w", m.opts.SimulatorListen, err)
 	}
 	m.simSrv = &http.Server{Addr: ln.Addr().String(), Handler: m.Sim, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = m.simSrv.Serve(ln) }()
@@ -313,18 +325,11 @@ func (m *Main) startSimulator() error {
 func (m *Main) startHTTP(listen string) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return fmt.Errorf("refresher: http listen %s: %w", listen, err)
+		return fmt.Errorf("http.listen %s: %w", listen, err)
 	}
 	m.httpAddr = ln.Addr().String()
-	ready := httpapi.CheckFunc(func(ctx context.Context) error {
-		if !m.nc.IsConnected() {
-			return errors.New("not connected to NATS")
-		}
-		_, err := m.store.KV().Status(ctx)
-		return err
-	})
 	m.httpSrv = &http.Server{Handler: httpapi.New(httpapi.Config{
-		Ready: ready, Metrics: m.obs.prom.Handler(), Status: m.Status, History: m.obs.history,
+		Ready: &m.ready, Metrics: m.obs.prom.Handler(), Status: m.pageStatus, History: m.obs.history,
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = m.httpSrv.Serve(ln) }()
 	return nil

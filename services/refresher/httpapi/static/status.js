@@ -62,7 +62,9 @@ function renderOverall(st) {
     o.textContent = `Tokens valid, but refreshes are failing for ${failing.map(p => p.name).join(", ")}`;
     o.className = "overall warn";
   } else {
-    o.textContent = `All ${plural(ps.length, "provider")} have a valid token`;
+    o.textContent = ps.length === 1 ? "The provider has a valid token"
+      : ps.length === 2 ? "Both providers have a valid token"
+      : `All ${ps.length} providers have a valid token`;
     o.className = "overall ok";
   }
 }
@@ -79,7 +81,10 @@ function renderProviders(st) {
     state.append(el("span", "badge " + p.state, STATES[p.state] || p.state));
     tr.append(state);
     const exp = el("td", "expires");
-    if (p.expires_at) exp.dataset.expires = p.expires_at;
+    if (p.expires_at) {
+      exp.dataset.expires = p.expires_at;
+      if (p.last_refresh) exp.dataset.life = Date.parse(p.expires_at) - Date.parse(p.last_refresh);
+    }
     else if (p.pool !== undefined && p.pool !== null) exp.textContent = p.pool + " single-use ready";
     else exp.textContent = "—";
     tr.append(exp);
@@ -101,13 +106,22 @@ function renderProviders(st) {
   tick();
 }
 
+// soonMs is how close to expiry a token of lifetime lifeMs (0 if unknown)
+// shows amber: half the default refresh margin (a fifth of the lifetime, at
+// most 5 minutes), so a healthy token, refreshed a full margin ahead, never
+// does; one that shows amber is overdue for a refresh.
+function soonMs(lifeMs) {
+  if (!(lifeMs > 0)) return 30000;
+  return Math.min(lifeMs / 5, 300000) / 2;
+}
+
 // tick updates every countdown and "… ago" in place; it runs 4 times a second.
 function tick() {
   for (const td of document.querySelectorAll("td.expires[data-expires]")) {
     const left = Date.parse(td.dataset.expires) - now();
     td.textContent = left > 0 ? duration(left) : "expired " + duration(left) + " ago";
     td.classList.toggle("expired", left <= 0);
-    td.classList.toggle("soon", left > 0 && left < 60000);
+    td.classList.toggle("soon", left > 0 && left < soonMs(Number(td.dataset.life)));
   }
   for (const e of document.querySelectorAll("[data-at]")) e.textContent = ago(e.dataset.at);
   const upd = document.getElementById("updated");
@@ -160,7 +174,8 @@ async function poll() {
     data = await resp.json();
     offset = Date.parse(data.now) - (t + Date.now()) / 2;
     lastOK = Date.now();
-    banner.hidden = true;
+    banner.hidden = data.ready !== false;
+    if (data.ready === false) banner.textContent = "Not ready: " + data.not_ready;
     renderReplica(data.status);
     renderProviders(data.status);
     renderChart(data.history || []);
