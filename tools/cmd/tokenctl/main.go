@@ -77,7 +77,11 @@ type config struct {
 	wait    time.Duration
 	token   string
 	count   int
+	version bool
 }
+
+// Version is set at build time with -ldflags "-X main.Version=…".
+var Version = "0.1.0-dev"
 
 func defaultServer() string {
 	if u := os.Getenv("NATS_URL"); u != "" {
@@ -103,6 +107,7 @@ func parse(args []string, stderr io.Writer) (config, []string, error) {
 	fs.DurationVar(&cfg.wait, "wait", 300*time.Millisecond, "status: how long to gather replies from replicas")
 	fs.StringVar(&cfg.token, "token", "", "refresh: the rejected access token (default: the current one)")
 	fs.IntVar(&cfg.count, "count", 0, "watch: exit after this many tokens (0: run until interrupted)")
+	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -129,6 +134,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, pos, err := parse(args, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.version {
+		fmt.Fprintln(stdout, "tokenctl", Version)
+		return nil
 	}
 	if len(pos) == 0 {
 		fmt.Fprint(stderr, usage)

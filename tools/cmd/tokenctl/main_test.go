@@ -157,14 +157,22 @@ func TestUsage(t *testing.T) {
 	if code, _, errOut := tokenctl(t, "--help"); code != 0 || !strings.Contains(errOut, "commands:") {
 		t.Errorf("--help: %d %s", code, errOut)
 	}
+	if code, out, _ := tokenctl(t, "--version"); code != 0 || out != "tokenctl "+Version+"\n" {
+		t.Errorf("--version: %d %q", code, out)
+	}
 	if code, _, errOut := tokenctl(t, "--server", "nats://user:hunter2@127.0.0.1:1", "--timeout", "200ms", "status"); code != 1 || strings.Contains(errOut, "hunter2") {
 		t.Errorf("unreachable server: %d %s", code, errOut)
 	}
 }
 
 func TestShort(t *testing.T) {
-	if short("abcdefghijklmnop") != "abcd…mnop" || short("short") != "*****" {
-		t.Fatal(short("abcdefghijklmnop"), short("short"))
+	for tok, want := range map[string]string{
+		"abcdefghijklmnop": "abcdef…", "abcdefghijklmnopqrstuvwxyz0123456789": "abcdef…",
+		"abcdefghijkl": "abcdef…", "short": "sh…", "": "…",
+	} {
+		if got := short(tok); got != want {
+			t.Errorf("short(%q) = %q, want %q", tok, got, want)
+		}
 	}
 }
 

@@ -150,13 +150,14 @@ func (p *printer) agoPtr(t *time.Time) string {
 	return p.ago(*t)
 }
 
-// short abbreviates a token to its first and last four characters: enough
-// to tell tokens apart, not enough to use one.
+// shortLen is how many leading characters short shows.
+const shortLen = 6
+
+// short abbreviates every token the same way: its first six characters and
+// "…", enough to tell tokens apart, not enough to use one (nor to learn its
+// length). A token under twelve characters shows only its first half.
 func short(tok string) string {
-	if len(tok) <= 12 {
-		return strings.Repeat("*", len(tok))
-	}
-	return tok[:4] + "…" + tok[len(tok)-4:]
+	return tok[:min(shortLen, len(tok)/2)] + "…"
 }
 
 func dash(n uint64) string {
