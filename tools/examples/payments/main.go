@@ -12,8 +12,8 @@
 //
 // Usage, against the demo (`go tool task run`):
 //
-//	go run ./tools/examples/payments [--nats nats://127.0.0.1:4222] [--daraja http://127.0.0.1:8090] [--listen 127.0.0.1:8081]
-//	curl -s -X POST localhost:8081/pay -d '{"phone":"254708374149","amount":10}'
+//	go run ./tools/examples/payments [--nats nats://127.0.0.1:4222] [--daraja http://127.0.0.1:8090] [--listen 127.0.0.1:8070]
+//	curl -s -X POST localhost:8070/pay -d '{"phone":"254708374149","amount":10}'
 package main
 
 import (
@@ -55,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	natsURL := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL ($NATS_URL)")
 	provider := fs.String("provider", "daraja-sandbox", "tokenbus provider name of the Daraja app")
 	darajaURL := fs.String("daraja", "http://127.0.0.1:8090", "Daraja base URL (the demo's simulator by default)")
-	listen := fs.String("listen", "127.0.0.1:8081", "address to serve on")
+	listen := fs.String("listen", "127.0.0.1:8070", "address to serve on")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ const examples = "../../../../deploy/examples"
 // freePorts moves a config's fixed listen addresses to free ports and its
 // store to dir.
 func freePorts(cfg []byte, dir string) []byte {
-	return []byte(strings.NewReplacer("127.0.0.1:4222", "127.0.0.1:0", "127.0.0.1:8080", "127.0.0.1:0", "./data/nats", filepath.Join(dir, "nats")).Replace(string(cfg)))
+	return []byte(strings.NewReplacer("127.0.0.1:4222", "127.0.0.1:0", "127.0.0.1:8080", "127.0.0.1:0", "./data/nats", filepath.Join(dir, "nats"), "./data/demo-all", filepath.Join(dir, "nats")).Replace(string(cfg)))
 }
 
 // protectedCalls are the simulator's protected calls, by kind.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 )
@@ -221,7 +223,7 @@ func TestDemoModeRuns(t *testing.T) {
 	logs := &testutil.LogBuffer{}
 	dir := t.TempDir()
 	// Demo mode with its built-in config, moved to free ports and a temp store.
-	cfg := strings.NewReplacer("127.0.0.1:4222", "127.0.0.1:0", "127.0.0.1:8080", "127.0.0.1:0", "./data/nats", filepath.Join(dir, "nats")).Replace(string(demoConfig))
+	cfg := strings.NewReplacer("listen: 127.0.0.1:4222", fmt.Sprintf("listen: 127.0.0.1:0\n    store_dir: %q", filepath.Join(dir, "nats")), "127.0.0.1:8080", "127.0.0.1:0").Replace(string(demoConfig))
 	path := filepath.Join(dir, "demo.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -258,5 +260,35 @@ func TestWarnsWhenRefreshBeforeIsShorterThanFailover(t *testing.T) {
 	_, logs := startMain(t, sim, "    refresh_before: 2s\n")
 	if !strings.Contains(logs.String(), "refresh_before is shorter than a leader failover") {
 		t.Fatalf("no warning for refresh_before 2s with lease.ttl 10s:\n%s", logs)
+	}
+}
+
+// --demo without --config keeps JetStream in a new temporary directory each
+// run, removed on exit: no token or provider of an earlier run survives.
+func TestDemoStoreIsFreshEachRun(t *testing.T) {
+	var dirs []string
+	for range 2 {
+		m := NewMain(Options{Demo: true}, io.Discard, io.Discard)
+		cfg, err := config.Parse(demoConfig, func(string) (string, bool) { return "http://127.0.0.1:1", true })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.freshDemoStore(cfg); err != nil {
+			t.Fatal(err)
+		}
+		dir := cfg.NATS.Embedded.StoreDir
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			t.Fatalf("demo store %q: %v", dir, err)
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("demo store %q still there after Close: %v", dir, err)
+		}
+		dirs = append(dirs, dir)
+	}
+	if dirs[0] == dirs[1] {
+		t.Errorf("two demo runs shared store %q", dirs[0])
 	}
 }

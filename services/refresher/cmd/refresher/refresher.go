@@ -73,6 +73,8 @@ type Main struct {
 	elector  *lease.Elector
 	// ready answers /readyz: start-up's progress, then a live check.
 	ready readiness
+	// demoDir is the demo's temporary JetStream store, removed by Close.
+	demoDir string
 	// jsWaitLogged is when start-up last logged waiting for JetStream.
 	jsWaitLogged time.Time
 	cancel       context.CancelFunc
@@ -119,6 +121,9 @@ func (m *Main) Run(ctx context.Context) error {
 		cfg, err = config.Load(m.opts.ConfigPath, lookup)
 	} else {
 		cfg, err = config.Parse(demoConfig, lookup)
+		if err == nil {
+			err = m.freshDemoStore(cfg)
+		}
 	}
 	if err != nil {
 		return err
@@ -315,7 +320,7 @@ func (m *Main) startSimulator() error {
 	m.Sim = simulator.New(simulator.Config{DarajaTTL: 60 * time.Second, OAuth2SubscriptionKey: "sim-subscription-key"})
 	ln, err := net.Listen("tcp", m.opts.SimulatorListen)
 	if err != nil {
-		return fmt.Errorf("--simulator-listen %s: %w", m.opts.SimulatorListen, err)
+		return listenFailed("--simulator-listen", m.opts.SimulatorListen, err)
 	}
 	m.simSrv = &http.Server{Addr: ln.Addr().String(), Handler: m.Sim, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = m.simSrv.Serve(ln) }()
@@ -325,7 +330,7 @@ func (m *Main) startSimulator() error {
 func (m *Main) startHTTP(listen string) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return fmt.Errorf("http.listen %s: %w", listen, err)
+		return listenFailed("http.listen", listen, err)
 	}
 	m.httpAddr = ln.Addr().String()
 	m.httpSrv = &http.Server{Handler: httpapi.New(httpapi.Config{
@@ -379,6 +384,9 @@ func (m *Main) Close() error {
 	}
 	if m.telStop != nil {
 		errs = append(errs, m.telStop(ctx))
+	}
+	if m.demoDir != "" {
+		errs = append(errs, os.RemoveAll(m.demoDir))
 	}
 	errs = append(errs, m.obs.close(ctx))
 	return errors.Join(errs...)

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 )
 
@@ -166,4 +169,27 @@ func (m *Main) waitingForJetStream(err error) {
 		m.jsWaitLogged = time.Now()
 		m.logger.Warn("waiting for JetStream", slog.String("reason", why))
 	}
+}
+
+// freshDemoStore points the demo configuration's embedded server at a new
+// temporary directory, removed on Close: every demo starts from clean state,
+// with no token of an earlier run's simulator and no earlier providers.
+func (m *Main) freshDemoStore(cfg *config.Config) error {
+	dir, err := os.MkdirTemp("", "tokenbus-demo-")
+	if err != nil {
+		return fmt.Errorf("demo store: %w", err)
+	}
+	m.demoDir = dir
+	cfg.NATS.Embedded.StoreDir = dir
+	return nil
+}
+
+// listenFailed names the setting (a configuration field or flag) whose
+// address cannot be listened on, and the fix.
+func listenFailed(setting, addr string, err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		err = op.Err // "bind: address already in use", without the address again
+	}
+	return fmt.Errorf("%s %s: %w (is another program listening there? set %s to a free address)", setting, addr, err, setting)
 }
