@@ -3,10 +3,19 @@
 // applies defaults and validates every value, reporting all problems at once.
 //
 // Every error is one line starting "config: " that names the file, line,
-// field and provider concerned. Errors never contain a field's value or the
-// value of an environment variable: they name variables, fields and
-// providers. The one value they show is a valid provider name, which is
-// public by design (it is a NATS subject token and a KV key).
+// field and provider concerned (a problem found by validation is reported at
+// the line that sets the field or, for a missing field, at its provider; a
+// YAML syntax error at the line where the text stops parsing). An unknown
+// field or kind near a known one gets "did you mean …?". Errors never contain
+// a field's value or the value of an environment variable: they name
+// variables, fields and providers. The values they show are provider names
+// and kinds written in the file, even invalid ones, which are public by
+// design (a name is a NATS subject token and a KV key); one that comes from
+// ${NAME} is never shown.
+//
+// Validation (Config.Validate) works on a decoded value, so a configuration
+// decoded from elsewhere (JSON) gets the same rules and messages, without
+// lines.
 package config
 
 import (
@@ -18,6 +27,7 @@ import (
 	"math"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -249,11 +259,11 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 }
 
 func parse(data []byte, lookup func(string) (string, bool), source string) (*Config, error) {
-	ps := &problems{source: source}
+	ps := &problems{source: source, lines: map[string]int{}, fromEnv: map[string]bool{}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		ps.add(0, "", "%s", strings.TrimPrefix(err.Error(), "yaml: "))
+		ps.add(syntaxLine(data), "", "%s", yamlPrefix.ReplaceAllString(err.Error(), ""))
 		return nil, ps.err()
 	}
 	if len(doc.Content) == 0 || doc.Content[0].Tag == "!!null" {
@@ -317,11 +327,70 @@ func setDefault[T comparable](v *T, def T) {
 	}
 }
 
+// yamlPrefix is the start of a YAML error message: the package, and a line
+// that for many errors is where the enclosing block starts, not the problem.
+var yamlPrefix = regexp.MustCompile(`^yaml: (line \d+: )?`)
+
+// syntaxLine returns the line of data's first YAML syntax error: the shortest
+// prefix of whole lines that does not parse ends there. (The YAML package
+// reports where the enclosing block starts, often lines earlier.)
+func syntaxLine(data []byte) int {
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	fails := func(k int) bool {
+		dec := yaml.NewDecoder(bytes.NewReader(bytes.Join(lines[:k], nil)))
+		for {
+			var n yaml.Node
+			if err := dec.Decode(&n); err != nil {
+				return !errors.Is(err, io.EOF)
+			}
+		}
+	}
+	lo, hi := 0, len(lines) // the prefix of lo lines parses, that of hi does not
+	for hi-lo > 1 {
+		if mid := (lo + hi) / 2; fails(mid) {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	return hi
+}
+
 // problems collects configuration errors, each one line starting "config: ",
 // then the file (if any), the line (if known) and the field's path.
 type problems struct {
 	source string
 	list   []problem
+	// lines maps a field's path (without provider names, see pathKey) to
+	// the line that sets it, for the problems Validate finds, which know
+	// paths but not lines. Nil when there is no file (a decoded value).
+	lines map[string]int
+	// fromEnv holds the paths (as in lines) whose value uses ${NAME}: such a
+	// value is never shown, not even a provider name.
+	fromEnv map[string]bool
+}
+
+// pathKey is path without the provider names that itemPath adds, so that a
+// path made from the YAML tree and one made from the decoded value agree.
+func pathKey(path string) string { return namePart.ReplaceAllString(path, "") }
+
+var namePart = regexp.MustCompile(` \([^)]*\)`)
+
+// lineOf returns the line that sets path or, if it is not set there, the
+// nearest enclosing field or list item that is (a missing field is reported
+// at its provider); 0 if none is known.
+func (ps *problems) lineOf(path string) int {
+	for k := pathKey(path); k != ""; {
+		if l, ok := ps.lines[k]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
 }
 
 type problem struct {
@@ -339,6 +408,9 @@ func (ps *problems) add(line int, path, format string, args ...any) {
 		return
 	case len(ps.list) > maxProblems:
 		return
+	}
+	if line == 0 {
+		line = ps.lineOf(path)
 	}
 	var b strings.Builder
 	b.WriteString("config: ")

@@ -202,13 +202,25 @@ func TestParseErrors(t *testing.T) {
 		// Values.
 		{"no providers", "bucket: tokens\n", []string{"config: providers: at least one provider is required"}},
 		{"bad provider name", "providers:" + strings.Replace(daraja, "daraja-sandbox", "Daraja_Sandbox", 1),
-			[]string{"providers[0].name: want [a-z0-9][a-z0-9-]*, at most 64 characters"}},
+			[]string{`line 2: providers[0].name: "Daraja_Sandbox" is not a valid provider name: want [a-z0-9][a-z0-9-]*, at most 64 characters`}},
+		{"bad provider name from the environment", "providers:" + strings.Replace(daraja, "daraja-sandbox", "${INJECT}", 1),
+			[]string{"line 2: providers[0].name: not a valid provider name: want"}},
 		{"missing provider name", "providers:" + strings.Replace(daraja, "name: daraja-sandbox", "name: ''", 1),
 			[]string{"providers[0].name: missing or empty"}},
 		{"duplicate provider name", "providers:" + daraja + mpay + daraja,
 			[]string{"providers[2] (daraja-sandbox).name: duplicate: providers[0] has the same name"}},
 		{"unknown kind", "providers:" + strings.Replace(daraja, "kind: daraja", "kind: darja", 1),
-			[]string{"providers[0] (daraja-sandbox).kind: unknown kind; want daraja, mpay, oauth2 or airtel"}},
+			[]string{`line 3: providers[0] (daraja-sandbox).kind: unknown kind "darja" (did you mean daraja?); want daraja, mpay, oauth2 or airtel`}},
+		{"unknown kind, nothing near", "providers:" + strings.Replace(daraja, "kind: daraja", "kind: stripe", 1),
+			[]string{`line 3: providers[0] (daraja-sandbox).kind: unknown kind "stripe"; want daraja, mpay, oauth2 or airtel`}},
+		{"missing field at its provider's line", "bucket: tokens\nproviders:\n  - {name: d, kind: daraja, base_url: 'https://x', consumer_key: k}\n",
+			[]string{"line 3: providers[0] (d).consumer_secret: missing or empty; kind daraja needs it"}},
+		{"typo of a field of the kind", "providers:" + strings.Replace(daraja, "consumer_secret:", "consumer_secert:", 1),
+			[]string{`providers[0] (daraja-sandbox): unknown field "consumer_secert"; did you mean consumer_secret?`}},
+		{"typo of a nested field", "nats:\n  embeded: {}\nproviders:" + daraja, []string{`line 2: nats: unknown field "embeded"; did you mean embedded?`}},
+		{"syntax error reported where it is", "nats:\n  url: x\nproviders:\n  - name: a\n    kind: daraja\n   bad: 1\n",
+			[]string{"config: line 6: did not find expected '-' indicator"}},
+		{"unclosed list reported where it is", "bucket: tokens\nproviders: [a, b\nhttp: {}\n", []string{"config: line 2: did not find expected ',' or ']'"}},
 		{"missing kind", "providers:" + strings.Replace(daraja, "kind: daraja", "", 1),
 			[]string{"providers[0] (daraja-sandbox).kind: missing or empty"}},
 		{"daraja required", "providers:\n  - {name: d, kind: daraja}\n", []string{
@@ -232,16 +244,16 @@ func TestParseErrors(t *testing.T) {
 		{"bad header value", "providers:" + momo + "    headers: {X-Key: '${INJECT}'}\n",
 			[]string{"providers[0] (momo).headers.X-Key: the value contains a control character"}},
 		{"timeout out of range", "providers:" + airtel + "    timeout: 3m\n", []string{"providers[0] (airtel-ke).timeout: must be from 1s to 2m"}},
-		{"bad bucket", "bucket: tokens.v2\nproviders:" + daraja, []string{"config: bucket: want a KV bucket name"}},
-		{"short lease", "lease: {ttl: 500ms}\nproviders:" + daraja, []string{"config: lease.ttl: must be at least 1s"}},
-		{"bad http listen", "http: {listen: 8080}\nproviders:" + daraja, []string{"config: http.listen: want host:port"}},
-		{"bad port", "nats: {embedded: {listen: 'localhost:99999'}}\nproviders:" + daraja, []string{"config: nats.embedded.listen: want host:port"}},
+		{"bad bucket", "bucket: tokens.v2\nproviders:" + daraja, []string{"config: line 1: bucket: want a KV bucket name"}},
+		{"short lease", "lease: {ttl: 500ms}\nproviders:" + daraja, []string{"config: line 1: lease.ttl: must be at least 1s"}},
+		{"bad http listen", "http: {listen: 8080}\nproviders:" + daraja, []string{"config: line 1: http.listen: want host:port"}},
+		{"bad port", "nats: {embedded: {listen: 'localhost:99999'}}\nproviders:" + daraja, []string{"config: line 1: nats.embedded.listen: want host:port"}},
 		{"bad log", "log: {level: loud, format: xml}\nproviders:" + daraja,
-			[]string{"config: log.level: want debug, info, warn or error", "config: log.format: want text or json"}},
-		{"creds without url", "nats: {creds: ./x.creds}\nproviders:" + daraja, []string{"config: nats.creds: needs nats.url"}},
+			[]string{"config: line 1: log.level: want debug, info, warn or error", "config: line 1: log.format: want text or json"}},
+		{"creds without url", "nats: {creds: ./x.creds}\nproviders:" + daraja, []string{"config: line 1: nats.creds: needs nats.url"}},
 		{"bad cluster", "nats: {embedded: {cluster: {routes: [x]}}}\nproviders:" + daraja, []string{
-			"config: nats.embedded.cluster.name: missing or empty", "config: nats.embedded.cluster.listen: want host:port",
-			"config: nats.embedded.cluster.routes[0]: want a URL"}},
+			"config: line 1: nats.embedded.cluster.name: missing or empty", "config: line 1: nats.embedded.cluster.listen: want host:port",
+			"config: line 1: nats.embedded.cluster.routes[0]: want a URL"}},
 
 		// Secrets put where values are checked or shown.
 		{"secrets in checked values", `
@@ -296,11 +308,11 @@ providers:
   - {name: b, kind: mpay, base_url: "https://x", username: u, password: p, pool: 0}
   - {name: a, kind: airtel, base_url: "https://x", client_id: i, client_secret: "${EMPTY}"}
 `
-	want := `config: bucket: want a KV bucket name: letters, digits, _ and -
-config: lease.ttl: must be at least 1s
-config: providers[0] (a).consumer_secret: missing or empty; kind daraja needs it
-config: providers[2] (a).client_secret: missing or empty; kind airtel needs it
-config: providers[2] (a).name: duplicate: providers[0] has the same name`
+	want := `config: line 2: bucket: want a KV bucket name: letters, digits, _ and -
+config: line 3: lease.ttl: must be at least 1s
+config: line 5: providers[0] (a).consumer_secret: missing or empty; kind daraja needs it
+config: line 7: providers[2] (a).client_secret: missing or empty; kind airtel needs it
+config: line 7: providers[2] (a).name: duplicate: providers[0] has the same name`
 	for range 3 {
 		if _, err := Parse([]byte(data), lookup); err == nil || err.Error() != want {
 			t.Fatalf("got\n%v\nwant\n%s", err, want)
@@ -460,11 +472,11 @@ func TestLoad(t *testing.T) {
 		t.Errorf("bad file: %v", err)
 	}
 	invalid := write("invalid.yaml", "bucket: a.b\nproviders:"+daraja)
-	if _, err := Load(invalid, lookup); err == nil || err.Error() != "config: "+invalid+": bucket: want a KV bucket name: letters, digits, _ and -" {
+	if _, err := Load(invalid, lookup); err == nil || err.Error() != "config: "+invalid+":1: bucket: want a KV bucket name: letters, digits, _ and -" {
 		t.Errorf("invalid file: %v", err)
 	}
 	syntax := write("syntax.yaml", "bucket: tokens\n  providers: x\n")
-	if _, err := Load(syntax, lookup); err == nil || !strings.HasPrefix(err.Error(), "config: "+syntax+": line 2: ") {
+	if _, err := Load(syntax, lookup); err == nil || !strings.HasPrefix(err.Error(), "config: "+syntax+":2: ") {
 		t.Errorf("syntax error: %v", err)
 	}
 }

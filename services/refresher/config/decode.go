@@ -77,7 +77,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, e := range n.Content {
-			d.decode(e, s.Index(i), elemPath(path, i, e))
+			ep := elemPath(path, i, e)
+			d.lines[pathKey(ep)] = e.Line
+			d.decode(e, s.Index(i), ep)
 		}
 		v.Set(s)
 	case v.Kind() == reflect.Map:
@@ -93,9 +95,14 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		d.entries(n, path, func(k, val *yaml.Node) {
 			f, ok := fieldByName(v.Type(), k.Value)
 			if !ok {
-				d.add(k.Line, path, "unknown field %q", k.Value)
+				hint := ""
+				if m := didYouMean(k.Value, fieldNames(v)); m != "" {
+					hint = "; did you mean " + m + "?"
+				}
+				d.add(k.Line, path, "unknown field %q%s", k.Value, hint)
 				return
 			}
+			d.lines[pathKey(join(path, k.Value))] = k.Line
 			keys = append(keys, k)
 			d.decode(val, v.FieldByIndex(f.Index), join(path, k.Value))
 		})
@@ -140,6 +147,9 @@ func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
 	if n.Kind != yaml.ScalarNode {
 		d.add(n.Line, path, "want %s, not %s", want, describe(n))
 		return "", false
+	}
+	if strings.Contains(n.Value, "${") {
+		d.fromEnv[pathKey(path)] = true
 	}
 	s, errs := expand(n.Value, d.lookup)
 	for _, e := range errs {
@@ -198,6 +208,19 @@ func validVarName(name string) bool {
 		}
 	}
 	return name != ""
+}
+
+// fieldNames returns the fields a typo in struct v's YAML most likely meant:
+// for a provider of a known kind, its kind's fields; else every field.
+func fieldNames(v reflect.Value) []string {
+	if p, ok := v.Interface().(Provider); ok && p.Fields() != nil {
+		return p.Fields()
+	}
+	var names []string
+	for f := range v.Type().Fields() {
+		names = append(names, yamlName(f))
+	}
+	return names
 }
 
 // fieldByName returns t's field whose yaml tag is name.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"maps"
 	"net"
 	"net/url"
@@ -95,13 +96,20 @@ func (p *Provider) validate(ps *problems, path string) {
 	case p.Name == "":
 		ps.add(0, at("name"), "missing or empty")
 	case !wire.ValidName(p.Name):
-		ps.add(0, at("name"), "want [a-z0-9][a-z0-9-]*, at most 64 characters")
+		ps.add(0, at("name"), "%snot a valid provider name: want [a-z0-9][a-z0-9-]*, at most 64 characters", ps.shown(at("name"), p.Name, " is "))
 	}
 	switch {
 	case p.Kind == "":
 		ps.add(0, at("kind"), "missing or empty; want %s", orList(kinds))
 	case p.Fields() == nil:
-		ps.add(0, at("kind"), "unknown kind; want %s", orList(kinds))
+		hint := ""
+		if shown := ps.shown(at("kind"), p.Kind, ""); shown != "" {
+			hint = " " + shown
+			if m := didYouMean(p.Kind, kinds); m != "" {
+				hint += " (did you mean " + m + "?)"
+			}
+		}
+		ps.add(0, at("kind"), "unknown kind%s; want %s", hint, orList(kinds))
 	default:
 		v := reflect.ValueOf(*p)
 		for i := range v.NumField() {
@@ -206,4 +214,56 @@ func validHeaderValue(s string) bool {
 		}
 	}
 	return true
+}
+
+// didYouMean returns the candidate nearest to s if it is near enough to be a
+// typo of it (at most a third of its letters wrong, at least one), else "".
+func didYouMean(s string, candidates []string) string {
+	best, bestD := "", max(1, len(s)/3)+1
+	for _, c := range candidates {
+		if d := editDistance(strings.ToLower(s), c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, with a swap of
+// two neighbouring letters counted as one edit.
+func editDistance(a, b string) int {
+	prev2, prev, cur := make([]int, len(b)+1), make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
+}
+
+// shown returns a provider's bad name or kind at path as an error shows it,
+// quoted, cut to 64 characters and followed by suffix; or "" if the value came
+// from an environment variable. Names and kinds are public (a name is a NATS
+// subject token and a KV key), so echoing one written in the file helps and
+// reveals nothing; a value from ${NAME} may be a secret put in the wrong
+// variable, and is never shown.
+func (ps *problems) shown(path, s, suffix string) string {
+	if ps.fromEnv[pathKey(path)] {
+		return ""
+	}
+	if len(s) > 64 {
+		s = s[:64] + "…"
+	}
+	return fmt.Sprintf("%q%s", s, suffix)
 }
