@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,7 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
 	// One NATS connection and one token client for the life of the process.
-	nc, err := nats.Connect(*natsURL, nats.Name("payments"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(*natsURL, append(natsLogging(log), nats.Name("payments"), nats.MaxReconnects(-1))...)
 	if err != nil {
 		return err
 	}
@@ -198,4 +199,34 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// natsLogging returns connection options that log through log rather than
+// nats.go's default (a line on stderr for every asynchronous error): one line
+// per disconnect and per reconnect, and the "consumer not active" errors that
+// a KV watch's consumer reports while its server is away (the refresher
+// restarting, with its embedded server) once until the next reconnect, at
+// info: the token client rebuilds its watch by itself.
+func natsLogging(log *slog.Logger) []nats.Option {
+	var reported atomic.Bool // consumer not active, since the last reconnect
+	return []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", slog.String("error", err.Error()))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			reported.Store(false)
+			log.Info("nats reconnected", slog.String("server", nc.ConnectedUrlRedacted()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrConsumerNotActive) {
+				if !reported.Swap(true) {
+					log.Info("token watch interrupted; the token client rebuilds it", slog.String("error", err.Error()))
+				}
+				return
+			}
+			log.Warn("nats", slog.String("error", err.Error()))
+		}),
+	}
 }

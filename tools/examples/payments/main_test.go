@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
@@ -121,5 +123,29 @@ func TestBadRequest(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// Five "consumer not active" errors (a KV watch while the refresher
+// restarts) make one log line until the next reconnect; other errors each
+// make one.
+func TestNATSErrorsLoggedOnce(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	o := nats.GetDefaultOptions()
+	for _, opt := range natsLogging(log) {
+		if err := opt(&o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		o.AsyncErrorCB(nil, nil, nats.ErrConsumerNotActive)
+	}
+	if n := strings.Count(buf.String(), "consumer not active"); n != 1 {
+		t.Fatalf("%d lines for 5 consumer-not-active errors:\n%s", n, buf.String())
+	}
+	o.AsyncErrorCB(nil, nil, nats.ErrSlowConsumer)
+	if !strings.Contains(buf.String(), "slow consumer") {
+		t.Fatalf("other errors are not logged:\n%s", buf.String())
 	}
 }
