@@ -19,7 +19,10 @@ type Store struct {
 }
 
 // OpenStore creates the bucket if it does not exist (file storage, history 1,
-// replicas as given, at least 1) and returns a Store on it. While JetStream is
+// replicas as given, at least 1), or updates an existing one to that
+// configuration, and returns a Store on it. The bucket republishes every write
+// on token.updates.<key> (SPEC §9), so an existing bucket made before that
+// gets it here. While JetStream is
 // not yet available (a cluster still electing its meta leader, a server
 // starting) it retries every half second until ctx ends (2 minutes if ctx has
 // no deadline), calling wait, if set, with each failure.
@@ -38,6 +41,7 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 			History:     1,
 			Storage:     jetstream.FileStorage,
 			Replicas:    max(replicas, 1),
+			RePublish:   republish(bucket),
 		})
 		acancel()
 		if err == nil {
@@ -52,6 +56,12 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// republish maps every key of bucket to token.updates.<key>: clients follow
+// tokens with a plain subscription instead of a JetStream consumer each.
+func republish(bucket string) *jetstream.RePublish {
+	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: wire.UpdatesPrefix + ">"}
 }
 
 // KV returns the underlying bucket.

@@ -55,10 +55,18 @@ type replicaSource struct {
 	nc   *nats.Conn
 }
 
-var _ rpc.Source = (*replicaSource)(nil)
+var (
+	_ rpc.Source     = (*replicaSource)(nil)
+	_ rpc.Revisioned = (*replicaSource)(nil)
+)
 
 // Get returns the current token from memory.
 func (s *replicaSource) Get(ctx context.Context) ([]byte, error) { return s.mgr.Get(ctx) }
+
+// GetRevision returns the current token from memory and its KV revision.
+func (s *replicaSource) GetRevision(ctx context.Context) ([]byte, uint64, error) {
+	return s.mgr.GetRevision(ctx)
+}
 
 // Refresh handles a rejected-token report.
 func (s *replicaSource) Refresh(ctx context.Context, invalid string) ([]byte, error) {
