@@ -285,7 +285,7 @@ func (f *follower) read(provider string, tok Token, rev, gen uint64, kind readKi
 		f.mu.Unlock()
 		return
 	}
-	f.answeredLocked(st)
+	ready := f.answeredLocked(st)
 	// A reply without a revision is a single-use token (or one not stored
 	// yet): never cached.
 	take := rev > 0 && (rev > st.seq || (kind == readReset && st.gen == gen && rev != st.seq))
@@ -301,6 +301,9 @@ func (f *follower) read(provider string, tok Token, rev, gen uint64, kind readKi
 	if take {
 		f.c.emit(Event{Provider: provider, Token: tok, Revision: rev})
 	}
+	if ready {
+		f.c.markReady()
+	}
 }
 
 // refused applies an error answer to a read: a provider the refresher no
@@ -312,7 +315,7 @@ func (f *follower) refused(provider string, e *Error, gen uint64) {
 		f.mu.Unlock()
 		return
 	}
-	f.answeredLocked(st)
+	ready := f.answeredLocked(st)
 	drop := e.Code == wire.CodeUnknownProvider && st.gen == gen
 	if drop {
 		st.gen++
@@ -322,19 +325,24 @@ func (f *follower) refused(provider string, e *Error, gen uint64) {
 	if drop {
 		f.c.emit(Event{Provider: provider, Deleted: true})
 	}
+	if ready {
+		f.c.markReady()
+	}
 }
 
-func (f *follower) answeredLocked(st *followed) {
+// answeredLocked records that a read of st got an answer and reports whether
+// that was the last one WaitReady waited for (the caller then marks the
+// client ready, once it has applied the answer).
+func (f *follower) answeredLocked(st *followed) bool {
 	if st.answered {
-		return
+		return false
 	}
 	st.answered = true
-	if f.waiting > 0 {
+	if st.declared && f.waiting > 0 {
 		f.waiting--
-		if f.waiting == 0 {
-			f.c.markReady()
-		}
+		return f.waiting == 0
 	}
+	return false
 }
 
 // update applies one message of token.updates.<provider> (SPEC §9).
