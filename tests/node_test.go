@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/tests/harness"
 )
@@ -53,18 +55,50 @@ func nodeExample(t *testing.T) string {
 	return dir
 }
 
-// TestNodeExample runs clients/node/example.mjs against a real refresher:
-// token.get answers the current token, the KV watch delivers it, and then
-// delivers the next one the refresher publishes.
+// TestNodeExample runs clients/node/example.mjs against a real refresher in
+// both modes: token.get answers the current token, following delivers it,
+// then delivers the next one the refresher publishes. Following
+// token.updates creates no JetStream consumer.
 func TestNodeExample(t *testing.T) {
 	dir := nodeExample(t)
-	h := harness.Start(t, harness.Config{})
+	for _, mode := range []string{"updates", "kv-watch"} {
+		t.Run(mode, func(t *testing.T) {
+			h := harness.Start(t, harness.Config{})
+			base := consumers(t, h)
+			runNode(t, dir, h, []string{"MODE=" + mode}, func() {
+				if n := consumers(t, h) - base; (n == 0) != (mode == "updates") {
+					t.Errorf("mode %s: %d consumers created", mode, n)
+				}
+			})
+		})
+	}
+}
 
+// TestNodeExampleReader: the Node.js example follows its provider connected
+// with exactly the reader permissions of SPEC §10 and its own inbox prefix.
+func TestNodeExampleReader(t *testing.T) {
+	dir := nodeExample(t)
+	const provider = "daraja-test"
+	reader := &server.User{Username: "reader", Password: "reader-pw", Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"token.get." + provider, "token.refresh." + provider}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"token.updates." + provider, "_INBOX_reader.>"}},
+	}}
+	h := harness.Start(t, harness.Config{Provider: provider, Users: []*server.User{
+		{Username: "refresher", Password: "refresher-pw"}, reader,
+	}})
+	runNode(t, dir, h, []string{"NATS_USER=reader", "NATS_PASSWORD=reader-pw", "INBOX_PREFIX=_INBOX_reader"}, nil)
+}
+
+// runNode runs example.mjs with env added, checks its get, its first update
+// and its answer from memory, calls between (if set), rotates the token and
+// checks that the new one arrives.
+func runNode(t *testing.T, dir string, h *harness.Harness, env []string, between func()) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "example.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+h.Provider, "BUCKET="+h.Bucket, "UPDATES=2")
+	cmd.Env = append(append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+h.Provider, "BUCKET="+h.Bucket, "UPDATES=2"), env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -105,20 +139,23 @@ func TestNodeExample(t *testing.T) {
 	if ev := next(); ev.Event != "get" || ev.Token != current {
 		t.Fatalf("first line %+v, want get of %+v", ev, current)
 	}
-	var watched, ready bool
-	for !watched || !ready {
+	var followed, ready bool
+	for !followed || !ready {
 		switch ev := next(); {
-		case ev.Event == "watch" && ev.Token == current:
-			watched = true
+		case ev.Event == "update" && ev.Token == current && ev.Revision > 0:
+			followed = true
 		case ev.Event == "ready" && ev.FromMem == current.AccessToken:
 			ready = true
 		default:
 			t.Fatalf("unexpected %+v", ev)
 		}
 	}
+	if between != nil {
+		between()
+	}
 	fresh := h.ForceRefresh()
-	if ev := next(); ev.Event != "watch" || ev.Token != fresh {
-		t.Fatalf("after rotation %+v, want watch of the new token", ev)
+	if ev := next(); ev.Event != "update" || ev.Token != fresh {
+		t.Fatalf("after rotation %+v, want an update with the new token", ev)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("example: %v\n%s", err, stderr.String())
