@@ -38,20 +38,35 @@ func consumers(t *testing.T, h *harness.Harness) int {
 	return info.State.Consumers
 }
 
-// tokenGets records the token.get requests of one provider as a plain
-// subscriber sees them (the refresher answers in a queue group; this sees
-// every request as well).
-func tokenGets(t *testing.T, h *harness.Harness) *atomic.Int64 {
+// tokenGets returns a count of the token.get requests of the harness's
+// provider so far, as a plain subscriber sees them (the refresher answers in
+// a queue group; this sees every request as well). The count is exact once
+// the request has been answered: the server hands the monitor its copy
+// before the refresher replies, and the flush makes sure it has arrived.
+func tokenGets(t *testing.T, h *harness.Harness) func() int {
 	t.Helper()
-	var n atomic.Int64
 	nc := h.ConnectAdmin()
-	if _, err := nc.Subscribe(wire.GetSubject(h.Provider), func(*nats.Msg) { n.Add(1) }); err != nil {
+	sub, err := nc.SubscribeSync(wire.GetSubject(h.Provider))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return &n
+	return func() int {
+		t.Helper()
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		n, _, err := sub.Pending()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
 }
 
 // waitToken polls until tc serves the token access, within 2 s.
@@ -121,12 +136,12 @@ func TestFollowFromFirstToken(t *testing.T) {
 			t.Fatalf("Token = %v, %v", tok.AccessToken != "", err)
 		}
 	}
-	if n := gets.Load(); n != 1 {
+	if n := gets(); n != 1 {
 		t.Fatalf("%d token.get requests for 100 Token calls, want 1", n)
 	}
 	next := h.ForceRefresh()
 	waitToken(t, tc, h.Provider, next.AccessToken)
-	if n := gets.Load(); n != 1 {
+	if n := gets(); n != 1 {
 		t.Fatalf("%d token.get requests after a rotation, want still 1", n)
 	}
 }
@@ -188,11 +203,11 @@ func TestFollowOrderAndGaps(t *testing.T) {
 		seq2 = ev.list[len(ev.list)-1].Revision
 	}()
 
-	readsBefore := gets.Load()
+	readsBefore := gets()
 	forge(t, h, seq2+100, seq2+50, "after-a-gap")
 	waitToken(t, tc, h.Provider, "after-a-gap")
 	harness.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
-		if gets.Load() == readsBefore {
+		if gets() == readsBefore {
 			return errors.New("no token.get after a gap")
 		}
 		return nil
@@ -359,4 +374,43 @@ func TestFollowWithReaderPermissions(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestFollowDeniedServesFresh: a client allowed token.get but not
+// token.updates (a request-reply-only reader from before SPEC §9) cannot
+// follow: the client says so once (ErrNotFollowing), never caches a token
+// it could not keep current, and serves the new token after a rotation.
+func TestFollowDeniedServesFresh(t *testing.T) {
+	const provider = "daraja-test"
+	asker := &server.User{Username: "asker", Password: "asker-pw", Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"token.get." + provider, "token.refresh." + provider}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_asker.>"}},
+	}}
+	h := harness.Start(t, harness.Config{Provider: provider, Users: []*server.User{
+		{Username: "refresher", Password: "refresher-pw"}, asker,
+	}})
+	nc := h.Connect(nats.UserInfo("asker", "asker-pw"), nats.CustomInboxPrefix("_INBOX_asker"),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	var denied atomic.Int64
+	tc, err := tokenclient.New(nc, tokenclient.WithBucket(h.Bucket), tokenclient.WithErrorHandler(func(err error) {
+		if errors.Is(err, tokenclient.ErrNotFollowing) {
+			denied.Add(1)
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tc.Close() })
+	for range 3 {
+		if tok, err := tc.Token(context.Background(), provider); err != nil || tok != h.Current() {
+			t.Fatalf("Token = %v, %v", tok.AccessToken != "", err)
+		}
+	}
+	if denied.Load() != 1 {
+		t.Fatalf("ErrNotFollowing reported %d times, want 1", denied.Load())
+	}
+	next := h.ForceRefresh()
+	if tok, err := tc.Token(context.Background(), provider); err != nil || tok.AccessToken != next.AccessToken {
+		t.Fatalf("after a rotation: fresh %v, %v", tok.AccessToken == next.AccessToken, err)
+	}
 }

@@ -188,6 +188,9 @@ func (c *Client) Token(ctx context.Context, provider string) (Token, error) {
 // current value, which also feeds the copy.
 func (c *Client) followAndGet(ctx context.Context, provider string) (Token, error) {
 	gen, ok := c.fol.ensure(provider)
+	if ok {
+		ok = c.fol.confirm(provider)
+	}
 	tok, rev, err := c.get(ctx, provider)
 	if !ok {
 		return tok, err

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +81,13 @@ type followed struct {
 	// declared: given WithProviders, so read in the background even before
 	// it is known to be shared.
 	declared bool
+	// confirmed: the server took the subscription (a flush came back with no
+	// permissions violation for it). Until then reads are not cached: a
+	// copy that updates never reach would go stale.
+	confirmed bool
+	// denied: the server refused the subscription; the provider is served
+	// over request-reply only.
+	denied bool
 }
 
 // follower keeps the client's cache current from token.updates.<provider>
@@ -192,6 +201,45 @@ func (f *follower) ensureLocked(provider string) (*followed, error) {
 	return st, nil
 }
 
+// confirm checks, once per provider, that the server took its subscription:
+// a flush (PING/PONG) comes back after the -ERR the server would have sent
+// for a subscription the connection's permissions do not allow. A denied
+// provider is unsubscribed and reported (ErrNotFollowing); it is served over
+// request-reply, never from a copy that could not be kept current. It
+// reports whether the provider's reads may be cached.
+func (f *follower) confirm(provider string) bool {
+	f.mu.Lock()
+	st := f.p[provider]
+	if st == nil || st.confirmed || st.denied {
+		ok := st != nil && st.confirmed
+		f.mu.Unlock()
+		return ok
+	}
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(f.c.bg, f.c.o.timeout)
+	err := f.c.nc.FlushWithContext(ctx)
+	cancel()
+	if err != nil {
+		return false // not connected: confirmed at the next read
+	}
+	le := f.c.nc.LastError()
+	denied := le != nil && errors.Is(le, nats.ErrPermissionViolation) &&
+		strings.Contains(le.Error(), `Subscription to "`+wire.UpdatesSubject(provider)+`"`)
+	f.mu.Lock()
+	if denied && !st.denied {
+		st.denied = true
+		_ = st.sub.Unsubscribe()
+		f.c.cache.drop(provider)
+	} else if !denied {
+		st.confirmed = true
+	}
+	f.mu.Unlock()
+	if denied {
+		f.c.report(fmt.Errorf("tokenclient: follow %s: %w: %w", provider, ErrNotFollowing, le))
+	}
+	return !denied
+}
+
 // markAll asks for a read of every shared provider followed (and of those
 // given WithProviders not answered yet). Others (a provider whose only reads
 // carried no revision: single-use) are read only when Token asks.
@@ -199,7 +247,7 @@ func (f *follower) markAll(kind readKind) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, st := range f.p {
-		if st.shared || (st.declared && !st.answered) {
+		if !st.denied && (st.shared || (st.declared && !st.answered)) {
 			st.stale = max(st.stale, kind)
 		}
 	}
@@ -247,6 +295,16 @@ func (f *follower) readStale() bool {
 			f.remark(j.provider, j.kind)
 			continue
 		}
+		if !f.confirm(j.provider) {
+			f.mu.Lock()
+			denied := f.p[j.provider] != nil && f.p[j.provider].denied
+			f.mu.Unlock()
+			if !denied {
+				f.remark(j.provider, j.kind)
+				ok = false
+			}
+			continue
+		}
 		ctx, cancel := context.WithTimeout(f.c.bg, f.c.o.timeout)
 		tok, rev, err := f.c.get(ctx, j.provider)
 		cancel()
@@ -288,7 +346,7 @@ func (f *follower) read(provider string, tok Token, rev, gen uint64, kind readKi
 	ready := f.answeredLocked(st)
 	// A reply without a revision is a single-use token (or one not stored
 	// yet): never cached.
-	take := rev > 0 && (rev > st.seq || (kind == readReset && st.gen == gen && rev != st.seq))
+	take := rev > 0 && st.confirmed && !st.denied && (rev > st.seq || (kind == readReset && st.gen == gen && rev != st.seq))
 	if rev > 0 {
 		st.shared = true
 	}
@@ -363,7 +421,7 @@ func (f *follower) update(provider string, m *nats.Msg) {
 
 	f.mu.Lock()
 	st := f.p[provider]
-	if st == nil || f.closed {
+	if st == nil || f.closed || st.denied {
 		f.mu.Unlock()
 		return
 	}

@@ -17,7 +17,7 @@ func newTestFollower(t *testing.T) (*Client, *follower, *[]Event) {
 	t.Helper()
 	var events []Event
 	c := newTestClient(t, nil, WithOnUpdate(func(ev Event) { events = append(events, ev) }))
-	f := &follower{c: c, poke: make(chan struct{}, 1), p: map[string]*followed{"p": {}}}
+	f := &follower{c: c, poke: make(chan struct{}, 1), p: map[string]*followed{"p": {confirmed: true}}}
 	c.fol = f
 	return c, f, &events
 }
@@ -114,5 +114,23 @@ func TestFollowUnknownProviderStopsServing(t *testing.T) {
 	f.refused("p", &Error{Code: wire.CodeUnknownProvider}, st.gen)
 	if held(c) != "" {
 		t.Fatal("a 404 did not drop the token")
+	}
+}
+
+// TestFollowUnconfirmedNotCached: until the server is known to have taken
+// the subscription, and never once it refused it, a read is not cached.
+func TestFollowUnconfirmedNotCached(t *testing.T) {
+	c, f, _ := newTestFollower(t)
+	st := f.p["p"]
+	st.confirmed = false
+	f.read("p", testToken("p", "r5", time.Hour), 5, 0, readStrict)
+	if held(c) != "" {
+		t.Fatal("a read was cached before the subscription was confirmed")
+	}
+	st.denied = true
+	f.update("p", updateMsg(t, 6, 5, "u6"))
+	f.read("p", testToken("p", "r7", time.Hour), 7, st.gen, readReset)
+	if held(c) != "" {
+		t.Fatal("a provider whose subscription was refused was cached")
 	}
 }
