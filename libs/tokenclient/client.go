@@ -189,7 +189,7 @@ func (c *Client) Token(ctx context.Context, provider string) (Token, error) {
 func (c *Client) followAndGet(ctx context.Context, provider string) (Token, error) {
 	gen, ok := c.fol.ensure(provider)
 	if ok {
-		ok = c.fol.confirm(provider)
+		ok = c.fol.confirm(ctx, provider)
 	}
 	tok, rev, err := c.get(ctx, provider)
 	if !ok {

@@ -98,7 +98,10 @@ type follower struct {
 	status chan nats.Status
 	poke   chan struct{}
 
-	mu     sync.Mutex
+	mu sync.Mutex
+	// evMu keeps events in the order their changes were applied: it is
+	// taken before mu is released and held while the handler runs.
+	evMu   sync.Mutex
 	p      map[string]*followed
 	closed bool
 	// waiting counts providers given WithProviders not answered yet.
@@ -207,7 +210,7 @@ func (f *follower) ensureLocked(provider string) (*followed, error) {
 // provider is unsubscribed and reported (ErrNotFollowing); it is served over
 // request-reply, never from a copy that could not be kept current. It
 // reports whether the provider's reads may be cached.
-func (f *follower) confirm(provider string) bool {
+func (f *follower) confirm(ctx context.Context, provider string) bool {
 	f.mu.Lock()
 	st := f.p[provider]
 	if st == nil || st.confirmed || st.denied {
@@ -216,7 +219,7 @@ func (f *follower) confirm(provider string) bool {
 		return ok
 	}
 	f.mu.Unlock()
-	ctx, cancel := context.WithTimeout(f.c.bg, f.c.o.timeout)
+	ctx, cancel := f.c.withTimeout(ctx)
 	err := f.c.nc.FlushWithContext(ctx)
 	cancel()
 	if err != nil {
@@ -295,7 +298,7 @@ func (f *follower) readStale() bool {
 			f.remark(j.provider, j.kind)
 			continue
 		}
-		if !f.confirm(j.provider) {
+		if !f.confirm(f.c.bg, j.provider) {
 			f.mu.Lock()
 			denied := f.p[j.provider] != nil && f.p[j.provider].denied
 			f.mu.Unlock()
@@ -350,15 +353,14 @@ func (f *follower) read(provider string, tok Token, rev, gen uint64, kind readKi
 	if rev > 0 {
 		st.shared = true
 	}
+	var ev *Event
 	if take {
 		st.seq = rev
 		st.gen++
 		f.c.cache.set(provider, tok, rev)
+		ev = &Event{Provider: provider, Token: tok, Revision: rev}
 	}
-	f.mu.Unlock()
-	if take {
-		f.c.emit(Event{Provider: provider, Token: tok, Revision: rev})
-	}
+	f.unlockEmit(ev)
 	if ready {
 		f.c.markReady()
 	}
@@ -375,17 +377,29 @@ func (f *follower) refused(provider string, e *Error, gen uint64) {
 	}
 	ready := f.answeredLocked(st)
 	drop := e.Code == wire.CodeUnknownProvider && st.gen == gen
+	var ev *Event
 	if drop {
 		st.gen++
 		f.c.cache.drop(provider)
+		ev = &Event{Provider: provider, Deleted: true}
 	}
-	f.mu.Unlock()
-	if drop {
-		f.c.emit(Event{Provider: provider, Deleted: true})
-	}
+	f.unlockEmit(ev)
 	if ready {
 		f.c.markReady()
 	}
+}
+
+// unlockEmit releases mu and, if ev is set, passes it to the update handler
+// in the order the changes were applied.
+func (f *follower) unlockEmit(ev *Event) {
+	if ev == nil || f.c.o.onUpdate == nil {
+		f.mu.Unlock()
+		return
+	}
+	f.evMu.Lock()
+	f.mu.Unlock()
+	defer f.evMu.Unlock()
+	f.c.emit(*ev)
 }
 
 // answeredLocked records that a read of st got an answer and reports whether
@@ -454,6 +468,5 @@ func (f *follower) update(provider string, m *nats.Msg) {
 	} else {
 		f.c.cache.set(provider, ev.Token, seq)
 	}
-	f.mu.Unlock()
-	f.c.emit(ev)
+	f.unlockEmit(&ev)
 }

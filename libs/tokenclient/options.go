@@ -173,8 +173,10 @@ func WithErrorHandler(fn func(error)) Option {
 
 // WithOnUpdate sets a function called with every change applied to the
 // in-memory copy: a current value read (FollowUpdates) or loaded
-// (FollowKVWatch), then each new token as it is published, and deletions.
-// Older updates are never passed on. fn must not block and must not call
+// (FollowKVWatch), then each new token as it is published, and deletions,
+// one call at a time in the order the changes were applied. An update older
+// than the token held is never passed on (a revision lower than the last
+// one means the bucket was recreated). fn must not block and must not call
 // the Client.
 func WithOnUpdate(fn func(Event)) Option {
 	return func(o *options) error {
