@@ -65,10 +65,11 @@ func TestNodeExample(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			h := harness.Start(t, harness.Config{})
 			base := consumers(t, h)
-			runNode(t, dir, h, []string{"MODE=" + mode}, func() {
+			runNode(t, dir, h, []string{"MODE=" + mode}, func() wire.Token {
 				if n := consumers(t, h) - base; (n == 0) != (mode == "updates") {
 					t.Errorf("mode %s: %d consumers created", mode, n)
 				}
+				return h.ForceRefresh()
 			})
 		})
 	}
@@ -89,10 +90,29 @@ func TestNodeExampleReader(t *testing.T) {
 	runNode(t, dir, h, []string{"NATS_USER=reader", "NATS_PASSWORD=reader-pw", "INBOX_PREFIX=_INBOX_reader"}, nil)
 }
 
+// TestNodeExampleRestart: nats-server restarts under the Node.js example
+// (default mode); the refresher reconnects first (the Node client waits 2 s
+// between attempts) and publishes a new token, which the example gets by
+// reading again once it is back.
+func TestNodeExampleRestart(t *testing.T) {
+	dir := nodeExample(t)
+	h := harness.Start(t, harness.Config{})
+	runNode(t, dir, h, nil, func() wire.Token {
+		h.RestartNATS()
+		var tok wire.Token
+		harness.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+			var err error
+			tok, err = h.TryForceRefresh()
+			return err
+		})
+		return tok
+	})
+}
+
 // runNode runs example.mjs with env added, checks its get, its first update
-// and its answer from memory, calls between (if set), rotates the token and
-// checks that the new one arrives.
-func runNode(t *testing.T, dir string, h *harness.Harness, env []string, between func()) {
+// and its answer from memory, then has rotate (h.ForceRefresh if nil) publish
+// a new token and checks that it arrives.
+func runNode(t *testing.T, dir string, h *harness.Harness, env []string, rotate func() wire.Token) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -150,10 +170,10 @@ func runNode(t *testing.T, dir string, h *harness.Harness, env []string, between
 			t.Fatalf("unexpected %+v", ev)
 		}
 	}
-	if between != nil {
-		between()
+	if rotate == nil {
+		rotate = h.ForceRefresh
 	}
-	fresh := h.ForceRefresh()
+	fresh := rotate()
 	if ev := next(); ev.Event != "update" || ev.Token != fresh {
 		t.Fatalf("after rotation %+v, want an update with the new token", ev)
 	}
