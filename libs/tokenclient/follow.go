@@ -439,7 +439,8 @@ func (f *follower) update(provider string, m *nats.Msg) {
 		f.mu.Unlock()
 		return
 	}
-	st.shared = true
+	// An update proves the subscription; the token is a shared one.
+	st.confirmed, st.shared = true, true
 	switch {
 	case seq > st.seq:
 		if st.seq != 0 && last != st.seq {
