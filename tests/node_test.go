@@ -204,3 +204,51 @@ func TestNodeExampleErrors(t *testing.T) {
 		t.Fatalf("output %q (%v)", out, err)
 	}
 }
+
+// TestNodeDeniedNotCached: connected as a user who may ask token.get but not
+// subscribe to token.updates (a request-reply-only reader from before SPEC
+// §9), the Node.js TokenCache never keeps a token it could not keep
+// current: get() answers, over request-reply every time.
+func TestNodeDeniedNotCached(t *testing.T) {
+	dir := nodeExample(t)
+	const provider = "daraja-test"
+	asker := &server.User{Username: "asker", Password: "asker-pw", Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"token.get." + provider}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_asker.>"}},
+	}}
+	h := harness.Start(t, harness.Config{Provider: provider, Users: []*server.User{
+		{Username: "refresher", Password: "refresher-pw"}, asker,
+	}})
+	script := `
+import { connect } from "nats";
+import { TokenCache } from "./tokenbus.mjs";
+const nc = await connect({ servers: process.env.NATS_URL, user: "asker", pass: "asker-pw", inboxPrefix: "_INBOX_asker" });
+const cache = new TokenCache(nc, { providers: [process.env.PROVIDER] });
+await cache.start();
+const a = await cache.get(process.env.PROVIDER);
+const b = await cache.get(process.env.PROVIDER);
+console.log(JSON.stringify({ cached: cache.tokens.size, same: a.access_token === b.access_token, token: a.access_token }));
+cache.stop();
+await nc.close();
+`
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "--input-type=module", "-e", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+provider)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	var got struct {
+		Cached int    `json:"cached"`
+		Same   bool   `json:"same"`
+		Token  string `json:"token"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	if got.Cached != 0 || !got.Same || got.Token != h.Current().AccessToken {
+		t.Fatalf("got %+v, want the current token, nothing cached", got)
+	}
+}

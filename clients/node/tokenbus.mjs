@@ -121,10 +121,15 @@ export class TokenCache {
   #subscribe(provider) {
     let st = this.followed.get(provider);
     if (st) return st;
-    st = { seq: 0, gen: 0, shared: false };
+    st = { seq: 0, gen: 0, shared: false, denied: false };
     st.sub = this.nc.subscribe(`token.updates.${provider}`, {
       callback: (err, msg) => {
-        if (!err) this.#update(provider, msg);
+        if (!err) return this.#update(provider, msg);
+        // The server refused the subscription (permissions): the copy could
+        // not be kept current, so this provider is asked for on every get.
+        // The -ERR arrives before the reply to the read that followed it.
+        st.denied = true;
+        this.tokens.delete(provider);
       },
     });
     this.followed.set(provider, st);
@@ -158,12 +163,12 @@ export class TokenCache {
   }
 
   #rereadAll() {
-    for (const [provider, st] of this.followed) if (st.shared) this.#reread(provider, true);
+    for (const [provider, st] of this.followed) if (st.shared && !st.denied) this.#reread(provider, true);
   }
 
   #read(provider, token, revision, gen, reset) {
     const st = this.followed.get(provider);
-    if (!st || !revision) return; // no revision: single-use, never cached
+    if (!st || st.denied || !revision) return; // no revision: single-use, never cached
     st.shared = true;
     if (revision > st.seq || (reset && st.gen === gen && revision !== st.seq)) {
       st.seq = revision;
