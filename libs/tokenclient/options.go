@@ -58,7 +58,8 @@ func WithTimeout(d time.Duration) Option {
 var bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
 // WithBucket names the KV bucket the refresher publishes tokens to (default
-// "tokens", as the refresher's `bucket` setting).
+// "tokens", as the refresher's `bucket` setting). Only FollowKVWatch uses it:
+// token.updates subjects do not name the bucket.
 func WithBucket(name string) Option {
 	return func(o *options) error {
 		if !bucketRE.MatchString(name) {
