@@ -18,7 +18,7 @@
 //
 // Everything runs on loopback and stops by itself:
 //
-//	go run ./tools/cmd/fanoutbench -n 100,1000 -rotations 10
+//	go run ./tools/cmd/fanoutbench -n 100,1000 -rotations 20
 package main
 
 import (
@@ -55,7 +55,7 @@ func main() {
 	var (
 		sizes     = flag.String("n", "100,1000", "fleet sizes: comma-separated client counts")
 		perConn   = flag.Int("per-conn", 50, "clients per NATS connection")
-		rotations = flag.Int("rotations", 10, "tokens written per run")
+		rotations = flag.Int("rotations", 20, "tokens written per run")
 		interval  = flag.Duration("interval", time.Second, "time between two writes")
 		modes     = flag.String("modes", "updates,kv-watch", "follow modes to measure: updates, kv-watch")
 		child     = flag.Bool("child", false, "internal: run the clients (started by the parent)")
