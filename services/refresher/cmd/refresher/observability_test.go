@@ -70,17 +70,29 @@ func TestTracesLogsAndMetricsEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
+	// The token is served before its publish ends, and so before the
+	// attempt and refresh spans end: wait for them.
 	byID := map[trace.SpanID]tracetest.SpanStub{}
 	var server, httpSpan *tracetest.SpanStub
-	for _, s := range spans.GetSpans() {
-		byID[s.SpanContext.SpanID()] = s
-		switch {
-		case s.Name == "token.get" && s.SpanContext.TraceID() == clientSpan.TraceID():
-			server = &s
-		case strings.HasPrefix(s.Name, "provider GET"):
-			httpSpan = &s
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		clear(byID)
+		server, httpSpan = nil, nil
+		names := map[string]bool{}
+		for _, s := range spans.GetSpans() {
+			byID[s.SpanContext.SpanID()] = s
+			names[s.Name] = true
+			switch {
+			case s.Name == "token.get" && s.SpanContext.TraceID() == clientSpan.TraceID():
+				server = &s
+			case strings.HasPrefix(s.Name, "provider GET"):
+				httpSpan = &s
+			}
 		}
-	}
+		if !names["tokenbus.refresh.attempt"] || !names["tokenbus.refresh"] {
+			return fmt.Errorf("refresh spans not ended yet: %v", names)
+		}
+		return nil
+	})
 	if server == nil || server.Parent.SpanID() != clientSpan.SpanID() {
 		t.Fatalf("token.get did not continue the client's trace: %+v", server)
 	}
