@@ -225,7 +225,6 @@ func TestEncryptionAtRest(t *testing.T) {
 	}
 }
 
-
 // testCA makes a CA and a server certificate for 127.0.0.1 signed by it,
 // and a client certificate, writing PEM files into a temporary directory.
 type testCA struct{ ca, serverCert, serverKey, clientCert, clientKey string }
