@@ -111,6 +111,10 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	return ns, nil
 }
 
+// InboxPrefix is the inbox prefix of the refresher's connection: its NATS
+// user may subscribe to InboxPrefix.> and to no other client's replies.
+const InboxPrefix = "_INBOX_tokenbus-refresher"
+
 // ConnectConfig configures the client connection.
 type ConnectConfig struct {
 	// URL is one or more comma-separated server URLs.
@@ -141,6 +145,9 @@ func Connect(cfg ConnectConfig) (*nats.Conn, error) {
 	}
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
+		// Replies come to a prefix of the refresher's own, so that its role
+		// (deploy/nats/auth.conf) subscribes to no other client's inbox.
+		nats.CustomInboxPrefix(InboxPrefix),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
