@@ -23,6 +23,21 @@ type Permissions struct {
 // to its own replies, and no other client's.
 func InboxPrefix(user string) string { return "_INBOX_" + user }
 
+// IsInbox reports whether subject is an inbox: under _INBOX. (the NATS
+// clients' default) or under a private prefix _INBOX_<user>. A refresher
+// replies only to inboxes.
+func IsInbox(subject string) bool {
+	rest, ok := strings.CutPrefix(subject, "_INBOX")
+	if !ok {
+		return false
+	}
+	if r, ok := strings.CutPrefix(rest, "."); ok {
+		return r != ""
+	}
+	prefix, r, ok := strings.Cut(rest, ".")
+	return ok && strings.HasPrefix(prefix, "_") && len(prefix) > 1 && r != "" && !strings.ContainsAny(prefix, "*>")
+}
+
 // UpdatesSubjectOf returns token.updates.<provider>, where every new token of
 // the provider is published (SPEC §9).
 func UpdatesSubjectOf(provider string) string { return "token.updates." + provider }

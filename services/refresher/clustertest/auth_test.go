@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -230,10 +231,60 @@ func TestLeastPrivilege(t *testing.T) {
 		return nil
 	})
 
+	// The confused deputy: the reader names the bucket or the JetStream API as
+	// the reply subject of its own (allowed) requests. The refresher must not
+	// publish there for it.
+	for _, reply := range []string{"$JS.API.STREAM.DELETE.KV_tokens", "$KV.tokens.airtel-other", "$KV.tokens-lease._lease"} {
+		for _, subj := range []string{wire.GetSubject("daraja-sandbox"), wire.StatusSubject} {
+			if err := reader.PublishRequest(subj, reply, nil); err != nil && subj != wire.StatusSubject {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := reader.Request(wire.GetSubject("daraja-sandbox"), nil, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	admin := roleConn(t, urls, "tokenbus-refresher", "TOKENBUS_REFRESHER_PASSWORD", "_INBOX_tokenbus-refresher", nil)
+	js, err := jetstream.New(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), "tokens")
+	if err != nil {
+		t.Fatalf("the tokens bucket after the confused-deputy attack: %v", err)
+	}
+	if e, err := kv.Get(t.Context(), "airtel-other"); err == nil && e.Value() != nil && !strings.Contains(string(e.Value()), `"provider":"airtel-other"`) {
+		t.Fatalf("a reply was written into the bucket: %s", e.Value())
+	}
+
 	// The observer sees status but no token; the admin reaches the admin API
 	// only.
 	od := make(chan error, 4)
 	obs := roleConn(t, urls, "observer", "TOKENBUS_OBSERVER_PASSWORD", "_INBOX_observer", od)
+	// The observer may reach $SRV.> (discovery), which the micro service
+	// answers itself: it must not be able to aim those replies at the
+	// JetStream API.
+	for _, subj := range []string{"$SRV.PING", "$SRV.INFO.tokenbus", "$SRV.STATS"} {
+		if err := obs.PublishRequest(subj, "$JS.API.STREAM.DELETE.KV_tokens", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := obs.PublishRequest(subj, "$JS.API.STREAM.PURGE.KV_tokens", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := obs.Request("$SRV.PING.tokenbus", nil, 2*time.Second); err != nil {
+		t.Fatalf("$SRV.PING as the observer: %v", err)
+	}
+	// The JetStream API works asynchronously: watch the stream for a while.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		info, err := js.Stream(t.Context(), "KV_tokens")
+		if err != nil {
+			t.Fatalf("the tokens stream after the observer's $SRV replies: %v", err)
+		}
+		if n := info.CachedInfo().State.Msgs; n == 0 {
+			t.Fatal("the tokens stream was purged by the observer's $SRV replies")
+		}
+	}
 	if err := obs.Publish(wire.GetSubject("daraja-sandbox"), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -277,9 +328,14 @@ func TestLeastPrivilege(t *testing.T) {
 		}
 		return nil
 	})
-	for _, r := range rest {
-		if strings.Contains(r.out.String(), "Permissions Violation") || strings.Contains(r.out.String(), "permissions violation") {
-			t.Fatalf("%s hit a permissions violation under the shipped role:\n%s", r.name, r.out.String())
+	// The only violations the replicas met are the attacks' (their replies
+	// aimed at the JetStream API); everything they need, the role allows.
+	for _, r := range reps {
+		for _, line := range strings.Split(r.out.String(), "\n") {
+			if strings.Contains(line, "Permissions Violation") && !strings.Contains(line, `\"$JS.API.STREAM.DELETE.KV_tokens\"`) &&
+				!strings.Contains(line, `\"$JS.API.STREAM.PURGE.KV_tokens\"`) {
+				t.Errorf("%s hit a permissions violation under the shipped role: %s", r.name, line)
+			}
 		}
 	}
 }
