@@ -282,8 +282,7 @@ func (s *Service) begin(req micro.Request, endpoint, prefix string) call {
 // end ends c's span and records it.
 func (s *Service) end(c call, code int) {
 	c.span.End()
-	// A forwarded refresh was counted where it arrived, on the standby.
-	if s.cfg.Recorder != nil && c.endpoint != endpointLeader {
+	if s.cfg.Recorder != nil {
 		s.cfg.Recorder.RecordRequest(c.endpoint, c.provider, code, time.Since(c.start))
 	}
 }
@@ -315,7 +314,7 @@ func (s *Service) fail(c call, reply string, req micro.Request, err error) {
 func Code(provider string, err error) (int, string) {
 	var (
 		pe *refresher.ProviderError
-		re *RemoteError
+		re *refresher.RemoteError
 	)
 	switch {
 	case errors.As(err, &re):

@@ -22,7 +22,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
-	"github.com/tokenbus/tokenbus/services/refresher/lease"
+	"github.com/tokenbus/tokenbus/services/refresher/leader"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
@@ -43,7 +43,7 @@ type Options struct {
 	// Lookup resolves ${NAME} in the configuration; os.LookupEnv if nil.
 	Lookup func(string) (string, bool)
 	// Backoff overrides retry timing (tests).
-	Backoff refresh.Backoff
+	Backoff refresher.Backoff
 	// Instance names this replica; host-pid if empty.
 	Instance string
 }
@@ -70,15 +70,14 @@ type Main struct {
 	// (SetLeader, LeaseRenewalFailed). Set by Run.
 	Metrics  *metrics.Metrics
 	instance string
-	elector  *lease.Elector
+	leader   *leader.Leader
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 
 	// pools is the single-use token pool stream, if any provider needs it.
 	pools *pool.Store
-	// loops call the providers (refresh managers, pool fillers); statusers
-	// report every provider for token.status, in configuration order.
-	loops     []loop
+	// statusers report every provider for token.status, in configuration
+	// order; the leader runs the loops that call the providers.
 	statusers []statuser
 }
 
@@ -170,20 +169,23 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.Metrics = m.obs.metrics
-	m.elector, err = lease.New(lease.Config{
-		KV: m.store.KV(), Holder: instance, Logger: m.logger,
-		TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
-		OnChange:       func(st lease.State) { m.Metrics.SetLeader(st.Leader) },
-		OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
+	m.leader, err = leader.New(leader.Config{
+		Lease: leader.LeaseConfig{
+			KV: m.store.Lease(), Holder: instance,
+			TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
+			OnChange:       func(st leader.State) { m.Metrics.SetLeader(st.Leader) },
+			OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
+		},
+		JetStream: m.store.JetStream(), Tokens: m.store.KV(), Conn: m.nc,
+		ErrorCode: rpc.Code, Logger: m.logger,
+		OnForeignWrite: m.Metrics.ForeignWrite,
 	})
 	if err != nil {
 		return err
 	}
 
 	sources := make(map[string]rpc.Source, len(cfg.Providers))
-	leaderSources := make(map[string]rpc.Source, len(cfg.Providers))
 	byName := make(map[string]*refresh.Manager, len(cfg.Providers))
-	pub := fencedPublisher{store: m.store, el: m.elector, writer: instance}
 	for _, p := range cfg.Providers {
 		prov, err := buildProvider(p, transport)
 		if err != nil {
@@ -198,16 +200,15 @@ func (m *Main) Run(ctx context.Context) error {
 			continue
 		}
 		mgr := refresh.NewManager(refresh.Config{
-			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: pub, MayCall: m.elector.Valid,
+			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
 			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 			Recorder: m.obs,
 		})
 		m.obs.trackExpiry(mgr)
-		m.loops = append(m.loops, mgr)
+		m.leader.Set(p.Name, mgr)
 		m.statusers = append(m.statusers, mgr)
 		byName[p.Name] = mgr
-		sources[p.Name] = &replicaSource{name: p.Name, mgr: mgr, el: m.elector, nc: m.nc}
-		leaderSources[p.Name] = mgr
+		sources[p.Name] = leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}
 	}
 	m.instance = instance
 	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger, Recorder: m.Metrics}); err != nil {
@@ -223,9 +224,13 @@ func (m *Main) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
-	// Every replica keeps its copy of every token current from the bucket.
+	// Every replica keeps its copy of every token current from the bucket;
+	// the leader first checks that it wrote what it sees.
 	m.wg.Go(func() {
 		m.store.Watch(runCtx, m.nc, func(tok wire.Token, rev uint64) {
+			if !m.leader.Accept(runCtx, tok, rev) {
+				return
+			}
 			if mgr := byName[tok.Provider]; mgr != nil {
 				if e, err := refresh.NewEntry(tok, rev); err == nil {
 					mgr.Slot().Store(e)
@@ -235,42 +240,19 @@ func (m *Main) Run(ctx context.Context) error {
 	})
 	// Only the lease holder runs the loops that call providers (refresh
 	// managers, single-use pool fillers) and serves forwarded refreshes.
-	m.wg.Go(func() {
-		_ = m.elector.Run(runCtx, func(lctx context.Context) {
-			var wg sync.WaitGroup
-			for _, l := range m.loops {
-				wg.Go(func() {
-					if err := l.Run(lctx); err != nil {
-						m.logger.Error("provider loop stopped", slog.String("error", err.Error()))
-					}
-				})
-			}
-			wg.Go(func() {
-				if err := m.svc.ServeLeader(lctx, leaderSources); err != nil {
-					m.logger.Error("serving forwarded refreshes", slog.String("error", err.Error()))
-				}
-			})
-			wg.Wait()
-		})
-	})
+	m.wg.Go(func() { _ = m.leader.Run(runCtx) })
 	m.banner()
 	return nil
 }
 
 // Status reports this replica's view of every provider.
 func (m *Main) Status() wire.Status {
-	ls := m.elector.State()
+	ls := m.leader.State()
 	st := wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term}
 	for _, s := range m.statusers {
 		st.Providers = append(st.Providers, s.Status())
 	}
 	return st
-}
-
-// loop is a long-running part that calls a provider: a refresh.Manager or a
-// pool.Filler.
-type loop interface {
-	Run(ctx context.Context) error
 }
 
 // statuser reports one provider for token.status.
@@ -291,7 +273,7 @@ func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.P
 	if err != nil {
 		return nil, err
 	}
-	m.loops = append(m.loops, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid, Recorder: m.obs}))
+	m.leader.Set(p.Name, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.leader.Valid, Recorder: m.obs}))
 	m.statusers = append(m.statusers, pl)
 	m.Metrics.RegisterPool(p.Name, func() int {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
