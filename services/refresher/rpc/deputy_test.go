@@ -8,7 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
-	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+	"github.com/tokenbus/tokenbus/services/refresher"
 )
 
 // TestRepliesOnlyToInboxes is the confused-deputy attack: a client names a
@@ -18,7 +18,7 @@ import (
 // ordinary requests are still answered.
 func TestRepliesOnlyToInboxes(t *testing.T) {
 	clk := newClock()
-	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresh.Backoff{})
+	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresher.Backoff{})
 	waitToken(t, f)
 	ctx := context.Background()
 	js, err := jetstream.New(f.nc)
