@@ -38,10 +38,6 @@ func IsInbox(subject string) bool {
 	return ok && strings.HasPrefix(prefix, "_") && len(prefix) > 1 && r != "" && !strings.ContainsAny(prefix, "*>")
 }
 
-// UpdatesSubjectOf returns token.updates.<provider>, where every new token of
-// the provider is published (SPEC §9).
-func UpdatesSubjectOf(provider string) string { return "token.updates." + provider }
-
 // ReaderPermissions returns exactly what a service that uses the tokens of
 // providers needs (SPEC §10): get and refresh them, follow their updates,
 // and receive replies in its own inbox. Nothing else: no other provider, no
@@ -50,7 +46,7 @@ func ReaderPermissions(user string, providers ...string) Permissions {
 	var p Permissions
 	for _, name := range providers {
 		p.Publish = append(p.Publish, GetSubject(name), RefreshSubject(name))
-		p.Subscribe = append(p.Subscribe, UpdatesSubjectOf(name))
+		p.Subscribe = append(p.Subscribe, UpdatesSubject(name))
 	}
 	p.Subscribe = append(p.Subscribe, InboxPrefix(user)+".>")
 	return p

@@ -165,7 +165,7 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Fatalf("reader's token.refresh: %v %v", err, msg)
 	}
 	// ... and follow its provider's updates.
-	if _, err := reader.SubscribeSync(wire.UpdatesSubjectOf("daraja-sandbox")); err != nil {
+	if _, err := reader.SubscribeSync(wire.UpdatesSubject("daraja-sandbox")); err != nil {
 		t.Fatal(err)
 	}
 	if err := reader.Flush(); err != nil {
@@ -204,7 +204,7 @@ func TestLeastPrivilege(t *testing.T) {
 		expectDenied("publish " + subj)
 	}
 	for _, subj := range []string{
-		wire.UpdatesSubjectOf("airtel-other"), "token.updates.*", "token.updates.>", ">", "$KV.>", "_INBOX.>",
+		wire.UpdatesSubject("airtel-other"), "token.updates.*", "token.updates.>", ">", "$KV.>", "_INBOX.>",
 		"_INBOX_observer.>", "_INBOX_tokenbus-refresher.>", "tokenbus.pool.>", "token.get.*",
 	} {
 		if _, err := reader.SubscribeSync(subj); err != nil {
