@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
+	"github.com/tokenbus/tokenbus/libs/tokenclient"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 )
@@ -165,8 +166,36 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Fatalf("reader's token.refresh: %v %v", err, msg)
 	}
 	// ... and follow its provider's updates.
-	if _, err := reader.SubscribeSync(wire.UpdatesSubject("daraja-sandbox")); err != nil {
+	updates, err := reader.SubscribeSync(wire.UpdatesSubject("daraja-sandbox"))
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The Go client, on exactly the reader's permissions, follows the token
+	// from memory: after a rotation it serves the new one with no request.
+	tc, err := tokenclient.New(reader, tokenclient.WithProviders("daraja-sandbox"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tc.Close() })
+	if err := tc.WaitReady(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	cached, err := tc.Token(t.Context(), "daraja-sandbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := tc.Invalidate(t.Context(), "daraja-sandbox", cached.AccessToken)
+	if err != nil || rotated.AccessToken == cached.AccessToken {
+		t.Fatalf("Invalidate as the reader: %v", err)
+	}
+	testutil.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if got, err := tc.Token(t.Context(), "daraja-sandbox"); err != nil || got.AccessToken != rotated.AccessToken {
+			return fmt.Errorf("the client still serves the old token (%v)", err)
+		}
+		return nil
+	})
+	if _, err := updates.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("no token.updates message reached the reader: %v", err)
 	}
 	if err := reader.Flush(); err != nil {
 		t.Fatal(err)
