@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -70,17 +71,17 @@ func TestTracesLogsAndMetricsEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
-	// The token is served before its publish ends, and so before the
-	// attempt and refresh spans end: wait for them.
-	byID := map[trace.SpanID]tracetest.SpanStub{}
-	var server, httpSpan *tracetest.SpanStub
+	// A token is served as soon as it is published, a moment before the
+	// refresh's spans end (and are exported): wait for the whole chain.
+	var (
+		server, httpSpan     *tracetest.SpanStub
+		attempt, refreshSpan tracetest.SpanStub
+	)
 	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		clear(byID)
+		byID := map[trace.SpanID]tracetest.SpanStub{}
 		server, httpSpan = nil, nil
-		names := map[string]bool{}
 		for _, s := range spans.GetSpans() {
 			byID[s.SpanContext.SpanID()] = s
-			names[s.Name] = true
 			switch {
 			case s.Name == "token.get" && s.SpanContext.TraceID() == clientSpan.TraceID():
 				server = &s
@@ -88,24 +89,26 @@ func TestTracesLogsAndMetricsEndToEnd(t *testing.T) {
 				httpSpan = &s
 			}
 		}
-		if !names["tokenbus.refresh.attempt"] || !names["tokenbus.refresh"] {
-			return fmt.Errorf("refresh spans not ended yet: %v", names)
+		if server == nil || httpSpan == nil {
+			return fmt.Errorf("spans so far: token.get %v, provider HTTP %v", server != nil, httpSpan != nil)
+		}
+		var ok bool
+		if attempt, ok = byID[httpSpan.Parent.SpanID()]; !ok {
+			return errors.New("the provider span's parent has not ended yet")
+		}
+		if refreshSpan, ok = byID[attempt.Parent.SpanID()]; !ok {
+			return errors.New("the attempt span's parent has not ended yet")
 		}
 		return nil
 	})
-	if server == nil || server.Parent.SpanID() != clientSpan.SpanID() {
+	if server.Parent.SpanID() != clientSpan.SpanID() {
 		t.Fatalf("token.get did not continue the client's trace: %+v", server)
 	}
 	// refresh → attempt → provider HTTP, one trace.
-	if httpSpan == nil {
-		t.Fatal("no provider HTTP span")
-	}
-	attempt, ok := byID[httpSpan.Parent.SpanID()]
-	if !ok || attempt.Name != "tokenbus.refresh.attempt" {
+	if attempt.Name != "tokenbus.refresh.attempt" {
 		t.Fatalf("provider span's parent: %+v", attempt.Name)
 	}
-	refreshSpan, ok := byID[attempt.Parent.SpanID()]
-	if !ok || refreshSpan.Name != "tokenbus.refresh" || refreshSpan.SpanContext.TraceID() != httpSpan.SpanContext.TraceID() {
+	if refreshSpan.Name != "tokenbus.refresh" || refreshSpan.SpanContext.TraceID() != httpSpan.SpanContext.TraceID() {
 		t.Fatalf("attempt span's parent: %+v", refreshSpan.Name)
 	}
 	if httpSpan.SpanKind != trace.SpanKindClient {
