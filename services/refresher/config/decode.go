@@ -19,12 +19,16 @@ import (
 type decoder struct {
 	*problems
 	lookup func(string) (string, bool)
-	visits int // decode calls so far, bounded by maxVisits against alias bombs
+	// literal turns ${NAME} expansion off (a provider put over NATS: a
+	// caller must not be able to read the refresher's environment).
+	literal bool
+	visits  int // decode calls so far, bounded by maxVisits against alias bombs
 }
 
 // maxVisits bounds the nodes decoded, counting each use of an alias afresh:
-// a 1 MiB file has fewer nodes, so only aliases can exceed it.
-const maxVisits = 1 << 20
+// a 16 MiB file (about 100,000 providers) has fewer nodes, so only aliases
+// can exceed it.
+const maxVisits = 1 << 23
 
 var durationType = reflect.TypeFor[Duration]()
 
@@ -140,6 +144,9 @@ func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
 	if n.Kind != yaml.ScalarNode {
 		d.add(n.Line, path, "want %s, not %s", want, describe(n))
 		return "", false
+	}
+	if d.literal {
+		return n.Value, true
 	}
 	s, errs := expand(n.Value, d.lookup)
 	for _, e := range errs {
