@@ -57,11 +57,20 @@ const endpointLeader = "token.refresh.leader"
 // ServeLeader answers forwarded refresh reports with sources until ctx ends.
 // Call it only while holding the lease.
 func (s *Service) ServeLeader(ctx context.Context, sources map[string]Source) error {
+	return s.ServeLeaderLookup(ctx, func(name string) (Source, bool) {
+		src, ok := sources[name]
+		return src, ok
+	})
+}
+
+// ServeLeaderLookup is ServeLeader with a changing set of providers: lookup
+// finds a provider's source for each forwarded refresh.
+func (s *Service) ServeLeaderLookup(ctx context.Context, lookup func(string) (Source, bool)) error {
 	sub, err := s.nc.Subscribe(LeaderRefreshPrefix+"*", func(msg *nats.Msg) {
 		c := call{endpoint: endpointLeader, provider: strings.TrimPrefix(msg.Subject, LeaderRefreshPrefix), start: time.Now()}
 		c.ctx, c.span = s.tr.Start(natstrace.Extract(context.Background(), msg.Header), endpointLeader, spanKindServer,
 			trace.WithAttributes(attrSystem, semconv.MessagingDestinationName(msg.Subject), keyProvider.String(c.provider)))
-		src, ok := sources[c.provider]
+		src, ok := lookup(c.provider)
 		if !ok {
 			s.fail(c, msg.Reply, nil, refresher.ErrUnknownProvider)
 			return
