@@ -87,6 +87,10 @@ type Config struct {
 	// Recorder is told about every upstream attempt (metrics, the status
 	// page's history); nil records nothing.
 	Recorder Recorder
+	// StaleBefore, if set, marks a token issued before it as fetched with
+	// replaced credentials: Run fetches at once instead of keeping it (a
+	// runtime provider put with new credentials, SPEC §8).
+	StaleBefore time.Time
 }
 
 // Recorder is told the duration and outcome of every upstream token request
@@ -286,7 +290,7 @@ func (m *Manager) Run(ctx context.Context) error {
 // does not replace a fresh Daraja token, which would invalidate it fleet-wide.
 func (m *Manager) firstRefresh() time.Duration {
 	e := m.slot.Load()
-	if e == nil || e.Token.Expired(m.now()) {
+	if e == nil || e.Token.Expired(m.now()) || e.Token.IssuedAt.Before(m.cfg.StaleBefore) {
 		return 0
 	}
 	at := m.refreshAt(refresher.Token{IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt})

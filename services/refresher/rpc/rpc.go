@@ -306,7 +306,8 @@ func (s *Service) begin(req micro.Request, endpoint, prefix string) call {
 func (s *Service) end(c call, code int) {
 	c.span.End()
 	// A forwarded refresh was counted where it arrived, on the standby.
-	if s.cfg.Recorder != nil && c.endpoint != endpointLeader {
+	// The providers endpoints are counted by micro's $SRV.STATS only.
+	if s.cfg.Recorder != nil && (c.endpoint == EndpointGet || c.endpoint == EndpointRefresh) {
 		s.cfg.Recorder.RecordRequest(c.endpoint, c.provider, code, time.Since(c.start))
 	}
 }

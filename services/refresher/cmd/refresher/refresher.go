@@ -21,6 +21,7 @@ import (
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
+	"github.com/tokenbus/tokenbus/services/refresher/credentials"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/lease"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
@@ -29,6 +30,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
+	"github.com/tokenbus/tokenbus/services/refresher/seal"
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
 )
 
@@ -75,11 +77,20 @@ type Main struct {
 	wg       sync.WaitGroup
 
 	// pools is the single-use token pool stream, if any provider needs it.
-	pools *pool.Store
-	// loops call the providers (refresh managers, pool fillers); statusers
-	// report every provider for token.status, in configuration order.
-	loops     []loop
-	statusers []statuser
+	pools     *pool.Store
+	poolsOnce sync.Mutex
+	// set is every provider served, config-file and runtime; loopSet runs
+	// the loops that call them (refresh managers, pool fillers) while this
+	// replica leads; limit bounds the calls in flight (fetch_concurrency).
+	set     *providerSet
+	loopSet *loopSet
+	limit   *limiter
+	// creds is the credential bucket of runtime providers; nil when no
+	// sealing key is configured.
+	creds          *credentials.Store
+	credsReady     chan struct{}
+	credsReadyOnce sync.Once
+	resealKick     chan struct{}
 }
 
 // NewMain returns a Main that logs to stderr and prints its banner to stdout.
@@ -177,37 +188,25 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	sources := make(map[string]rpc.Source, len(cfg.Providers))
-	leaderSources := make(map[string]rpc.Source, len(cfg.Providers))
-	byName := make(map[string]*refresh.Manager, len(cfg.Providers))
+	m.set, m.loopSet = newProviderSet(), newLoopSet(m.logger)
+	m.limit = newLimiter(cfg.FetchConcurrency, m.elector.Valid)
+	m.Metrics.SetKnown(m.set.known)
+	m.Metrics.RegisterStates(m.stateCounts)
 	pub := fencedPublisher{store: m.store, el: m.elector, writer: instance}
 	for _, p := range cfg.Providers {
-		prov, err := buildProvider(p, transport)
-		if err != nil {
+		if err := m.serveConfig(ctx, p, transport, pub); err != nil {
 			return err
 		}
-		if singleUse(p) {
-			pl, err := m.openPool(ctx, p, prov)
-			if err != nil {
-				return err
-			}
-			sources[p.Name] = pl
-			continue
-		}
-		mgr := refresh.NewManager(refresh.Config{
-			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: pub, MayCall: m.elector.Valid,
-			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-			Recorder: m.obs,
-		})
-		m.obs.trackExpiry(mgr)
-		m.loops = append(m.loops, mgr)
-		m.statusers = append(m.statusers, mgr)
-		byName[p.Name] = mgr
-		sources[p.Name] = &replicaSource{name: p.Name, mgr: mgr, el: m.elector, nc: m.nc}
-		leaderSources[p.Name] = mgr
 	}
 	m.instance = instance
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger, Recorder: m.Metrics}); err != nil {
+	var reg rpc.Registry
+	if len(cfg.Credentials.Keys) > 0 {
+		if m.creds, err = m.openCredentials(ctx); err != nil {
+			return err
+		}
+		reg = registry{m: m}
+	}
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
 	// The endpoints answer once the server has seen their subscriptions.
@@ -220,30 +219,32 @@ func (m *Main) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
-	// Every replica keeps its copy of every token current from the bucket.
-	m.wg.Go(func() {
-		m.store.Watch(runCtx, m.nc, func(tok wire.Token, rev uint64) {
-			if mgr := byName[tok.Provider]; mgr != nil {
-				if e, err := refresh.NewEntry(tok, rev); err == nil {
-					mgr.Slot().Store(e)
-				}
-			}
+	// Every replica follows the credential bucket and serves its runtime
+	// providers; it has them all before it campaigns, so that a new leader
+	// takes over every provider at once.
+	if m.creds != nil {
+		m.credsReady, m.resealKick = make(chan struct{}), make(chan struct{}, 1)
+		m.wg.Go(func() {
+			m.creds.Watch(runCtx, m.nc, func(ev credentials.Event) { m.applyCredential(runCtx, ev, transport, pub) })
 		})
-	})
+		m.wg.Go(func() { m.reseal(runCtx) })
+		select {
+		case <-m.credsReady:
+		case <-time.After(30 * time.Second):
+			m.logger.Warn("runtime providers: the credential bucket was not read within 30s; continuing")
+		}
+	}
+	// Every replica keeps its copy of every token current from the bucket.
+	m.wg.Go(func() { m.store.Watch(runCtx, m.nc, m.set.token) })
 	// Only the lease holder runs the loops that call providers (refresh
 	// managers, single-use pool fillers) and serves forwarded refreshes.
 	m.wg.Go(func() {
 		_ = m.elector.Run(runCtx, func(lctx context.Context) {
 			var wg sync.WaitGroup
-			for _, l := range m.loops {
-				wg.Go(func() {
-					if err := l.Run(lctx); err != nil {
-						m.logger.Error("provider loop stopped", slog.String("error", err.Error()))
-					}
-				})
-			}
+			wg.Go(func() { m.loopSet.lead(lctx) })
 			wg.Go(func() {
-				if err := m.svc.ServeLeader(lctx, leaderSources); err != nil {
+				m.kickReseal(true)
+				if err := m.svc.ServeLeaderLookup(lctx, m.set.leaderLookup); err != nil {
 					m.logger.Error("serving forwarded refreshes", slog.String("error", err.Error()))
 				}
 			})
@@ -257,11 +258,34 @@ func (m *Main) Run(ctx context.Context) error {
 // Status reports this replica's view of every provider.
 func (m *Main) Status() wire.Status {
 	ls := m.elector.State()
-	st := wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term}
-	for _, s := range m.statusers {
-		st.Providers = append(st.Providers, s.Status())
+	return wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term,
+		Providers: m.set.statuses()}
+}
+
+// stateCounts counts every provider by state (tokenbus_providers).
+func (m *Main) stateCounts() map[string]int {
+	n := map[string]int{}
+	for _, p := range m.set.statuses() {
+		n[p.State]++
 	}
-	return st
+	return n
+}
+
+// openCredentials opens the credential bucket with the configured keys.
+func (m *Main) openCredentials(ctx context.Context) (*credentials.Store, error) {
+	keys := make([]seal.Key, 0, len(m.Config.Credentials.Keys))
+	for i, k := range m.Config.Credentials.Keys {
+		key, err := seal.ParseKey(k.ID, k.Key.Reveal())
+		if err != nil {
+			return nil, fmt.Errorf("refresher: credentials.keys[%d]: %w", i, err)
+		}
+		keys = append(keys, key)
+	}
+	ring, err := seal.NewKeyring(keys...)
+	if err != nil {
+		return nil, fmt.Errorf("refresher: credentials.keys: %w", err)
+	}
+	return credentials.Open(ctx, m.nc, m.Config.Credentials.Bucket, m.Config.NATS.Replicas, ring)
 }
 
 // loop is a long-running part that calls a provider: a refresh.Manager or a
@@ -276,27 +300,32 @@ type statuser interface {
 }
 
 // openPool opens the single-use token pool of p (the pool stream first, once)
-// and its filler, which minting with prov keeps it full.
-func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider) (*pool.Pool, error) {
+// and its filler, which minting with prov keeps it full. With gauge, the
+// pool's size is reported in tokenbus_pool_size.
+func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider, gauge bool) (*pool.Pool, *pool.Filler, error) {
+	m.poolsOnce.Lock()
 	if m.pools == nil {
 		var err error
 		if m.pools, err = pool.Open(ctx, m.nc, m.Config.Bucket, m.Config.NATS.Replicas); err != nil {
-			return nil, err
+			m.poolsOnce.Unlock()
+			return nil, nil, err
 		}
 	}
+	m.poolsOnce.Unlock()
 	pl, err := m.pools.Pool(ctx, pool.Config{Name: p.Name, Kind: p.Kind, Size: p.Pool, Logger: m.logger})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m.loops = append(m.loops, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid, Recorder: m.obs}))
-	m.statusers = append(m.statusers, pl)
-	m.Metrics.RegisterPool(p.Name, func() int {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		defer cancel()
-		n, _ := pl.Ready(ctx)
-		return n
-	})
-	return pl, nil
+	filler := pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid, Recorder: m.obs})
+	if gauge {
+		m.Metrics.RegisterPool(p.Name, func() int {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			n, _ := pl.Ready(ctx)
+			return n
+		})
+	}
+	return pl, filler, nil
 }
 
 func (m *Main) startSimulator() error {
