@@ -105,7 +105,6 @@ require (
 	github.com/spiffe/go-spiffe/v2 v2.8.1 // indirect
 	github.com/stretchr/objx v0.5.3 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
-	github.com/tokenbus/tokenbus/services/refresher v0.0.0 // indirect
 	github.com/u-root/u-root v0.16.0 // indirect
 	github.com/u-root/uio v0.0.0-20240224005618-d2acac8f3701 // indirect
 	github.com/ulikunitz/xz v0.5.16 // indirect
@@ -147,6 +146,7 @@ replace github.com/tokenbus/tokenbus/libs/simulator => ../libs/simulator
 require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/tokenbus/tokenbus/libs/tokenclient v0.0.0
+	github.com/tokenbus/tokenbus/services/refresher v0.0.0
 	github.com/tokenbus/tokenbus/tests v0.0.0
 	go.uber.org/goleak v1.3.0
 )
