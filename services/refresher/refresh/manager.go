@@ -117,7 +117,7 @@ type Manager struct {
 // NewManager returns a manager for cfg.Provider.
 func NewManager(cfg Config) *Manager {
 	cfg.Backoff = cfg.Backoff.withDefaults()
-	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 16), tr: cfg.Tracer}
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 4), tr: cfg.Tracer}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -235,53 +235,76 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-timer.C:
 		}
 
-		var sctx context.Context
-		if span == nil {
-			// A refresh asked for by token.refresh links to that request's span.
-			sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
-				trace.WithLinks(trace.Link{SpanContext: link}))
-			link = trace.SpanContext{}
-		} else {
-			sctx = trace.ContextWithSpan(ctx, span)
+		step := func() bool {
+			var sctx context.Context
+			if span == nil {
+				// A refresh asked for by token.refresh links to that request's span.
+				sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
+					trace.WithLinks(trace.Link{SpanContext: link}))
+				link = trace.SpanContext{}
+			} else {
+				sctx = trace.ContextWithSpan(ctx, span)
+			}
+			attempts++
+			tok, err := m.attempt(sctx, attempts)
+			if ctx.Err() != nil {
+				return true
+			}
+			if err == nil {
+				transient.Reset()
+				permanent.Reset()
+				endSpan("ok", nil)
+				next := m.refreshAt(tok)
+				m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
+				timer.Reset(max(next.Sub(m.now()), 0))
+				return false
+			}
+			if errors.Is(err, ErrNotAllowed) {
+				// Lost the lease (or the write was fenced off): not a provider
+				// failure. Leader work is about to be cancelled; wait quietly.
+				m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
+				timer.Reset(m.cfg.Backoff.Initial)
+				return false
+			}
+			m.slot.Fail(err, m.now())
+			kind := refresher.Classify(err)
+			var wait time.Duration
+			if kind == refresher.Permanent {
+				wait = permanent.NextBackOff()
+				endSpan("failed", err)
+				transient.Reset()
+			} else {
+				wait = transient.NextBackOff()
+			}
+			var pe *refresher.ProviderError
+			if errors.As(err, &pe) && pe.RetryAfter > wait {
+				wait = pe.RetryAfter
+			}
+			m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+			timer.Reset(wait)
+			return false
 		}
-		attempts++
-		tok, err := m.attempt(sctx, attempts)
-		if ctx.Err() != nil {
+		// One step (the attempt, its span and logs) runs on a short-lived
+		// goroutine: its deep stack (HTTP, JSON, tracing, the KV write) is
+		// freed when it ends, so the goroutine that waits here between
+		// refreshes stays small. With thousands of providers that is most of
+		// the memory each one costs.
+		var stop bool
+		offload(func() { stop = step() })
+		if stop {
 			return nil
 		}
-		if err == nil {
-			transient.Reset()
-			permanent.Reset()
-			endSpan("ok", nil)
-			next := m.refreshAt(tok)
-			m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
-			timer.Reset(max(next.Sub(m.now()), 0))
-			continue
-		}
-		if errors.Is(err, ErrNotAllowed) {
-			// Lost the lease (or the write was fenced off): not a provider
-			// failure. Leader work is about to be cancelled; wait quietly.
-			m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
-			timer.Reset(m.cfg.Backoff.Initial)
-			continue
-		}
-		m.slot.Fail(err, m.now())
-		kind := refresher.Classify(err)
-		var wait time.Duration
-		if kind == refresher.Permanent {
-			wait = permanent.NextBackOff()
-			endSpan("failed", err)
-			transient.Reset()
-		} else {
-			wait = transient.NextBackOff()
-		}
-		var pe *refresher.ProviderError
-		if errors.As(err, &pe) && pe.RetryAfter > wait {
-			wait = pe.RetryAfter
-		}
-		m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
-		timer.Reset(wait)
 	}
+}
+
+// offload runs fn on its own goroutine and waits for it.
+func offload(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
 }
 
 // firstRefresh returns how long Run waits before its first call: at once,

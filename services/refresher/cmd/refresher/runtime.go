@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -291,37 +290,74 @@ func (s *loopSet) lead(ctx context.Context) {
 }
 
 // limiter bounds the token requests in flight at once across every refresh
-// manager and pool filler of the process (fetch_concurrency): a slot is held
-// around the provider call only, so retries and backoff stay per provider.
+// manager and pool filler of the process (fetch_concurrency): the provider
+// call, and only it, runs on one of a fixed set of workers, so retries and
+// backoff stay per provider. Running the call (HTTP, TLS, tracing: a deep
+// stack) on the workers also keeps each provider's own goroutine small,
+// which is most of a provider's memory with thousands of them.
 type limiter struct {
-	sem     chan struct{}
+	jobs    chan *fetchJob
 	mayCall func() bool
-	peak    atomic.Int64
-	n       atomic.Int64
+	stop    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+}
+
+type fetchJob struct {
+	ctx  context.Context
+	p    refresher.Provider
+	tok  refresher.Token
+	err  error
+	done chan struct{}
 }
 
 func newLimiter(n int, mayCall func() bool) *limiter {
-	return &limiter{sem: make(chan struct{}, max(n, 1)), mayCall: mayCall}
+	l := &limiter{jobs: make(chan *fetchJob), mayCall: mayCall, stop: make(chan struct{})}
+	for range max(n, 1) {
+		l.wg.Go(l.work)
+	}
+	return l
 }
 
-// wrap returns p with its calls bounded by l.
+func (l *limiter) work() {
+	for {
+		select {
+		case <-l.stop:
+			return
+		case j := <-l.jobs:
+			switch {
+			case j.ctx.Err() != nil:
+				j.err = j.ctx.Err()
+			case l.mayCall != nil && !l.mayCall():
+				// The wait may have been long: the lease is checked again.
+				j.err = refresh.ErrNotAllowed
+			default:
+				j.tok, j.err = j.p.Token(j.ctx)
+			}
+			close(j.done)
+		}
+	}
+}
+
+// close stops the workers once every call in progress has returned.
+func (l *limiter) close() {
+	l.once.Do(func() { close(l.stop) })
+	l.wg.Wait()
+}
+
+// wrap returns p with its calls made by l's workers.
 func (l *limiter) wrap(p refresher.Provider) refresher.Provider {
 	return refresher.ProviderFunc(func(ctx context.Context) (refresher.Token, error) {
+		j := &fetchJob{ctx: ctx, p: p, done: make(chan struct{})}
 		select {
-		case l.sem <- struct{}{}:
+		case l.jobs <- j:
 		case <-ctx.Done():
 			return refresher.Token{}, ctx.Err()
-		}
-		defer func() { <-l.sem }()
-		// The wait may have been long: check the lease again.
-		if l.mayCall != nil && !l.mayCall() {
+		case <-l.stop:
 			return refresher.Token{}, refresh.ErrNotAllowed
 		}
-		n := l.n.Add(1)
-		defer l.n.Add(-1)
-		for p := l.peak.Load(); n > p && !l.peak.CompareAndSwap(p, n); p = l.peak.Load() {
-		}
-		return p.Token(ctx)
+		<-j.done
+		return j.tok, j.err
 	})
 }
 
