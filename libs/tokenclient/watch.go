@@ -178,7 +178,7 @@ func (w *watch) apply(e jetstream.KeyValueEntry) {
 	rev, key := e.Revision(), e.Key()
 	w.lastRev = max(w.lastRev, rev)
 	// Keys that are not provider names are the refresher's own (the leader
-	// lease, "_lease").
+	// term record, "_term"; the lease lives in its own bucket).
 	if !wire.ValidName(key) || w.c.o.singleUse[key] {
 		return
 	}

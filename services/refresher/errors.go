@@ -131,3 +131,13 @@ func Classify(err error) Kind {
 	}
 	return Transient
 }
+
+// RemoteError is an error reply from another replica (a refresh forwarded to
+// the leader), kept with its wire code so that it is passed on unchanged.
+type RemoteError struct {
+	Code    int
+	Message string
+}
+
+// Error returns the message with its code.
+func (e *RemoteError) Error() string { return fmt.Sprintf("refresher: %d %s", e.Code, e.Message) }

@@ -216,7 +216,7 @@ func (h *Harness) StartRefresher() *Refresher {
 		}),
 		Publisher:     store,
 		RefreshBefore: h.cfg.RefreshBefore,
-		Backoff:       refresh.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, PermanentInitial: time.Second, PermanentMax: time.Second},
+		Backoff:       refresher.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, PermanentInitial: time.Second, PermanentMax: time.Second},
 	})
 	r := &Refresher{NC: nc, Manager: mgr}
 	status := func() wire.Status {

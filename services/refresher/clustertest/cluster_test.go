@@ -244,40 +244,46 @@ type write struct {
 	at              time.Time
 }
 
-// recordWrites follows every message stored in the bucket's stream.
+// recordWrites follows every message stored in the tokens bucket's stream
+// and in its lease bucket's stream; it returns them in the order the server
+// stored them.
 func recordWrites(t *testing.T, js jetstream.JetStream) func() []write {
 	t.Helper()
 	var (
 		mu     sync.Mutex
 		writes []write
 	)
-	cons, err := js.OrderedConsumer(context.Background(), "KV_tokens", jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		term, _ := strconv.ParseUint(m.Headers().Get("Tokenbus-Term"), 10, 64)
-		w := write{subject: m.Subject(), writer: m.Headers().Get("Tokenbus-Writer"), term: term, at: time.Now()}
-		if md, err := m.Metadata(); err == nil {
-			w.at = md.Timestamp // when the server stored it
+	for _, stream := range []string{"KV_tokens", "KV_tokens-lease"} {
+		cons, err := js.OrderedConsumer(context.Background(), stream, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if strings.HasSuffix(w.subject, "._lease") {
-			var rec struct{ Holder string }
-			_ = json.Unmarshal(m.Data(), &rec)
-			w.holder = rec.Holder
+		cc, err := cons.Consume(func(m jetstream.Msg) {
+			term, _ := strconv.ParseUint(m.Headers().Get("Tokenbus-Term"), 10, 64)
+			w := write{subject: m.Subject(), writer: m.Headers().Get("Tokenbus-Writer"), term: term, at: time.Now()}
+			if md, err := m.Metadata(); err == nil {
+				w.at = md.Timestamp // when the server stored it
+			}
+			if strings.HasSuffix(w.subject, "._lease") {
+				var rec struct{ Holder string }
+				_ = json.Unmarshal(m.Data(), &rec)
+				w.holder = rec.Holder
+			}
+			mu.Lock()
+			writes = append(writes, w)
+			mu.Unlock()
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		mu.Lock()
-		writes = append(writes, w)
-		mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
+		t.Cleanup(cc.Stop)
 	}
-	t.Cleanup(cc.Stop)
 	return func() []write {
 		mu.Lock()
 		defer mu.Unlock()
-		return slices.Clone(writes)
+		ws := slices.Clone(writes)
+		slices.SortStableFunc(ws, func(a, b write) int { return a.at.Compare(b.at) })
+		return ws
 	}
 }
 
@@ -502,7 +508,7 @@ func TestFailover(t *testing.T) {
 	}
 	var last uint64
 	for _, w := range all {
-		if strings.HasSuffix(w.subject, "._lease") || w.at.Before(recording) {
+		if strings.HasSuffix(w.subject, "._lease") || strings.HasSuffix(w.subject, "._term") || w.at.Before(recording) {
 			continue
 		}
 		if h := holderAt(w.at); h != w.writer {

@@ -26,9 +26,8 @@ type decoder struct {
 }
 
 // maxVisits bounds the nodes decoded, counting each use of an alias afresh:
-// a 16 MiB file (about 100,000 providers) has fewer nodes, so only aliases
-// can exceed it.
-const maxVisits = 1 << 23
+// 100,000 providers in a file take about 600,000, so only aliases exceed it.
+const maxVisits = 1 << 20
 
 var durationType = reflect.TypeFor[Duration]()
 

@@ -18,7 +18,7 @@ type Attempt struct {
 }
 
 // History keeps the most recent upstream attempts in a ring buffer for the
-// status page. It implements refresh.Recorder and is safe for concurrent use.
+// status page. It implements refresher.Recorder and is safe for concurrent use.
 type History struct {
 	mu   sync.Mutex
 	buf  []Attempt

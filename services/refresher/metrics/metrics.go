@@ -12,6 +12,7 @@
 //	tokenbus_pool_size{provider}                        single-use tokens ready to hand out
 //	tokenbus_leader                                     1 while this replica holds the lease, else 0
 //	tokenbus_lease_renewal_failures_total               failed lease renewals
+//	tokenbus_foreign_writes_total{provider}             token writes the leader did not make (replaced at once)
 //	tokenbus_providers{state}                           providers served, by state (ok, failing, no_token)
 //
 // Series per provider are bounded (docs/observability.md): the first
@@ -101,6 +102,7 @@ type Metrics struct {
 	requests   metric.Int64Counter
 	reqLatency metric.Float64Histogram
 	renewals   metric.Int64Counter
+	foreign    metric.Int64Counter
 	leader     atomic.Int64
 
 	providers map[string]*providerOpts
@@ -192,6 +194,9 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	mk(e)
 	m.renewals, e = meter.Int64Counter("tokenbus.lease.renewal_failures", metric.WithUnit("{failure}"),
 		metric.WithDescription("Failed renewals of the leader lease."))
+	mk(e)
+	m.foreign, e = meter.Int64Counter("tokenbus.foreign_writes", metric.WithUnit("{write}"),
+		metric.WithDescription("Token writes to a provider key that the leader did not make; each is replaced at once."))
 	mk(e)
 	_, e = meter.Int64ObservableGauge("tokenbus.leader",
 		metric.WithDescription("1 while this replica holds the leader lease and calls providers, else 0."),
@@ -363,6 +368,15 @@ func (m *Metrics) LeaseRenewalFailed() {
 		return
 	}
 	m.renewals.Add(context.Background(), 1, m.noAttrs)
+}
+
+// ForeignWrite counts one token write to provider's key that the leader did
+// not make. Unconfigured providers are labelled UnknownProvider.
+func (m *Metrics) ForeignWrite(provider string) {
+	if m == nil {
+		return
+	}
+	m.foreign.Add(context.Background(), 1, metric.WithAttributeSet(m.opts(provider).set))
 }
 
 // Close unregisters the observable callbacks.

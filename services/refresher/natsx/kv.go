@@ -12,14 +12,22 @@ import (
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
 
+// LeaseSuffix names the lease bucket of a tokens bucket: <bucket>-lease. The
+// lease lives apart from the tokens so that its renewals (every
+// retry_period) never reach the tokens bucket's watchers or its republished
+// subjects, and never contend with a token write.
+const LeaseSuffix = "-lease"
+
 // Store publishes tokens to the JetStream KV bucket under key <provider>.
 type Store struct {
-	js jetstream.JetStream
-	kv jetstream.KeyValue
+	js    jetstream.JetStream
+	kv    jetstream.KeyValue
+	lease jetstream.KeyValue
 }
 
-// OpenStore creates the bucket if it does not exist (file storage, history 1,
-// replicas as given, at least 1) and returns a Store on it. While JetStream is
+// OpenStore creates the tokens bucket and its lease bucket (<bucket>-lease)
+// if they do not exist (file storage, history 1, replicas as given, at least
+// 1) and returns a Store on them. While JetStream is
 // not yet available (a cluster still electing its meta leader, a server
 // starting) it retries every half second until ctx ends (2 minutes if ctx has
 // no deadline), calling wait, if set, with each failure.
@@ -34,14 +42,24 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
 		kv, err := js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
 			Bucket:      bucket,
-			Description: "tokenbus: current access token of each provider (and the leader lease, key _lease)",
+			Description: "tokenbus: current access token of each provider (and the leader's term, key _term)",
 			History:     1,
 			Storage:     jetstream.FileStorage,
 			Replicas:    max(replicas, 1),
 		})
+		var lease jetstream.KeyValue
+		if err == nil {
+			lease, err = js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
+				Bucket:      bucket + LeaseSuffix,
+				Description: "tokenbus: the leader lease of bucket " + bucket + " (key _lease)",
+				History:     1,
+				Storage:     jetstream.FileStorage,
+				Replicas:    max(replicas, 1),
+			})
+		}
 		acancel()
 		if err == nil {
-			return &Store{js: js, kv: kv}, nil
+			return &Store{js: js, kv: kv, lease: lease}, nil
 		}
 		if wait != nil {
 			wait(err)
@@ -54,8 +72,14 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 	}
 }
 
-// KV returns the underlying bucket.
+// KV returns the tokens bucket.
 func (s *Store) KV() jetstream.KeyValue { return s.kv }
+
+// Lease returns the lease bucket.
+func (s *Store) Lease() jetstream.KeyValue { return s.lease }
+
+// JetStream returns the JetStream context the buckets were opened with.
+func (s *Store) JetStream() jetstream.JetStream { return s.js }
 
 // Publish stores tok under its provider key and returns the revision.
 func (s *Store) Publish(ctx context.Context, tok wire.Token) (uint64, error) {
@@ -70,4 +94,50 @@ func (s *Store) Publish(ctx context.Context, tok wire.Token) (uint64, error) {
 		return 0, fmt.Errorf("natsx: store token for %s: %w", tok.Provider, err)
 	}
 	return rev, nil
+}
+
+// Watch keeps fn fed with every token in the bucket, from now on and from
+// the latest value of each key, until ctx ends. Keys that are not provider
+// names (the lease, "_…") are skipped. The watcher is rebuilt whenever its
+// channel closes or the connection reconnects, so the copy is current again
+// soon after a server restart (a stock watcher can sit stale; nats.go #1777).
+func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token, rev uint64)) {
+	reconnected := nc.StatusChanged(nats.CONNECTED) // after the first connect: reconnects
+	defer nc.RemoveStatusListener(reconnected)
+	for ctx.Err() == nil {
+		w, err := s.kv.WatchAll(ctx)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(250 * time.Millisecond):
+				continue
+			}
+		}
+		s.drain(ctx, w, reconnected, fn)
+		_ = w.Stop()
+	}
+}
+
+func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status, fn func(wire.Token, uint64)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reconnected:
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut || !wire.ValidName(e.Key()) {
+				continue
+			}
+			var tok wire.Token
+			if json.Unmarshal(e.Value(), &tok) != nil || tok.Provider != e.Key() {
+				continue
+			}
+			fn(tok, e.Revision())
+		}
+	}
 }

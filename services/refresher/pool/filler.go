@@ -19,7 +19,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbus/tokenbus/services/refresher"
-	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 )
 
 // FillerConfig configures a Filler.
@@ -27,7 +26,7 @@ type FillerConfig struct {
 	// Provider mints one single-use token per call.
 	Provider refresher.Provider
 	// Backoff bounds retries after failures, as for refresh.Manager.
-	Backoff refresh.Backoff
+	Backoff refresher.Backoff
 	// Concurrency bounds the token requests in flight at once; 4 if zero.
 	Concurrency int
 	// Poll is how often the pool is counted when nothing else wakes the
@@ -39,7 +38,7 @@ type FillerConfig struct {
 	Tracer trace.Tracer
 	// Recorder is told about every upstream token request (metrics, the
 	// status page's history); nil records nothing.
-	Recorder refresh.Recorder
+	Recorder refresher.Recorder
 	// MayCall reports whether this replica may call the provider right now
 	// (it holds a valid lease); checked immediately before every call. nil
 	// means always.
@@ -243,7 +242,7 @@ func (f *Filler) mint(ctx context.Context, n int) (int, error) {
 // not published again: a second copy could be handed out twice.
 func (f *Filler) mintOne(ctx context.Context) error {
 	if f.cfg.MayCall != nil && !f.cfg.MayCall() {
-		return refresh.ErrNotAllowed
+		return refresher.ErrNotAllowed
 	}
 	start := time.Now()
 	tok, err := f.cfg.Provider.Token(ctx)

@@ -22,7 +22,6 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/mpay"
-	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
 
@@ -31,7 +30,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const password = "MPAY-POOL-PASSWORD-77aa"
 
 // fastBackoff retries quickly after any failure.
-var fastBackoff = refresh.Backoff{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, PermanentInitial: 50 * time.Millisecond, PermanentMax: 100 * time.Millisecond}
+var fastBackoff = refresher.Backoff{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, PermanentInitial: 50 * time.Millisecond, PermanentMax: 100 * time.Millisecond}
 
 // env is an mPay simulator, a NATS server, and a refresher's pool on it.
 type env struct {

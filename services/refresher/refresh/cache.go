@@ -64,18 +64,28 @@ func (s *Slot) noToken() error {
 	return fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
 }
 
-// Store makes e current unless the slot already holds a newer revision, clears
-// the last failure and wakes waiters. It reports whether e was taken.
+// Store makes e current, clears the last failure and wakes waiters. It
+// reports whether e was taken. An entry at a revision not above the current
+// one is refused (a replay), unless its token was issued later: a bucket
+// deleted and created again starts its revisions from 1.
 func (s *Slot) Store(e *Entry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old := s.cur.Load(); old != nil && e.Revision != 0 && old.Revision > e.Revision {
+	if old := s.cur.Load(); old != nil && e.Revision != 0 && old.Revision >= e.Revision && !e.Token.IssuedAt.After(old.Token.IssuedAt) {
 		return false
 	}
 	s.cur.Store(e)
 	s.lastErr = nil
 	s.wake()
 	return true
+}
+
+// revision returns the current entry's revision (0 if none).
+func (s *Slot) revision() uint64 {
+	if e := s.cur.Load(); e != nil {
+		return e.Revision
+	}
+	return 0
 }
 
 // Fail records a failed refresh and wakes waiters.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -27,29 +28,6 @@ import (
 // and returns the revision it was stored at.
 type Publisher interface {
 	Publish(ctx context.Context, tok wire.Token) (uint64, error)
-}
-
-// Backoff bounds retries. The zero value means the defaults.
-type Backoff struct {
-	// Initial and Max bound the exponential backoff after transient failures
-	// (defaults 500ms and 30s).
-	Initial, Max time.Duration
-	// PermanentInitial and PermanentMax bound the slow retries after permanent
-	// failures such as bad credentials (defaults 30s and 10m).
-	PermanentInitial, PermanentMax time.Duration
-}
-
-func (b Backoff) withDefaults() Backoff {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&b.Initial, 500*time.Millisecond)
-	def(&b.Max, 30*time.Second)
-	def(&b.PermanentInitial, 30*time.Second)
-	def(&b.PermanentMax, 10*time.Minute)
-	return b
 }
 
 func exponential(initial, max time.Duration) *backoff.ExponentialBackOff {
@@ -74,7 +52,7 @@ type Config struct {
 	// RefreshBefore is how long before expiry to refresh; zero means
 	// DefaultRefreshBefore of the token's lifetime.
 	RefreshBefore time.Duration
-	Backoff       Backoff
+	Backoff       refresher.Backoff
 	Logger        *slog.Logger
 	// Now returns the current time; time.Now if nil.
 	Now func() time.Time
@@ -86,38 +64,31 @@ type Config struct {
 	MayCall func() bool
 	// Recorder is told about every upstream attempt (metrics, the status
 	// page's history); nil records nothing.
-	Recorder Recorder
+	Recorder refresher.Recorder
 	// StaleBefore, if set, marks a token issued before it as fetched with
 	// replaced credentials: Run fetches at once instead of keeping it (a
 	// runtime provider put with new credentials, SPEC §8).
 	StaleBefore time.Time
 }
 
-// Recorder is told the duration and outcome of every upstream token request
-// (err nil for success). Implementations must not block.
-type Recorder interface {
-	RecordAttempt(provider string, took time.Duration, err error)
-}
-
-// ErrNotAllowed is returned for an attempt skipped because MayCall said no;
-// a Publisher wraps it around a write the lease fence rejected.
-var ErrNotAllowed = errors.New("refresh: this replica may not call the provider now (not the lease holder)")
-
 // Manager keeps one provider's token fresh. Create it with NewManager, run it
 // with Run, read it with Current; Refresh asks for a new token.
 type Manager struct {
-	cfg  Config
-	log  *slog.Logger
-	now  func() time.Time
-	slot *Slot
-	kick chan kick
-	tr   trace.Tracer
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	slot   *Slot
+	kick   chan kick
+	repair chan struct{}
+	tr     trace.Tracer
+	// published is the revision of this manager's last successful publish.
+	published atomic.Uint64
 }
 
 // NewManager returns a manager for cfg.Provider.
 func NewManager(cfg Config) *Manager {
-	cfg.Backoff = cfg.Backoff.withDefaults()
-	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 4), tr: cfg.Tracer}
+	cfg.Backoff = cfg.Backoff.WithDefaults()
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 4), repair: make(chan struct{}, 1), tr: cfg.Tracer}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -208,6 +179,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		span     trace.Span
 		attempts int
 		link     trace.SpanContext // the token.refresh request that asked for the next refresh
+		// pending is a token the provider issued that is not yet published:
+		// it is served from this replica meanwhile, and only its publish is
+		// retried. Fetching another would, for Daraja, kill it fleet-wide.
+		pending *refresher.Token
 	)
 	endSpan := func(outcome string, err error) {
 		if span == nil {
@@ -230,9 +205,21 @@ func (m *Manager) Run(ctx context.Context) error {
 			if !m.stale(k.bad) || m.failing() {
 				continue // already replaced, or retrying on its own schedule
 			}
+			if pending != nil && pending.AccessToken.Reveal() == k.bad {
+				pending = nil // the provider rejected it: fetch another
+			}
 			timer.Stop()
 			link = k.from
+		case <-m.repair:
+			// Someone else's token was written to our key: write ours again.
+			if e := m.slot.Load(); e != nil && !e.Token.Expired(m.now()) && pending == nil {
+				pending = &refresher.Token{AccessToken: refresher.Secret(e.Token.AccessToken), TokenType: e.Token.TokenType, IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt}
+			}
+			timer.Stop()
 		case <-timer.C:
+		}
+		if pending != nil && !m.usable(*pending) {
+			pending = nil
 		}
 
 		step := func() bool {
@@ -246,7 +233,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				sctx = trace.ContextWithSpan(ctx, span)
 			}
 			attempts++
-			tok, err := m.attempt(sctx, attempts)
+			tok, err := m.attempt(sctx, attempts, &pending)
 			if ctx.Err() != nil {
 				return true
 			}
@@ -259,11 +246,19 @@ func (m *Manager) Run(ctx context.Context) error {
 				timer.Reset(max(next.Sub(m.now()), 0))
 				return false
 			}
-			if errors.Is(err, ErrNotAllowed) {
+			if errors.Is(err, refresher.ErrNotAllowed) {
 				// Lost the lease (or the write was fenced off): not a provider
 				// failure. Leader work is about to be cancelled; wait quietly.
 				m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
 				timer.Reset(m.cfg.Backoff.Initial)
+				return false
+			}
+			if pending != nil {
+				// The provider answered; only the publish failed. Retry the
+				// publish alone, on the transient schedule.
+				wait := transient.NextBackOff()
+				m.log.WarnContext(sctx, "token publish failed; serving the token from this replica and retrying the publish", slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+				timer.Reset(wait)
 				return false
 			}
 			m.slot.Fail(err, m.now())
@@ -320,10 +315,20 @@ func (m *Manager) firstRefresh() time.Duration {
 	return max(at.Sub(m.now()), 0)
 }
 
-// attempt makes one upstream call and publishes its token.
-func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
+// attempt makes one upstream call and publishes its token; with a pending
+// token (issued, not yet published) it only publishes that. A token the
+// provider issued is kept in *pending, and served, until its publish succeeds.
+func (m *Manager) attempt(ctx context.Context, n int, pending **refresher.Token) (refresher.Token, error) {
+	if *pending != nil {
+		tok := **pending
+		if err := m.publish(ctx, tok); err != nil {
+			return tok, err
+		}
+		*pending = nil
+		return tok, nil
+	}
 	if m.cfg.MayCall != nil && !m.cfg.MayCall() {
-		return refresher.Token{}, ErrNotAllowed
+		return refresher.Token{}, refresher.ErrNotAllowed
 	}
 	ctx, span := m.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
 		attribute.String("tokenbus.provider", m.cfg.Name), attribute.Int("tokenbus.attempt", n)))
@@ -332,7 +337,14 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 	tok, err := m.cfg.Provider.Token(ctx)
 	took := time.Since(start)
 	if err == nil {
-		err = m.publish(ctx, tok)
+		// Serve it at once, whatever happens to the publish.
+		*pending = &tok
+		if e, eerr := NewEntry(tok.Wire(m.cfg.Name), m.slot.revision()); eerr == nil {
+			m.slot.Store(e)
+		}
+		if err = m.publish(ctx, tok); err == nil {
+			*pending = nil
+		}
 	}
 	if m.cfg.Recorder != nil && ctx.Err() == nil {
 		m.cfg.Recorder.RecordAttempt(m.cfg.Name, took, err)
@@ -346,6 +358,9 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 	return tok, nil
 }
 
+// usable reports whether tok may still be served and published.
+func (m *Manager) usable(tok refresher.Token) bool { return m.now().Before(tok.ExpiresAt) }
+
 func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 	w := tok.Wire(m.cfg.Name)
 	var rev uint64
@@ -355,6 +370,7 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 			return fmt.Errorf("refresh: publish %s: %w", m.cfg.Name, err)
 		}
 		rev = r
+		m.published.Store(r)
 	}
 	e, err := NewEntry(w, rev)
 	if err != nil {
@@ -362,6 +378,26 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 	}
 	m.slot.Store(e)
 	return nil
+}
+
+// Owns reports whether tok, seen in the bucket at rev, is no replacement of
+// this manager's token: rev is not newer than its last publish, or tok is
+// the token it holds (published, or issued and about to be).
+func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
+	if rev <= m.published.Load() {
+		return true
+	}
+	e := m.slot.Load()
+	return e != nil && e.Token.AccessToken == tok.AccessToken
+}
+
+// Repair asks Run to publish its token again at once (or to fetch one if it
+// holds none): someone else's token was written to its key.
+func (m *Manager) Repair() {
+	select {
+	case m.repair <- struct{}{}:
+	default:
+	}
 }
 
 // kick asks Run for a refresh because bad was rejected; from is the span of

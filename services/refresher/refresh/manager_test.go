@@ -52,7 +52,7 @@ func TestRefreshWaitsForRunAndReportsFailure(t *testing.T) {
 	fail := &refresher.ProviderError{Kind: refresher.Permanent, StatusCode: 400, Message: "bad credentials"}
 	m := NewManager(Config{Name: "p", Provider: refresher.ProviderFunc(func(context.Context) (refresher.Token, error) {
 		return refresher.Token{}, fail
-	}), Backoff: Backoff{PermanentInitial: time.Hour, PermanentMax: time.Hour}})
+	}), Backoff: refresher.Backoff{PermanentInitial: time.Hour, PermanentMax: time.Hour}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = m.Run(ctx) }()

@@ -305,7 +305,6 @@ func (s *Service) begin(req micro.Request, endpoint, prefix string) call {
 // end ends c's span and records it.
 func (s *Service) end(c call, code int) {
 	c.span.End()
-	// A forwarded refresh was counted where it arrived, on the standby.
 	// The providers endpoints are counted by micro's $SRV.STATS only.
 	if s.cfg.Recorder != nil && (c.endpoint == EndpointGet || c.endpoint == EndpointRefresh) {
 		s.cfg.Recorder.RecordRequest(c.endpoint, c.provider, code, time.Since(c.start))
@@ -339,7 +338,7 @@ func (s *Service) fail(c call, reply string, req micro.Request, err error) {
 func Code(provider string, err error) (int, string) {
 	var (
 		pe *refresher.ProviderError
-		re *RemoteError
+		re *refresher.RemoteError
 	)
 	switch {
 	case errors.As(err, &re):

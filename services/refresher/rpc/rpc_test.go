@@ -66,7 +66,7 @@ type fixture struct {
 }
 
 // start runs a manager for provider "p1" behind the service on a fresh server.
-func start(t *testing.T, prov refresher.Provider, now func() time.Time, bo refresh.Backoff) *fixture {
+func start(t *testing.T, prov refresher.Provider, now func() time.Time, bo refresher.Backoff) *fixture {
 	t.Helper()
 	ns := testutil.RunServer(t)
 	nc := testutil.Connect(t, ns)
@@ -124,7 +124,7 @@ func waitToken(t *testing.T, f *fixture) wire.Token {
 func TestGetServesCurrentToken(t *testing.T) {
 	clk := newClock()
 	p := &countingProvider{life: time.Hour, now: clk.now}
-	f := start(t, p, clk.now, refresh.Backoff{})
+	f := start(t, p, clk.now, refresher.Backoff{})
 	tok := waitToken(t, f)
 	if tok.Provider != "p1" || tok.AccessToken != "tok-1" || tok.TokenType != "Bearer" || tok.Expired(clk.now()) {
 		t.Fatalf("unexpected token %+v", tok)
@@ -141,7 +141,7 @@ func TestGetServesCurrentToken(t *testing.T) {
 
 func TestErrorsCarryCodes(t *testing.T) {
 	clk := newClock()
-	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresh.Backoff{})
+	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresher.Backoff{})
 	waitToken(t, f)
 	for _, tc := range []struct {
 		subject string
@@ -167,7 +167,7 @@ func TestErrorsCarryCodes(t *testing.T) {
 func TestExpiredTokenIsNeverServed(t *testing.T) {
 	clk := newClock()
 	p := &countingProvider{life: time.Minute, now: clk.now}
-	f := start(t, p, clk.now, refresh.Backoff{Initial: time.Hour, Max: time.Hour})
+	f := start(t, p, clk.now, refresher.Backoff{Initial: time.Hour, Max: time.Hour})
 	tok := waitToken(t, f)
 	// The provider goes down; the clock passes the expiry.
 	p.setFail(&refresher.ProviderError{Kind: refresher.Transient, StatusCode: 503, Message: "down"})
@@ -186,7 +186,7 @@ func TestPermanentFailureIs502AndSlow(t *testing.T) {
 	clk := newClock()
 	p := &countingProvider{life: time.Hour, now: clk.now}
 	p.setFail(&refresher.ProviderError{Kind: refresher.Permanent, StatusCode: 400, Code: "400.008.01", Message: "invalid authentication type"})
-	f := start(t, p, clk.now, refresh.Backoff{Initial: time.Millisecond, Max: time.Millisecond, PermanentInitial: time.Hour, PermanentMax: time.Hour})
+	f := start(t, p, clk.now, refresher.Backoff{Initial: time.Millisecond, Max: time.Millisecond, PermanentInitial: time.Hour, PermanentMax: time.Hour})
 	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		_, code, msg := request(t, f.nc, wire.GetSubject("p1"), nil)
 		if code != 502 || !strings.Contains(msg, "400.008.01") {
@@ -210,7 +210,7 @@ func TestTransientFailuresRetriedWithBackoff(t *testing.T) {
 	clk := newClock()
 	p := &countingProvider{life: time.Hour, now: clk.now}
 	p.setFail(&refresher.ProviderError{Kind: refresher.Transient, StatusCode: 503, Message: "unavailable"})
-	f := start(t, p, clk.now, refresh.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond})
+	f := start(t, p, clk.now, refresher.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond})
 	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if p.calls.Load() < 4 {
 			return errors.New("not retried yet")
@@ -237,7 +237,7 @@ func TestTransientFailuresRetriedWithBackoff(t *testing.T) {
 func TestRefreshDedup(t *testing.T) {
 	clk := newClock()
 	p := &countingProvider{life: time.Hour, now: clk.now, delay: 50 * time.Millisecond}
-	f := start(t, p, clk.now, refresh.Backoff{})
+	f := start(t, p, clk.now, refresher.Backoff{})
 	old := waitToken(t, f)
 	body, _ := json.Marshal(wire.RefreshRequest{InvalidToken: old.AccessToken})
 	var wg sync.WaitGroup
@@ -274,7 +274,7 @@ func TestRefreshDedup(t *testing.T) {
 
 func TestServiceIsDiscoverable(t *testing.T) {
 	clk := newClock()
-	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresh.Backoff{})
+	f := start(t, &countingProvider{life: time.Hour, now: clk.now}, clk.now, refresher.Backoff{})
 	msg, err := f.nc.Request("$SRV.INFO.tokenbus", nil, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -19,8 +19,8 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
-	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -55,7 +55,7 @@ providers:
 	m := NewMain(Options{
 		ConfigPath: path,
 		Lookup:     func(k string) (string, bool) { v, ok := env[k]; return v, ok },
-		Backoff:    refresh.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, PermanentInitial: time.Hour, PermanentMax: time.Hour},
+		Backoff:    refresher.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, PermanentInitial: time.Hour, PermanentMax: time.Hour},
 	}, logs, logs)
 	if err := m.Run(context.Background()); err != nil {
 		_ = m.Close()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
@@ -21,10 +22,10 @@ type observability struct {
 }
 
 var (
-	_ refresh.Recorder = (*observability)(nil)
-	_ refresh.Recorder = (*metrics.Metrics)(nil)
-	_ refresh.Recorder = (*httpapi.History)(nil)
-	_ rpc.Recorder     = (*metrics.Metrics)(nil)
+	_ refresher.Recorder = (*observability)(nil)
+	_ refresher.Recorder = (*metrics.Metrics)(nil)
+	_ refresher.Recorder = (*httpapi.History)(nil)
+	_ rpc.Recorder       = (*metrics.Metrics)(nil)
 )
 
 func newObservability(providers []string, instance string) (*observability, error) {

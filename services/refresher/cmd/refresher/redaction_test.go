@@ -20,8 +20,8 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
-	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 )
 
 // redactionRow is one provider kind in TestSecretsAppearNowhere.
@@ -280,7 +280,7 @@ func runMain(t *testing.T, providers string, env map[string]string) (*Main, *tes
 	m := NewMain(Options{
 		ConfigPath: path,
 		Lookup:     func(k string) (string, bool) { v, ok := env[k]; return v, ok },
-		Backoff:    refresh.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, PermanentInitial: 20 * time.Millisecond, PermanentMax: 100 * time.Millisecond},
+		Backoff:    refresher.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, PermanentInitial: 20 * time.Millisecond, PermanentMax: 100 * time.Millisecond},
 	}, logs, logs)
 	if err := m.Run(context.Background()); err != nil {
 		_ = m.Close()

@@ -23,12 +23,11 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/credentials"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
-	"github.com/tokenbus/tokenbus/services/refresher/lease"
+	"github.com/tokenbus/tokenbus/services/refresher/leader"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
-	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 	"github.com/tokenbus/tokenbus/services/refresher/seal"
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
@@ -45,7 +44,7 @@ type Options struct {
 	// Lookup resolves ${NAME} in the configuration; os.LookupEnv if nil.
 	Lookup func(string) (string, bool)
 	// Backoff overrides retry timing (tests).
-	Backoff refresh.Backoff
+	Backoff refresher.Backoff
 	// Instance names this replica; host-pid if empty.
 	Instance string
 }
@@ -72,19 +71,18 @@ type Main struct {
 	// (SetLeader, LeaseRenewalFailed). Set by Run.
 	Metrics  *metrics.Metrics
 	instance string
-	elector  *lease.Elector
+	leader   *leader.Leader
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 
 	// pools is the single-use token pool stream, if any provider needs it.
 	pools     *pool.Store
 	poolsOnce sync.Mutex
-	// set is every provider served, config-file and runtime; loopSet runs
-	// the loops that call them (refresh managers, pool fillers) while this
-	// replica leads; limit bounds the calls in flight (fetch_concurrency).
-	set     *providerSet
-	loopSet *loopSet
-	limit   *limiter
+	// set is every provider served, config-file and runtime; the leader
+	// runs the loops that call them while this replica leads; limit bounds
+	// the calls in flight (fetch_concurrency).
+	set   *providerSet
+	limit *limiter
 	// creds is the credential bucket of runtime providers; nil when no
 	// sealing key is configured.
 	creds          *credentials.Store
@@ -178,23 +176,32 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.Metrics = m.obs.metrics
-	m.elector, err = lease.New(lease.Config{
-		KV: m.store.KV(), Holder: instance, Logger: m.logger,
-		TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
-		OnChange:       func(st lease.State) { m.Metrics.SetLeader(st.Leader) },
-		OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
+	m.leader, err = leader.New(leader.Config{
+		Lease: leader.LeaseConfig{
+			KV: m.store.Lease(), Holder: instance,
+			TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
+			OnChange: func(st leader.State) {
+				m.Metrics.SetLeader(st.Leader)
+				if st.Leader {
+					m.kickReseal(true) // entries sealed with an older key are re-sealed by the leader
+				}
+			},
+			OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
+		},
+		JetStream: m.store.JetStream(), Tokens: m.store.KV(), Conn: m.nc,
+		ErrorCode: rpc.Code, Logger: m.logger,
+		OnForeignWrite: m.Metrics.ForeignWrite,
 	})
 	if err != nil {
 		return err
 	}
 
-	m.set, m.loopSet = newProviderSet(), newLoopSet(m.logger)
-	m.limit = newLimiter(cfg.FetchConcurrency, m.elector.Valid)
+	m.set = newProviderSet()
+	m.limit = newLimiter(cfg.FetchConcurrency, m.leader.Valid)
 	m.Metrics.SetKnown(m.set.known)
 	m.Metrics.RegisterStates(m.stateCounts)
-	pub := fencedPublisher{store: m.store, el: m.elector, writer: instance}
 	for _, p := range cfg.Providers {
-		if err := m.serveConfig(ctx, p, transport, pub); err != nil {
+		if err := m.serveConfig(ctx, p, transport); err != nil {
 			return err
 		}
 	}
@@ -221,11 +228,12 @@ func (m *Main) Run(ctx context.Context) error {
 	m.cancel = cancel
 	// Every replica follows the credential bucket and serves its runtime
 	// providers; it has them all before it campaigns, so that a new leader
-	// takes over every provider at once.
+	// takes every provider over at once (and does not delete their tokens as
+	// those of providers it does not have).
 	if m.creds != nil {
 		m.credsReady, m.resealKick = make(chan struct{}), make(chan struct{}, 1)
 		m.wg.Go(func() {
-			m.creds.Watch(runCtx, m.nc, func(ev credentials.Event) { m.applyCredential(runCtx, ev, transport, pub) })
+			m.creds.Watch(runCtx, m.nc, func(ev credentials.Event) { m.applyCredential(runCtx, ev, transport) })
 		})
 		m.wg.Go(func() { m.reseal(runCtx) })
 		select {
@@ -234,32 +242,33 @@ func (m *Main) Run(ctx context.Context) error {
 			m.logger.Warn("runtime providers: the credential bucket was not read within 30s; continuing")
 		}
 	}
-	// Every replica keeps its copy of every token current from the bucket.
-	m.wg.Go(func() { m.store.Watch(runCtx, m.nc, m.set.token) })
-	// Only the lease holder runs the loops that call providers (refresh
-	// managers, single-use pool fillers) and serves forwarded refreshes.
+	// Every replica keeps its copy of every token current from the bucket;
+	// the leader first checks that it wrote what it sees.
 	m.wg.Go(func() {
-		_ = m.elector.Run(runCtx, func(lctx context.Context) {
-			var wg sync.WaitGroup
-			wg.Go(func() { m.loopSet.lead(lctx) })
-			wg.Go(func() {
-				m.kickReseal(true)
-				if err := m.svc.ServeLeaderLookup(lctx, m.set.leaderLookup); err != nil {
-					m.logger.Error("serving forwarded refreshes", slog.String("error", err.Error()))
-				}
-			})
-			wg.Wait()
+		m.store.Watch(runCtx, m.nc, func(tok wire.Token, rev uint64) {
+			if m.leader.Accept(runCtx, tok, rev) {
+				m.set.token(tok, rev)
+			}
 		})
 	})
+	// Only the lease holder runs the loops that call providers (refresh
+	// managers, single-use pool fillers) and serves forwarded refreshes.
+	m.wg.Go(func() { _ = m.leader.Run(runCtx) })
 	m.banner()
 	return nil
 }
 
-// Status reports this replica's view of every provider.
+// Status reports this replica's view of every provider: config-file ones in
+// configuration order, then runtime ones by name.
 func (m *Main) Status() wire.Status {
-	ls := m.elector.State()
+	ls := m.leader.State()
 	return wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term,
 		Providers: m.set.statuses()}
+}
+
+// statuser reports one provider for token.status.
+type statuser interface {
+	Status() wire.ProviderStatus
 }
 
 // stateCounts counts every provider by state (tokenbus_providers).
@@ -288,17 +297,6 @@ func (m *Main) openCredentials(ctx context.Context) (*credentials.Store, error) 
 	return credentials.Open(ctx, m.nc, m.Config.Credentials.Bucket, m.Config.NATS.Replicas, ring)
 }
 
-// loop is a long-running part that calls a provider: a refresh.Manager or a
-// pool.Filler.
-type loop interface {
-	Run(ctx context.Context) error
-}
-
-// statuser reports one provider for token.status.
-type statuser interface {
-	Status() wire.ProviderStatus
-}
-
 // openPool opens the single-use token pool of p (the pool stream first, once)
 // and its filler, which minting with prov keeps it full. With gauge, the
 // pool's size is reported in tokenbus_pool_size.
@@ -316,7 +314,7 @@ func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.P
 	if err != nil {
 		return nil, nil, err
 	}
-	filler := pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.elector.Valid, Recorder: m.obs})
+	filler := pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.leader.Valid, Recorder: m.obs})
 	if gauge {
 		m.Metrics.RegisterPool(p.Name, func() int {
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)

@@ -14,6 +14,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/credentials"
+	"github.com/tokenbus/tokenbus/services/refresher/leader"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
@@ -25,7 +26,7 @@ type served struct {
 	src                rpc.Source       // token.get / token.refresh on any replica
 	mgr                *refresh.Manager // shared-token providers; nil for pools
 	st                 statuser
-	loop               loop // the loop the lease holder runs for it
+	loop               leader.Loop // the loop the lease holder runs for it
 	// Runtime providers: the entry as stored, its revision, and whether a
 	// secret is sealed with an older key.
 	prov  config.Provider
@@ -121,17 +122,6 @@ func (ps *providerSet) lookup(name string) (rpc.Source, bool) {
 	return sv.src, true
 }
 
-// leaderLookup finds name's manager for a refresh forwarded to the leader.
-func (ps *providerSet) leaderLookup(name string) (rpc.Source, bool) {
-	ps.mu.RLock()
-	sv := ps.byName[name]
-	ps.mu.RUnlock()
-	if sv == nil || sv.mgr == nil {
-		return nil, false
-	}
-	return sv.mgr, true
-}
-
 // known reports whether name is served (metrics label it "_other", not
 // "_unknown").
 func (ps *providerSet) known(name string) bool { return ps.get(name) != nil }
@@ -214,81 +204,6 @@ func (ps *providerSet) staleRuntime() []*served {
 	return out
 }
 
-// loopSet runs a changing set of named loops while this replica leads.
-type loopSet struct {
-	log     *slog.Logger
-	mu      sync.Mutex
-	ctx     context.Context // the leadership's context; nil while not leading
-	loops   map[string]loop
-	running map[string]*runningLoop
-}
-
-type runningLoop struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func newLoopSet(log *slog.Logger) *loopSet {
-	return &loopSet{log: log, loops: map[string]loop{}, running: map[string]*runningLoop{}}
-}
-
-// set makes l the loop of name, replacing (and stopping) any other, and
-// starts it if this replica leads.
-func (s *loopSet) set(name string, l loop) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stopLocked(name)
-	s.loops[name] = l
-	if s.ctx != nil {
-		s.startLocked(name, l)
-	}
-}
-
-// remove stops name's loop and waits for it to return.
-func (s *loopSet) remove(name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stopLocked(name)
-	delete(s.loops, name)
-}
-
-func (s *loopSet) startLocked(name string, l loop) {
-	ctx, cancel := context.WithCancel(s.ctx)
-	r := &runningLoop{cancel: cancel, done: make(chan struct{})}
-	s.running[name] = r
-	go func() {
-		defer close(r.done)
-		if err := l.Run(ctx); err != nil {
-			s.log.Error("provider loop stopped", slog.String("provider", name), slog.String("error", err.Error()))
-		}
-	}()
-}
-
-func (s *loopSet) stopLocked(name string) {
-	if r := s.running[name]; r != nil {
-		r.cancel()
-		<-r.done
-		delete(s.running, name)
-	}
-}
-
-// lead runs every loop until ctx ends, then stops them all.
-func (s *loopSet) lead(ctx context.Context) {
-	s.mu.Lock()
-	s.ctx = ctx
-	for name, l := range s.loops {
-		s.startLocked(name, l)
-	}
-	s.mu.Unlock()
-	<-ctx.Done()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for name := range s.running {
-		s.stopLocked(name)
-	}
-	s.ctx = nil
-}
-
 // limiter bounds the token requests in flight at once across every refresh
 // manager and pool filler of the process (fetch_concurrency): the provider
 // call, and only it, runs on one of a fixed set of workers, so retries and
@@ -330,7 +245,7 @@ func (l *limiter) work() {
 				j.err = j.ctx.Err()
 			case l.mayCall != nil && !l.mayCall():
 				// The wait may have been long: the lease is checked again.
-				j.err = refresh.ErrNotAllowed
+				j.err = refresher.ErrNotAllowed
 			default:
 				j.tok, j.err = j.p.Token(j.ctx)
 			}
@@ -354,7 +269,7 @@ func (l *limiter) wrap(p refresher.Provider) refresher.Provider {
 		case <-ctx.Done():
 			return refresher.Token{}, ctx.Err()
 		case <-l.stop:
-			return refresher.Token{}, refresh.ErrNotAllowed
+			return refresher.Token{}, refresher.ErrNotAllowed
 		}
 		<-j.done
 		return j.tok, j.err
@@ -396,13 +311,13 @@ func (r registry) List(after string, limit int) ([]wire.ProviderInfo, string) {
 }
 
 // serveConfig builds and serves one config-file provider.
-func (m *Main) serveConfig(ctx context.Context, p config.Provider, transport http.RoundTripper, pub refresh.Publisher) error {
-	sv, err := m.build(ctx, p, wire.SourceConfig, transport, pub, time.Time{})
+func (m *Main) serveConfig(ctx context.Context, p config.Provider, transport http.RoundTripper) error {
+	sv, err := m.build(ctx, p, wire.SourceConfig, transport, time.Time{})
 	if err != nil {
 		return err
 	}
 	m.set.add(sv)
-	m.loopSet.set(p.Name, sv.loop)
+	m.leader.Set(p.Name, sv.loop)
 	if sv.mgr != nil {
 		m.obs.trackExpiry(sv.mgr)
 	}
@@ -411,7 +326,7 @@ func (m *Main) serveConfig(ctx context.Context, p config.Provider, transport htt
 
 // build makes the parts that serve p: a refresh manager (shared tokens) or a
 // single-use pool and its filler, calling the provider through the limiter.
-func (m *Main) build(ctx context.Context, p config.Provider, source string, transport http.RoundTripper, pub refresh.Publisher, staleBefore time.Time) (*served, error) {
+func (m *Main) build(ctx context.Context, p config.Provider, source string, transport http.RoundTripper, staleBefore time.Time) (*served, error) {
 	prov, err := buildProvider(p, transport)
 	if err != nil {
 		return nil, err
@@ -427,12 +342,12 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		return sv, nil
 	}
 	mgr := refresh.NewManager(refresh.Config{
-		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: pub, MayCall: m.elector.Valid,
+		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
 		RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		Recorder: m.obs, StaleBefore: staleBefore,
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
-	sv.src = &replicaSource{name: p.Name, mgr: mgr, el: m.elector, nc: m.nc}
+	sv.src = leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}
 	return sv, nil
 }
 
@@ -440,7 +355,7 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 // serves runtime providers as entries come and go; the lease holder runs
 // their loops (through loopSet), deletes a removed provider's token and
 // re-seals entries sealed with an older key.
-func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transport http.RoundTripper, pub refresh.Publisher) {
+func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transport http.RoundTripper) {
 	switch ev.Op {
 	case credentials.OpReady:
 		m.credsReadyOnce.Do(func() { close(m.credsReady) })
@@ -472,7 +387,7 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		// replaced at once (and served until then).
 		staleBefore = time.Now()
 	}
-	sv, err := m.build(ctx, ev.Provider, wire.SourceRuntime, transport, pub, staleBefore)
+	sv, err := m.build(ctx, ev.Provider, wire.SourceRuntime, transport, staleBefore)
 	if err != nil {
 		m.logger.Error("runtime provider not served", slog.String("provider", ev.Name), slog.String("error", err.Error()))
 		return
@@ -484,7 +399,7 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		}
 	}
 	m.set.add(sv)
-	m.loopSet.set(ev.Name, sv.loop)
+	m.leader.Set(ev.Name, sv.loop)
 	if old == nil {
 		m.logger.Info("runtime provider added", slog.String("provider", ev.Name), slog.String("kind", ev.Provider.Kind))
 	} else {
@@ -493,22 +408,18 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 	m.kickReseal(ev.Stale)
 }
 
-// removeRuntime stops serving name and, on the lease holder, deletes its
-// token from the tokens bucket once its loop has stopped.
+// removeRuntime stops serving name; the leader stops its loop and deletes
+// its token with a fenced delete (a standby leaves that to the leader).
 func (m *Main) removeRuntime(ctx context.Context, name string) {
-	sv := m.set.remove(name)
-	if sv == nil {
+	if sv := m.set.remove(name); sv == nil {
 		return
 	}
-	m.loopSet.remove(name)
-	m.logger.Info("runtime provider removed", slog.String("provider", name))
-	if sv.mgr != nil && m.elector.Valid() {
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if err := m.store.KV().Delete(dctx, name); err != nil {
-			m.logger.Warn("deleting a removed provider's token", slog.String("provider", name), slog.String("error", err.Error()))
-		}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := m.leader.Remove(dctx, name); err != nil {
+		m.logger.Warn("removing a runtime provider", slog.String("provider", name), slog.String("error", err.Error()))
 	}
+	m.logger.Info("runtime provider removed", slog.String("provider", name))
 }
 
 // kickReseal wakes the re-sealer when an entry is sealed with an older key.
@@ -525,7 +436,7 @@ func (m *Main) kickReseal(stale bool) {
 // reseal re-seals, one at a time and only on the lease holder, every runtime
 // provider sealed with an older key, until ctx ends.
 func (m *Main) reseal(ctx context.Context) {
-	tick := time.NewTicker(30 * time.Second)
+	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
 		select {
@@ -534,11 +445,11 @@ func (m *Main) reseal(ctx context.Context) {
 		case <-m.resealKick:
 		case <-tick.C:
 		}
-		if !m.elector.Valid() {
+		if !m.leader.Valid() {
 			continue
 		}
 		for _, sv := range m.set.staleRuntime() {
-			if ctx.Err() != nil || !m.elector.Valid() {
+			if ctx.Err() != nil || !m.leader.Valid() {
 				break
 			}
 			m.set.mu.RLock()

@@ -1,0 +1,428 @@
+// Package leader owns leadership among refresher replicas: the election (a
+// lease in its own KV bucket, <bucket>-lease, key _lease), the fenced writes
+// of token keys under the current term (key _term of the tokens bucket), the
+// forwarding of token.refresh from standbys to the leader, and the provider
+// loops that only the leader runs.
+//
+// The loops are a changeable set of named Loops. Set starts (or replaces) a
+// loop now if this replica leads, or remembers it for when it leads; Remove
+// stops one and deletes its token key with a fenced delete. On becoming
+// leader a replica writes its term, starts every loop, serves forwarded
+// refreshes, and deletes the token keys of providers it has no loop for. While
+// it leads it checks every write to a token key (Accept): a token it did not
+// write is logged, counted and replaced at once.
+//
+// docs/leadership.md gives the reasoning and the assumptions (pause and
+// clock-rate bounds).
+package leader
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/natstrace"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+)
+
+// RefreshPrefix is the internal subject prefix a standby forwards a
+// token.refresh to: only the leader subscribes.
+const RefreshPrefix = "tokenbus.leader.refresh."
+
+// Loop calls one provider while this replica leads: a refresh manager or a
+// single-use pool filler. Run returns when ctx ends.
+type Loop interface {
+	Run(ctx context.Context) error
+}
+
+// Keeper is a Loop that keeps one shared token in the tokens bucket (a
+// refresh manager). The leader checks writes to its key against it.
+type Keeper interface {
+	Loop
+	// Owns reports whether tok, stored at rev, is no replacement of the
+	// keeper's own token: its own (published or about to be), or not newer
+	// than its last publish.
+	Owns(tok wire.Token, rev uint64) bool
+	// Repair publishes the keeper's own token again at once.
+	Repair()
+}
+
+// Refresher handles a rejected-token report; the leader calls it for
+// refreshes forwarded from standbys.
+type Refresher interface {
+	Refresh(ctx context.Context, invalid string) ([]byte, error)
+}
+
+// Config configures a Leader.
+type Config struct {
+	// Lease configures the election; Lease.KV is the lease bucket and
+	// Lease.Holder names this replica (and every write it makes).
+	Lease LeaseConfig
+	// JetStream and Tokens are the tokens bucket the leader writes.
+	JetStream jetstream.JetStream
+	Tokens    jetstream.KeyValue
+	// Conn carries forwarded refreshes.
+	Conn *nats.Conn
+	// ErrorCode maps a failed forwarded refresh to its wire code and
+	// message (rpc.Code); 503 and the error text if nil.
+	ErrorCode func(provider string, err error) (int, string)
+	// OnForeignWrite, if set, is called for each token write to a provider
+	// key that this leader did not make (metrics).
+	OnForeignWrite func(provider string)
+	// RefreshTimeout bounds a forwarded refresh; 15 s if zero.
+	RefreshTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Leader runs the election and, while this replica leads, its loops.
+type Leader struct {
+	cfg   Config
+	lease *Lease
+	fence fence
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	loops   map[string]Loop
+	lctx    context.Context // non-nil while leading
+	running map[string]*running
+	wg      sync.WaitGroup // forwarded refreshes
+}
+
+type running struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a Leader for cfg.
+func New(cfg Config) (*Leader, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Lease.Logger == nil {
+		cfg.Lease.Logger = cfg.Logger
+	}
+	if cfg.RefreshTimeout <= 0 {
+		cfg.RefreshTimeout = 15 * time.Second
+	}
+	if cfg.ErrorCode == nil {
+		cfg.ErrorCode = func(_ string, err error) (int, string) { return wire.CodeUnavailable, err.Error() }
+	}
+	if cfg.JetStream == nil || cfg.Tokens == nil {
+		return nil, errors.New("leader: the tokens bucket is required")
+	}
+	ls, err := NewLease(cfg.Lease)
+	if err != nil {
+		return nil, err
+	}
+	return &Leader{
+		cfg: cfg, lease: ls, log: cfg.Logger,
+		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder},
+		loops: map[string]Loop{}, running: map[string]*running{},
+	}, nil
+}
+
+// Valid reports whether this replica holds a valid lease; loops check it
+// immediately before every provider call.
+func (l *Leader) Valid() bool { return l.lease.Valid() }
+
+// State returns the leadership as this replica sees it.
+func (l *Leader) State() State { return l.lease.State() }
+
+// Run campaigns until ctx ends, leading whenever it holds the lease. When ctx
+// ends a held lease is released, so a standby takes over at once.
+func (l *Leader) Run(ctx context.Context) error { return l.lease.Run(ctx, l.lead) }
+
+// Set makes loop the loop of name: started at once if this replica leads
+// (stopping the loop it replaces), else when it does.
+func (l *Leader) Set(name string, loop Loop) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopLocked(name)
+	l.loops[name] = loop
+	if l.lctx != nil {
+		l.startLocked(name, loop)
+	}
+}
+
+// Remove stops name's loop and, if this replica leads, deletes its token
+// key with a fenced delete (a replica that does not lead leaves that to the
+// leader, which deletes keys it has no loop for).
+func (l *Leader) Remove(ctx context.Context, name string) error {
+	l.mu.Lock()
+	l.stopLocked(name)
+	delete(l.loops, name)
+	leading := l.lctx != nil
+	l.mu.Unlock()
+	if !leading {
+		return nil
+	}
+	if _, err := l.write(ctx, name, nil, true); err != nil {
+		return fmt.Errorf("leader: delete the token of %s: %w", name, err)
+	}
+	return nil
+}
+
+// startLocked runs loop under the leading context.
+func (l *Leader) startLocked(name string, loop Loop) {
+	ctx, cancel := context.WithCancel(l.lctx)
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	l.running[name] = r
+	go func() {
+		defer close(r.done)
+		if err := loop.Run(ctx); err != nil {
+			l.log.Error("provider loop stopped", slog.String("provider", name), slog.String("error", err.Error()))
+		}
+	}()
+}
+
+// stopLocked stops name's loop, if running, and waits for it.
+func (l *Leader) stopLocked(name string) {
+	if r := l.running[name]; r != nil {
+		r.cancel()
+		<-r.done
+		delete(l.running, name)
+	}
+}
+
+// lead is the leader's work for one term.
+func (l *Leader) lead(ctx context.Context) {
+	term := l.lease.State().Term
+	for {
+		err := l.fence.begin(ctx, term, time.Now())
+		if err == nil {
+			break
+		}
+		l.log.Warn("leader: cannot write the term record; retrying", slog.String("error", err.Error()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(l.lease.cfg.RetryPeriod):
+		}
+	}
+	defer l.fence.end()
+	l.mu.Lock()
+	l.lctx = ctx
+	for name, loop := range l.loops {
+		l.startLocked(name, loop)
+	}
+	l.mu.Unlock()
+
+	sub, err := l.cfg.Conn.Subscribe(RefreshPrefix+"*", l.onForwarded(ctx))
+	if err != nil {
+		l.log.Error("leader: cannot serve forwarded refreshes", slog.String("error", err.Error()))
+	}
+	l.sweep(ctx)
+	<-ctx.Done()
+	if sub != nil {
+		_ = sub.Unsubscribe()
+	}
+	l.mu.Lock()
+	for name := range l.running {
+		l.stopLocked(name)
+	}
+	l.lctx = nil
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// sweep deletes the token keys of providers this leader has no loop for.
+func (l *Leader) sweep(ctx context.Context) {
+	lister, err := l.cfg.Tokens.ListKeys(ctx)
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+			l.log.Warn("leader: cannot list the token keys", slog.String("error", err.Error()))
+		}
+		return
+	}
+	var stale []string
+	for k := range lister.Keys() {
+		if strings.HasPrefix(k, "_") {
+			continue
+		}
+		l.mu.Lock()
+		_, ok := l.loops[k]
+		l.mu.Unlock()
+		if !ok {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		if _, err := l.write(ctx, k, nil, true); err != nil {
+			l.log.Warn("leader: cannot delete the token of a provider no longer configured", slog.String("provider", k), slog.String("error", err.Error()))
+			continue
+		}
+		l.log.Info("deleted the token of a provider no longer configured", slog.String("provider", k))
+	}
+}
+
+// Publish stores tok under its provider key, fenced by the current term
+// (refresh.Publisher). A write refused because this replica no longer leads
+// wraps refresher.ErrNotAllowed.
+func (l *Leader) Publish(ctx context.Context, tok wire.Token) (uint64, error) {
+	b, err := json.Marshal(tok)
+	if err != nil {
+		return 0, fmt.Errorf("leader: encode token: %w", err)
+	}
+	return l.write(ctx, tok.Provider, b, false)
+}
+
+// write is a fenced write. If the term record moved although the lease
+// still names this replica in its term (someone wrote _term, or the bucket
+// was recreated), the term is written again and the write retried once.
+func (l *Leader) write(ctx context.Context, key string, data []byte, del bool) (uint64, error) {
+	if !l.lease.Valid() {
+		return 0, refresher.ErrNotAllowed
+	}
+	seq := l.fence.armed()
+	rev, err := l.fence.write(ctx, key, data, del)
+	if !errors.Is(err, errFenceMoved) {
+		return rev, err
+	}
+	if !l.lease.Held(ctx) {
+		return 0, fmt.Errorf("%w: %w", refresher.ErrNotAllowed, err)
+	}
+	l.log.Warn("leader: the term record was changed by someone else; writing it again", slog.String("key", TermKey))
+	if err := l.fence.rearm(ctx, seq, l.lease.State().Term, time.Now()); err != nil {
+		return 0, err
+	}
+	return l.fence.write(ctx, key, data, del)
+}
+
+// Accept is told about every token write the replica's watch sees and
+// reports whether the replica should take it as its copy. While this replica
+// leads, a write to a provider key it did not make is refused: logged,
+// counted, and repaired at once (the keeper publishes its own token again; a
+// key of a provider it does not have is deleted).
+func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
+	l.mu.Lock()
+	loop, ok := l.loops[tok.Provider]
+	leading := l.lctx != nil
+	l.mu.Unlock()
+	if !leading || !l.lease.Valid() {
+		return true
+	}
+	if !ok {
+		l.log.Warn("leader: a token was written for a provider this leader does not have; deleting it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
+		l.foreign(tok.Provider)
+		if _, err := l.write(ctx, tok.Provider, nil, true); err != nil {
+			l.log.Warn("leader: cannot delete a foreign token", slog.String("provider", tok.Provider), slog.String("error", err.Error()))
+		}
+		return false
+	}
+	k, ok := loop.(Keeper)
+	if !ok || k.Owns(tok, rev) {
+		return true
+	}
+	l.log.Warn("leader: a token this leader did not write was stored for its provider; replacing it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
+	l.foreign(tok.Provider)
+	k.Repair()
+	return false
+}
+
+func (l *Leader) foreign(provider string) {
+	if l.cfg.OnForeignWrite != nil {
+		l.cfg.OnForeignWrite(provider)
+	}
+}
+
+// onForwarded answers refreshes forwarded by standbys.
+func (l *Leader) onForwarded(ctx context.Context) nats.MsgHandler {
+	return func(msg *nats.Msg) {
+		name := strings.TrimPrefix(msg.Subject, RefreshPrefix)
+		l.mu.Lock()
+		loop := l.loops[name]
+		l.mu.Unlock()
+		r, ok := loop.(Refresher)
+		if !ok {
+			l.reply(msg, name, nil, refresher.ErrUnknownProvider)
+			return
+		}
+		var req wire.RefreshRequest
+		if err := json.Unmarshal(msg.Data, &req); err != nil || req.InvalidToken == "" {
+			l.reply(msg, name, nil, fmt.Errorf("%w: bad forwarded refresh", refresher.ErrBadRequest))
+			return
+		}
+		l.wg.Go(func() {
+			rctx, cancel := context.WithTimeout(natstrace.Extract(ctx, msg.Header), l.cfg.RefreshTimeout)
+			defer cancel()
+			body, err := r.Refresh(rctx, req.InvalidToken)
+			l.reply(msg, name, body, err)
+		})
+	}
+}
+
+func (l *Leader) reply(msg *nats.Msg, provider string, body []byte, err error) {
+	if msg.Reply == "" {
+		return
+	}
+	if err == nil {
+		_ = msg.Respond(body)
+		return
+	}
+	code, text := l.cfg.ErrorCode(provider, err)
+	body, _ = json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: text}})
+	_ = l.cfg.Conn.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {strconv.Itoa(code)}, wire.HeaderError: {text}}})
+}
+
+// forward asks the leader to handle a refresh report for provider and returns
+// its reply. With no leader reachable it returns an error wrapping
+// refresher.ErrNoToken (503).
+func (l *Leader) forward(ctx context.Context, provider, invalid string) ([]byte, error) {
+	body, _ := json.Marshal(wire.RefreshRequest{InvalidToken: invalid})
+	msg := &nats.Msg{Subject: RefreshPrefix + provider, Data: body}
+	natstrace.Inject(ctx, msg)
+	reply, err := l.cfg.Conn.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: no lease holder answered (%v)", refresher.ErrNoToken, err)
+	}
+	if c := reply.Header.Get(wire.HeaderErrorCode); c != "" {
+		code, _ := strconv.Atoi(c)
+		return nil, &refresher.RemoteError{Code: code, Message: reply.Header.Get(wire.HeaderError)}
+	}
+	return reply.Data, nil
+}
+
+// Local is a shared-token provider's state on one replica (a refresh
+// manager): its copy of the token, and a refresh it carries out when leading.
+type Local interface {
+	Get(ctx context.Context) ([]byte, error)
+	Refresh(ctx context.Context, invalid string) ([]byte, error)
+}
+
+// Source serves one shared-token provider on any replica (an rpc.Source):
+// token.get from the replica's own copy, token.refresh by the local manager
+// on the leader and forwarded to the leader from a standby.
+type Source struct {
+	Leader *Leader
+	Name   string
+	Local  Local
+}
+
+// Get returns the current token from memory.
+func (s Source) Get(ctx context.Context) ([]byte, error) { return s.Local.Get(ctx) }
+
+// Refresh handles a rejected-token report: on the leader by the local
+// manager; on a standby it answers with its copy if that is already another
+// token, else forwards to the leader.
+func (s Source) Refresh(ctx context.Context, invalid string) ([]byte, error) {
+	if s.Leader.Valid() {
+		return s.Local.Refresh(ctx, invalid)
+	}
+	if b, err := s.Local.Get(ctx); err == nil {
+		var tok wire.Token
+		if json.Unmarshal(b, &tok) == nil && tok.AccessToken != invalid {
+			return b, nil
+		}
+	}
+	return s.Leader.forward(ctx, s.Name, invalid)
+}

@@ -1,0 +1,460 @@
+package leader
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// LeaseKey is the lease's key in the lease bucket. It starts with "_", so it
+// can never be a provider name.
+const LeaseKey = "_lease"
+
+// KV is what the lease needs of its bucket; jetstream.KeyValue has it.
+type KV interface {
+	Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error)
+	Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error)
+	Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error)
+	Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error
+	Watch(ctx context.Context, keys string, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error)
+}
+
+// Clock tells the time; the lease's timing runs on it. Tests inject their own
+// or run in a testing/synctest bubble.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Record is the lease's value in KV.
+type Record struct {
+	// Holder names the replica holding the lease.
+	Holder string `json:"holder"`
+	// Term is the lease bucket revision at which the holder acquired the
+	// lease: it grows with every change of holder. 0 on the acquiring write
+	// itself (whose revision is the term).
+	Term uint64 `json:"term,omitempty"`
+	// TTLMillis is the holder's lease TTL, for people only: a standby waits
+	// its own TTL, never a record's (a record may be forged).
+	TTLMillis int64 `json:"ttl_ms"`
+	// RenewedAt is the holder's wall clock at renewal, for people only.
+	RenewedAt time.Time `json:"renewed_at"`
+}
+
+// LeaseConfig configures a Lease. Zero durations take defaults derived from TTL.
+type LeaseConfig struct {
+	// KV is the lease bucket (<bucket>-lease).
+	KV KV
+	// Holder names this replica.
+	Holder string
+	// TTL is how long a lease lasts without renewal.
+	TTL time.Duration
+	// RenewDeadline is how long after a renewal was sent the holder still
+	// acts as leader; default 2/3 of TTL. Must be below TTL.
+	RenewDeadline time.Duration
+	// RetryPeriod is how often the holder renews and a standby checks;
+	// default TTL/5. Must be below RenewDeadline.
+	RetryPeriod time.Duration
+	// AcquireDelay is how long a new holder waits before starting its work,
+	// so that calls a deposed holder had in flight have finished; default
+	// RetryPeriod, at most 1 s.
+	AcquireDelay time.Duration
+	// Clock tells the time; the real clock if nil.
+	Clock Clock
+	// Logger receives leadership changes.
+	Logger *slog.Logger
+	// OnChange, if set, is called on every change of leadership as seen by
+	// this replica (for metrics).
+	OnChange func(State)
+	// OnRenewFailure, if set, is called for every failed renewal.
+	OnRenewFailure func(error)
+}
+
+func (c LeaseConfig) withDefaults() LeaseConfig {
+	if c.RenewDeadline <= 0 {
+		c.RenewDeadline = c.TTL * 2 / 3
+	}
+	if c.RetryPeriod <= 0 {
+		c.RetryPeriod = c.TTL / 5
+	}
+	if c.AcquireDelay <= 0 {
+		c.AcquireDelay = min(c.RetryPeriod, time.Second)
+	}
+	if c.Clock == nil {
+		c.Clock = realClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c LeaseConfig) validate() error {
+	switch {
+	case c.KV == nil || c.Holder == "":
+		return errors.New("leader: the lease bucket and the holder's name are required")
+	case c.TTL <= 0:
+		return errors.New("leader: lease ttl must be positive")
+	case c.RenewDeadline >= c.TTL:
+		return fmt.Errorf("leader: renew_deadline (%v) must be less than ttl (%v): the margin between them covers pauses and clock-rate differences", c.RenewDeadline, c.TTL)
+	case c.RetryPeriod >= c.RenewDeadline:
+		return fmt.Errorf("leader: retry_period (%v) must be less than renew_deadline (%v), so a holder renews several times before its deadline", c.RetryPeriod, c.RenewDeadline)
+	case c.RetryPeriod <= 0:
+		return errors.New("leader: retry_period must be positive")
+	}
+	return nil
+}
+
+// State is the leadership as one replica sees it.
+type State struct {
+	// Leader reports whether this replica holds a valid lease.
+	Leader bool
+	// Holder names the lease holder last seen ("" if none).
+	Holder string
+	// Term is the holder's term last seen.
+	Term uint64
+}
+
+// Lease campaigns for the lease and runs the leader's work while it holds
+// it. Its methods are safe for concurrent use.
+type Lease struct {
+	cfg   LeaseConfig
+	clock Clock
+
+	mu       sync.Mutex
+	leader   bool
+	rev      uint64    // our last write of the lease key
+	deadline time.Time // no provider call at or after it
+	state    State
+}
+
+// NewLease returns a Lease for cfg, or an error if its timing is invalid.
+func NewLease(cfg LeaseConfig) (*Lease, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Lease{cfg: cfg, clock: cfg.Clock}, nil
+}
+
+// Valid reports whether this replica holds the lease and its local deadline
+// has not passed. Check it immediately before every provider call.
+func (l *Lease) Valid() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.leader && l.clock.Now().Before(l.deadline)
+}
+
+// State returns the leadership as this replica sees it.
+func (l *Lease) State() State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.state
+	s.Leader = l.leader && l.clock.Now().Before(l.deadline)
+	return s
+}
+
+// Held reads the lease record and reports whether it still names this
+// replica in its current term: a check against the server, not against the
+// local deadline.
+func (l *Lease) Held(ctx context.Context) bool {
+	l.mu.Lock()
+	term, leader := l.state.Term, l.leader
+	l.mu.Unlock()
+	if !leader {
+		return false
+	}
+	e, err := l.get(ctx)
+	if err != nil {
+		return false
+	}
+	rec, _ := decode(e)
+	return rec.Holder == l.cfg.Holder && recordTerm(rec, e) == term
+}
+
+// Run campaigns until ctx ends. While this replica holds the lease it calls
+// lead with a context that is cancelled as soon as the lease is lost or
+// cannot be renewed in time, and waits for lead to return before campaigning
+// again. When ctx ends, a held lease is released so a standby takes over at
+// once.
+func (l *Lease) Run(ctx context.Context, lead func(ctx context.Context)) error {
+	for {
+		if !l.campaign(ctx) {
+			return nil
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			select {
+			case <-l.clock.After(l.cfg.AcquireDelay):
+				lead(lctx)
+			case <-lctx.Done():
+			}
+		}()
+		l.hold(lctx)
+		cancel()
+		<-done
+		l.setLeader(false, 0, time.Time{})
+		if ctx.Err() != nil {
+			l.release()
+			return nil
+		}
+	}
+}
+
+// campaign waits until this replica acquires the lease (true) or ctx ends.
+// A standby takes a lease over once it has seen the same revision, unchanged,
+// for its own TTL: whatever the record says (a hostile record may claim an
+// hour, or not be JSON at all), no replica waits longer than that.
+func (l *Lease) campaign(ctx context.Context) bool {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop() // ends this campaign's watcher
+	var (
+		seenRev uint64
+		seenAt  time.Time
+	)
+	updates := l.watch(ctx)
+	for {
+		entry, err := l.get(ctx)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if l.tryCreate(ctx) {
+				return true
+			}
+		case err != nil:
+			if ctx.Err() == nil {
+				l.cfg.Logger.Warn("leader: cannot read the lease", slog.String("error", err.Error()))
+			}
+		default:
+			rec, derr := decode(entry)
+			if derr != nil && entry.Revision() != seenRev {
+				l.cfg.Logger.Warn("leader: the lease record is not a lease; it is taken over after the ttl", slog.Uint64("revision", entry.Revision()))
+			}
+			l.observe(rec.Holder, recordTerm(rec, entry))
+			if entry.Revision() != seenRev {
+				seenRev, seenAt = entry.Revision(), l.clock.Now()
+			} else if l.clock.Now().Sub(seenAt) >= l.cfg.TTL && l.tryTakeOver(ctx, entry.Revision()) {
+				return true
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-updates:
+		case <-l.clock.After(l.cfg.RetryPeriod):
+		}
+	}
+}
+
+// watch returns a channel that receives when the lease key changes; it is
+// only a hint to look again sooner (the loop polls regardless), so it is set
+// up off the loop's path: creating a watcher waits on JetStream, which may be
+// unreachable just then (a reconnect). It stops when ctx ends.
+func (l *Lease) watch(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	go func() {
+		w, err := l.cfg.KV.Watch(ctx, LeaseKey, jetstream.UpdatesOnly())
+		if err != nil {
+			return
+		}
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return ch
+}
+
+func (l *Lease) get(ctx context.Context) (jetstream.KeyValueEntry, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RetryPeriod)
+	defer cancel()
+	return l.cfg.KV.Get(ctx, LeaseKey)
+}
+
+func (l *Lease) record(term uint64) []byte {
+	b, _ := json.Marshal(Record{Holder: l.cfg.Holder, Term: term, TTLMillis: l.cfg.TTL.Milliseconds(), RenewedAt: l.clock.Now().UTC()})
+	return b
+}
+
+func (l *Lease) tryCreate(ctx context.Context) bool {
+	sent := l.clock.Now()
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RetryPeriod)
+	defer cancel()
+	rev, err := l.cfg.KV.Create(ctx, LeaseKey, l.record(0))
+	if err != nil {
+		return false
+	}
+	l.acquired(rev, sent)
+	return true
+}
+
+func (l *Lease) tryTakeOver(ctx context.Context, rev uint64) bool {
+	sent := l.clock.Now()
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RetryPeriod)
+	defer cancel()
+	newRev, err := l.cfg.KV.Update(ctx, LeaseKey, l.record(0), rev)
+	if err != nil {
+		return false
+	}
+	l.acquired(newRev, sent)
+	return true
+}
+
+func (l *Lease) acquired(rev uint64, sent time.Time) {
+	l.mu.Lock()
+	l.leader, l.rev, l.deadline = true, rev, sent.Add(l.cfg.RenewDeadline)
+	l.state.Holder, l.state.Term = l.cfg.Holder, rev
+	l.mu.Unlock()
+	l.cfg.Logger.Info("lease acquired: this replica is the leader", slog.Uint64("term", rev))
+	l.changed()
+}
+
+// hold renews the lease every RetryPeriod until ctx ends or the lease is
+// lost. A renewal in flight when ctx ends is waited for (up to the deadline),
+// so that release deletes the revision actually in the bucket.
+func (l *Lease) hold(ctx context.Context) {
+	for {
+		l.mu.Lock()
+		deadline, rev, term := l.deadline, l.rev, l.state.Term
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.clock.After(min(l.cfg.RetryPeriod, deadline.Sub(l.clock.Now()))):
+		}
+		if !l.clock.Now().Before(deadline) {
+			l.lost("renew deadline passed")
+			return
+		}
+		sent := l.clock.Now()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadline.Sub(sent))
+		newRev, err := l.cfg.KV.Update(rctx, LeaseKey, l.record(term), rev)
+		cancel()
+		switch {
+		case err == nil:
+			l.mu.Lock()
+			l.rev, l.deadline = newRev, sent.Add(l.cfg.RenewDeadline)
+			l.mu.Unlock()
+		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
+			if l.cfg.OnRenewFailure != nil {
+				l.cfg.OnRenewFailure(err)
+			}
+			l.lost("the lease record changed under this replica (another replica took it, or it was overwritten)")
+			return
+		default:
+			if l.cfg.OnRenewFailure != nil {
+				l.cfg.OnRenewFailure(err)
+			}
+			l.cfg.Logger.Warn("leader: lease renewal failed; retrying until the deadline", slog.String("error", err.Error()), slog.Duration("left", deadline.Sub(l.clock.Now())))
+		}
+	}
+}
+
+func (l *Lease) lost(why string) {
+	l.mu.Lock()
+	l.leader, l.rev, l.deadline = false, 0, time.Time{}
+	l.state.Holder = "" // unknown until the next read
+	l.mu.Unlock()
+	l.cfg.Logger.Warn("lease lost: this replica stops calling providers", slog.String("reason", why))
+	l.changed()
+}
+
+// release deletes the lease if it is still ours, so a standby can take over
+// at once. If our last known revision is stale (a renewal whose reply was
+// lost), it reads the record and deletes it if it still names us in our term.
+func (l *Lease) release() {
+	l.mu.Lock()
+	rev, term := l.rev, l.state.Term
+	l.mu.Unlock()
+	if rev == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := l.cfg.KV.Delete(ctx, LeaseKey, jetstream.LastRevision(rev))
+	if err != nil {
+		if e, gerr := l.cfg.KV.Get(ctx, LeaseKey); gerr == nil {
+			if rec, _ := decode(e); rec.Holder == l.cfg.Holder && recordTerm(rec, e) == term {
+				err = l.cfg.KV.Delete(ctx, LeaseKey, jetstream.LastRevision(e.Revision()))
+			}
+		}
+	}
+	if err != nil {
+		l.cfg.Logger.Warn("leader: lease release failed; a standby takes over after the ttl", slog.String("error", err.Error()))
+		return
+	}
+	l.mu.Lock()
+	l.rev = 0
+	l.state.Holder = ""
+	l.mu.Unlock()
+	l.cfg.Logger.Info("lease released")
+	l.changed()
+}
+
+func (l *Lease) setLeader(leader bool, rev uint64, deadline time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.leader, l.deadline = leader, deadline
+	if leader {
+		l.rev = rev
+	}
+}
+
+func (l *Lease) observe(holder string, term uint64) {
+	l.mu.Lock()
+	changed := l.state.Holder != holder || l.state.Term != term
+	l.state.Holder, l.state.Term = holder, term
+	l.mu.Unlock()
+	if changed {
+		l.cfg.Logger.Info("lease holder observed", slog.String("holder", holder), slog.Uint64("term", term))
+		l.changed()
+	}
+}
+
+func (l *Lease) changed() {
+	if l.cfg.OnChange != nil {
+		l.cfg.OnChange(l.State())
+	}
+}
+
+// decode reads a lease record; a record that is not one decodes as a lease
+// with no holder (and the error says so).
+func decode(entry jetstream.KeyValueEntry) (Record, error) {
+	var r Record
+	if err := json.Unmarshal(entry.Value(), &r); err != nil {
+		return Record{}, fmt.Errorf("leader: malformed lease record: %w", err)
+	}
+	return r, nil
+}
+
+// recordTerm is the term of a lease record: its own Term once renewed, the
+// revision of its acquiring write before.
+func recordTerm(r Record, e jetstream.KeyValueEntry) uint64 {
+	if r.Term != 0 {
+		return r.Term
+	}
+	return e.Revision()
+}

@@ -1,0 +1,42 @@
+package refresher
+
+import (
+	"errors"
+	"time"
+)
+
+// Backoff bounds the retries of a loop that calls a provider (a refresh
+// manager, a single-use pool filler). The zero value means the defaults.
+type Backoff struct {
+	// Initial and Max bound the exponential backoff after transient failures
+	// (defaults 500ms and 30s).
+	Initial, Max time.Duration
+	// PermanentInitial and PermanentMax bound the slow retries after permanent
+	// failures such as bad credentials (defaults 30s and 10m).
+	PermanentInitial, PermanentMax time.Duration
+}
+
+// WithDefaults returns b with its zero durations set to the defaults.
+func (b Backoff) WithDefaults() Backoff {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&b.Initial, 500*time.Millisecond)
+	def(&b.Max, 30*time.Second)
+	def(&b.PermanentInitial, 30*time.Second)
+	def(&b.PermanentMax, 10*time.Minute)
+	return b
+}
+
+// Recorder is told the duration and outcome of every upstream token request
+// (err nil for success). Implementations must not block.
+type Recorder interface {
+	RecordAttempt(provider string, took time.Duration, err error)
+}
+
+// ErrNotAllowed is returned for a provider call skipped because this replica
+// may not call providers now (it does not hold the lease), and wrapped around
+// a token write the lease fence rejected.
+var ErrNotAllowed = errors.New("refresher: this replica may not call the provider now (not the lease holder)")
