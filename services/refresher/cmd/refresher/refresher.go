@@ -124,6 +124,11 @@ func (m *Main) Run(ctx context.Context) error {
 		cfg, err = config.Load(m.opts.ConfigPath, lookup)
 	} else {
 		cfg, err = config.Parse(demoConfig, lookup)
+		if v, ok := lookup("TOKENBUS_CREDENTIALS_KEY"); ok && err == nil {
+			// The demo turns runtime providers on when given a sealing key.
+			cfg.Credentials.Keys = []config.CredentialKey{{ID: "demo", Key: refresher.Secret(v)}}
+			err = cfg.Validate()
+		}
 	}
 	if err != nil {
 		return err
