@@ -65,6 +65,12 @@ type Config struct {
 	// Recorder is told about every upstream attempt (metrics, the status
 	// page's history); nil records nothing.
 	Recorder refresher.Recorder
+	// Admit, if set, bounds the provider calls in flight across managers
+	// (fetch_concurrency): Run calls it before each attempt and waits for
+	// it, and the attempt calls release as soon as its provider call
+	// returns (or at its end if it makes none), so that only the call holds
+	// the slot. It returns an error only when ctx ends.
+	Admit func(ctx context.Context) (release func(), err error)
 	// StaleBefore, if set, marks a token issued before it as fetched with
 	// replaced credentials: Run fetches at once instead of keeping it (a
 	// runtime provider put with new credentials, SPEC §8).
@@ -81,6 +87,9 @@ type Manager struct {
 	kick   chan kick
 	repair chan struct{}
 	tr     trace.Tracer
+	// release gives back the fetch slot of the attempt in progress (Admit);
+	// set by Run before each step, used only by Run's own steps.
+	release func()
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
 }
@@ -284,10 +293,33 @@ func (m *Manager) Run(ctx context.Context) error {
 		// freed when it ends, so the goroutine that waits here between
 		// refreshes stays small. With thousands of providers that is most of
 		// the memory each one costs.
+		release := func() {}
+		if m.cfg.Admit != nil && pending == nil {
+			// Wait for a fetch slot here, on this small goroutine, rather
+			// than on thousands of step goroutines at a start.
+			r, err := m.cfg.Admit(ctx)
+			if err != nil {
+				return nil
+			}
+			release = onceFunc(r)
+		}
+		m.release = release
 		var stop bool
 		offload(func() { stop = step() })
+		release()
 		if stop {
 			return nil
+		}
+	}
+}
+
+// onceFunc returns a function that calls f the first time only.
+func onceFunc(f func()) func() {
+	done := false
+	return func() {
+		if !done {
+			done = true
+			f()
 		}
 	}
 }
@@ -336,6 +368,9 @@ func (m *Manager) attempt(ctx context.Context, n int, pending **refresher.Token)
 	start := time.Now()
 	tok, err := m.cfg.Provider.Token(ctx)
 	took := time.Since(start)
+	if m.release != nil {
+		m.release() // the fetch slot covers the provider call only
+	}
 	if err == nil {
 		// Serve it at once, whatever happens to the publish.
 		*pending = &tok

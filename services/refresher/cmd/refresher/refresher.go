@@ -388,9 +388,6 @@ func (m *Main) Close() error {
 	if m.svc != nil {
 		errs = append(errs, m.svc.Stop())
 	}
-	if m.limit != nil {
-		m.limit.close()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if m.httpSrv != nil {

@@ -205,74 +205,42 @@ func (ps *providerSet) staleRuntime() []*served {
 }
 
 // limiter bounds the token requests in flight at once across every refresh
-// manager and pool filler of the process (fetch_concurrency): the provider
-// call, and only it, runs on one of a fixed set of workers, so retries and
-// backoff stay per provider. Running the call (HTTP, TLS, tracing: a deep
-// stack) on the workers also keeps each provider's own goroutine small,
-// which is most of a provider's memory with thousands of them.
+// manager and pool filler of the process (fetch_concurrency). A manager
+// waits for a slot before each attempt (admit) and gives it back as soon as
+// its provider call returns; a filler's calls are wrapped (wrap). Retries and
+// backoff stay per provider.
 type limiter struct {
-	jobs    chan *fetchJob
+	sem     chan struct{}
 	mayCall func() bool
-	stop    chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
-}
-
-type fetchJob struct {
-	ctx  context.Context
-	p    refresher.Provider
-	tok  refresher.Token
-	err  error
-	done chan struct{}
 }
 
 func newLimiter(n int, mayCall func() bool) *limiter {
-	l := &limiter{jobs: make(chan *fetchJob), mayCall: mayCall, stop: make(chan struct{})}
-	for range max(n, 1) {
-		l.wg.Go(l.work)
-	}
-	return l
+	return &limiter{sem: make(chan struct{}, max(n, 1)), mayCall: mayCall}
 }
 
-func (l *limiter) work() {
-	for {
-		select {
-		case <-l.stop:
-			return
-		case j := <-l.jobs:
-			switch {
-			case j.ctx.Err() != nil:
-				j.err = j.ctx.Err()
-			case l.mayCall != nil && !l.mayCall():
-				// The wait may have been long: the lease is checked again.
-				j.err = refresher.ErrNotAllowed
-			default:
-				j.tok, j.err = j.p.Token(j.ctx)
-			}
-			close(j.done)
-		}
+// admit waits for a slot; release gives it back.
+func (l *limiter) admit(ctx context.Context) (release func(), err error) {
+	select {
+	case l.sem <- struct{}{}:
+		return func() { <-l.sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }
 
-// close stops the workers once every call in progress has returned.
-func (l *limiter) close() {
-	l.once.Do(func() { close(l.stop) })
-	l.wg.Wait()
-}
-
-// wrap returns p with its calls made by l's workers.
+// wrap returns p with each call holding a slot.
 func (l *limiter) wrap(p refresher.Provider) refresher.Provider {
 	return refresher.ProviderFunc(func(ctx context.Context) (refresher.Token, error) {
-		j := &fetchJob{ctx: ctx, p: p, done: make(chan struct{})}
-		select {
-		case l.jobs <- j:
-		case <-ctx.Done():
-			return refresher.Token{}, ctx.Err()
-		case <-l.stop:
+		release, err := l.admit(ctx)
+		if err != nil {
+			return refresher.Token{}, err
+		}
+		defer release()
+		// The wait may have been long: the lease is checked again.
+		if l.mayCall != nil && !l.mayCall() {
 			return refresher.Token{}, refresher.ErrNotAllowed
 		}
-		<-j.done
-		return j.tok, j.err
+		return p.Token(ctx)
 	})
 }
 
@@ -331,10 +299,9 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	if err != nil {
 		return nil, err
 	}
-	prov = m.limit.wrap(prov)
 	sv := &served{name: p.Name, kind: p.Kind, source: source}
 	if singleUse(p) {
-		pl, filler, err := m.openPool(ctx, p, prov, source == wire.SourceConfig)
+		pl, filler, err := m.openPool(ctx, p, m.limit.wrap(prov), source == wire.SourceConfig)
 		if err != nil {
 			return nil, err
 		}
@@ -344,7 +311,7 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	mgr := refresh.NewManager(refresh.Config{
 		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
 		RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-		Recorder: m.obs, StaleBefore: staleBefore,
+		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit,
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
 	sv.src = leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}
