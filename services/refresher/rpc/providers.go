@@ -38,8 +38,8 @@ const (
 	EndpointProvidersList   = wire.ProvidersListSubject
 )
 
-// runtimeOff is the 503 answer when no sealing key is configured.
-var runtimeOff = fmt.Errorf("%w: set credentials.keys in the refresher configuration "+
+// errRuntimeOff is the 503 answer when no sealing key is configured.
+var errRuntimeOff = fmt.Errorf("%w: set credentials.keys in the refresher configuration "+
 	"(each key the base64 of 32 random bytes: openssl rand -base64 32) and restart it; see docs/runtime-providers.md", refresher.ErrRuntimeOff)
 
 func (s *Service) addProviders() error {
@@ -70,7 +70,7 @@ func (s *Service) beginAdmin(req micro.Request, endpoint string) call {
 func (s *Service) handlePut(req micro.Request) {
 	c := s.beginAdmin(req, EndpointProvidersPut)
 	if s.cfg.Registry == nil {
-		s.fail(c, req.Reply(), req, runtimeOff)
+		s.fail(c, req.Reply(), req, errRuntimeOff)
 		return
 	}
 	p, err := config.ParseProvider(req.Data())
@@ -92,7 +92,7 @@ func (s *Service) handlePut(req micro.Request) {
 func (s *Service) handleDelete(req micro.Request) {
 	c := s.beginAdmin(req, EndpointProvidersDelete)
 	if s.cfg.Registry == nil {
-		s.fail(c, req.Reply(), req, runtimeOff)
+		s.fail(c, req.Reply(), req, errRuntimeOff)
 		return
 	}
 	var r wire.ProviderDeleteRequest
@@ -119,7 +119,7 @@ func (s *Service) handleDelete(req micro.Request) {
 func (s *Service) handleList(req micro.Request) {
 	c := s.beginAdmin(req, EndpointProvidersList)
 	if s.cfg.Registry == nil {
-		s.fail(c, req.Reply(), req, runtimeOff)
+		s.fail(c, req.Reply(), req, errRuntimeOff)
 		return
 	}
 	var r wire.ProviderListRequest
