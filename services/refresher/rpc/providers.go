@@ -127,12 +127,12 @@ func (s *Service) handleList(req micro.Request) {
 		s.fail(c, req.Reply(), req, fmt.Errorf(`%w: tokenbus.providers.list takes an empty body or {"after":"<name>","limit":N}`, refresher.ErrBadRequest))
 		return
 	}
-	if r.Limit < 0 || r.Limit > wire.StatusPageMax {
-		s.fail(c, req.Reply(), req, fmt.Errorf("%w: limit: must be from 1 to %d", refresher.ErrBadRequest, wire.StatusPageMax))
+	if r.Limit < 0 {
+		s.fail(c, req.Reply(), req, fmt.Errorf("%w: limit: must be positive (at most %d)", refresher.ErrBadRequest, wire.StatusPageMax))
 		return
 	}
-	if r.Limit == 0 {
-		r.Limit = wire.StatusPageMax
+	if r.Limit == 0 || r.Limit > wire.StatusPageMax {
+		r.Limit = wire.StatusPageMax // default and maximum
 	}
 	items, next := s.cfg.Registry.List(r.After, r.Limit)
 	if items == nil {
