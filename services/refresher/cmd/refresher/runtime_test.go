@@ -422,3 +422,46 @@ func TestThousandRuntimeProvidersBounded(t *testing.T) {
 		t.Fatalf("status: %d providers, next %q, %d bytes, %v", len(st.Providers), st.Next, len(b), err)
 	}
 }
+
+// A runtime mPay provider is served from its single-use pool, and its
+// removal stops it.
+func TestRuntimeSingleUseProvider(t *testing.T) {
+	sim := simulator.New(simulator.Config{})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	m, _ := startRuntime(t, runtimeSetup{dir: t.TempDir(), simURL: srv.URL, keys: fmt.Sprintf("[{id: k1, key: %q}]", newKey())})
+	t.Cleanup(func() { _ = m.Close() })
+	nc := testutil.Connect(t, m.ns)
+	put := map[string]any{"name": "mpay-m1", "kind": "mpay", "base_url": srv.URL, "username": "merchant-m1",
+		"password": simulator.DerivedSecret("merchant-m1"), "pool": 2}
+	if code, b := request(t, nc, wire.ProvidersPutSubject, put); code != 0 {
+		t.Fatalf("put: %d %s", code, b)
+	}
+	seen := map[string]bool{}
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		tok, e := getToken(t, nc, "mpay-m1")
+		if e != "" {
+			return errors.New(e)
+		}
+		if seen[tok.AccessToken] {
+			t.Fatalf("a single-use token was handed out twice")
+		}
+		seen[tok.AccessToken] = true
+		if len(seen) < 3 {
+			return fmt.Errorf("%d tokens so far", len(seen))
+		}
+		return nil
+	})
+	if n := sim.CredentialStats(simulator.MPay, "merchant-m1").TokensIssued; n < 3 {
+		t.Fatalf("%d mPay tokens minted with the runtime credentials", n)
+	}
+	if code, _ := request(t, nc, wire.ProvidersDeleteSubject, map[string]string{"name": "mpay-m1"}); code != 0 {
+		t.Fatalf("delete: %d", code)
+	}
+	testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+		if _, e := getToken(t, nc, "mpay-m1"); !strings.HasPrefix(e, "404") {
+			return fmt.Errorf("after delete: %q", e)
+		}
+		return nil
+	})
+}
