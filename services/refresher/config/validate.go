@@ -82,8 +82,8 @@ func (c *Config) validate(ps *problems) {
 func (c *Config) validateCredentials(ps *problems) {
 	if !bucketRE.MatchString(c.Credentials.Bucket) {
 		ps.add(0, "credentials.bucket", "want a KV bucket name: letters, digits, _ and -")
-	} else if c.Credentials.Bucket == c.Bucket {
-		ps.add(0, "credentials.bucket", "must differ from bucket (the tokens bucket)")
+	} else if c.Credentials.Bucket == c.Bucket || c.Credentials.Bucket == c.Bucket+"-lease" {
+		ps.add(0, "credentials.bucket", "must differ from bucket and from the lease bucket (bucket-lease)")
 	}
 	ids := make(map[string]int)
 	for i, k := range c.Credentials.Keys {
