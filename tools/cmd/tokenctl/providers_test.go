@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -39,7 +40,7 @@ func (r *storeRegistry) Put(ctx context.Context, p rconfig.Provider) (uint64, er
 }
 
 func (r *storeRegistry) Delete(ctx context.Context, name string) error {
-	if err := r.st.Delete(ctx, name); err == credentials.ErrNotFound {
+	if err := r.st.Delete(ctx, name); errors.Is(err, credentials.ErrNotFound) {
 		return refresher.ErrUnknownProvider
 	} else if err != nil {
 		return err

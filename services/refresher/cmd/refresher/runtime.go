@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -267,7 +268,7 @@ func (r registry) Delete(ctx context.Context, name string) error {
 		return refresher.ErrUnknownProvider
 	}
 	err := r.m.creds.Delete(ctx, name)
-	if err == credentials.ErrNotFound {
+	if errors.Is(err, credentials.ErrNotFound) {
 		return refresher.ErrUnknownProvider
 	}
 	return err
