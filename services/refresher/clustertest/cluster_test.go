@@ -91,7 +91,7 @@ providers:
 
 // statuses gathers token.status replies for 300 ms.
 func statuses(nc *nats.Conn) map[string]wire.Status {
-	inbox := nats.NewInbox()
+	inbox := nc.NewInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil

@@ -73,8 +73,20 @@ type CredentialKey struct {
 type NATS struct {
 	// URL is the external server's URL; empty runs an embedded server.
 	URL string `yaml:"url"`
-	// Creds is an optional .creds file for the external server.
+	// Creds is a .creds file (user JWT and nkey seed) that authenticates the
+	// refresher's own connection, to an external or the embedded server.
 	Creds string `yaml:"creds"`
+	// User and Password authenticate the refresher's own connection with a
+	// user name and password (SPEC §10); Password needs User.
+	User     string           `yaml:"user"`
+	Password refresher.Secret `yaml:"password"`
+	// NkeySeedFile is a file holding the nkey seed ("SU…") that
+	// authenticates the refresher's own connection.
+	NkeySeedFile string `yaml:"nkey_seed_file"`
+	// TLS configures TLS for the connection to an external server: the CA
+	// that signed the servers' certificates and, for mutual TLS, a client
+	// certificate and key.
+	TLS *TLS `yaml:"tls"`
 	// Replicas is the KV bucket's replica count: 1 to 5; default 3 with an
 	// embedded cluster, else 1. Use 3 on a three-node cluster.
 	Replicas int `yaml:"replicas"`
@@ -90,6 +102,26 @@ type Embedded struct {
 	StoreDir string `yaml:"store_dir"`
 	// Cluster, when set, joins the embedded server to a NATS cluster.
 	Cluster *Cluster `yaml:"cluster"`
+	// Config is a standard nats-server configuration file whose
+	// authorization, accounts, tls and JetStream encryption settings
+	// (jetstream { cipher, key }) apply to the embedded server. The listen
+	// address, store directory and cluster stay tokenbus's: the file must
+	// not set them.
+	Config string `yaml:"config"`
+	// Insecure lets the embedded server listen on a non-loopback address
+	// with no authorization. Without it the refresher refuses to start so.
+	Insecure bool `yaml:"insecure"`
+}
+
+// TLS configures the client side of a TLS connection to NATS.
+type TLS struct {
+	// CA is a PEM file of the certificate authorities to trust; empty
+	// trusts the system's.
+	CA string `yaml:"ca"`
+	// Cert and Key are PEM files of a client certificate and its key, for
+	// servers that verify clients; both or neither.
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // Cluster configures the embedded server's cluster.

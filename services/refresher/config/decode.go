@@ -60,6 +60,15 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		if s, ok := d.scalar(n, path, "a string"); ok {
 			v.SetString(s)
 		}
+	case v.Kind() == reflect.Bool:
+		if s, ok := d.scalar(n, path, "true or false"); ok {
+			b, err := strconv.ParseBool(s)
+			if err != nil {
+				d.add(n.Line, path, "want true or false")
+				return
+			}
+			v.SetBool(b)
+		}
 	case v.Kind() == reflect.Int:
 		if s, ok := d.scalar(n, path, "a whole number"); ok {
 			i, err := strconv.Atoi(s)

@@ -1,9 +1,11 @@
 package config
 
 import (
+	"errors"
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"reflect"
 	"regexp"
 	"slices"
@@ -27,9 +29,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) validate(ps *problems) {
-	if c.NATS.Creds != "" && c.NATS.URL == "" {
-		ps.add(0, "nats.creds", "needs nats.url: the embedded server takes no credentials")
-	}
+	c.NATS.validateAuth(ps)
 	checkHostPort(ps, "nats.embedded.listen", c.NATS.Embedded.Listen)
 	if c.NATS.Embedded.StoreDir == "" {
 		ps.add(0, "nats.embedded.store_dir", "missing or empty")
@@ -245,4 +245,58 @@ func validHeaderValue(s string) bool {
 		}
 	}
 	return true
+}
+
+// validateAuth checks the refresher's own credentials: at most one way to
+// authenticate, each complete, and the files they name readable.
+func (n *NATS) validateAuth(ps *problems) {
+	var ways []string
+	if n.Creds != "" {
+		ways = append(ways, "nats.creds")
+		checkFile(ps, "nats.creds", n.Creds)
+	}
+	if n.User != "" {
+		ways = append(ways, "nats.user")
+	}
+	if n.NkeySeedFile != "" {
+		ways = append(ways, "nats.nkey_seed_file")
+		checkFile(ps, "nats.nkey_seed_file", n.NkeySeedFile)
+	}
+	if len(ways) > 1 {
+		ps.add(0, ways[1], "conflicts with %s: authenticate one way only", ways[0])
+	}
+	if n.Password.Reveal() != "" && n.User == "" {
+		ps.add(0, "nats.password", "needs nats.user")
+	}
+	if n.User != "" && n.Password.Reveal() == "" {
+		ps.add(0, "nats.password", "missing or empty: nats.user needs a password")
+	}
+	if t := n.TLS; t != nil {
+		if t.CA != "" {
+			checkFile(ps, "nats.tls.ca", t.CA)
+		}
+		if (t.Cert == "") != (t.Key == "") {
+			ps.add(0, "nats.tls", "cert and key go together: set both or neither")
+		}
+		if t.Cert != "" {
+			checkFile(ps, "nats.tls.cert", t.Cert)
+		}
+		if t.Key != "" {
+			checkFile(ps, "nats.tls.key", t.Key)
+		}
+	}
+	if e := n.Embedded; n.URL == "" && e.Config != "" {
+		checkFile(ps, "nats.embedded.config", e.Config)
+	}
+	if n.URL != "" && (n.Embedded.Config != "" || n.Embedded.Insecure) {
+		ps.add(0, "nats.embedded", "config and insecure apply to the embedded server only; nats.url names an external one")
+	}
+}
+
+// checkFile reports a file that cannot be read, naming the field (the
+// path is configuration, not a secret, but is not echoed either).
+func checkFile(ps *problems, path, file string) {
+	if _, err := os.Stat(file); err != nil {
+		ps.add(0, path, "cannot read the file: %v", errors.Unwrap(err))
+	}
 }

@@ -51,7 +51,7 @@ func (s *Service) addProviders() error {
 		{"providers-delete", wire.ProvidersDeleteSubject, s.handleDelete},
 		{"providers-list", wire.ProvidersListSubject, s.handleList},
 	} {
-		if err := s.svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject),
+		if err := s.svc.AddEndpoint(ep.name, s.inboxOnly(ep.h), micro.WithEndpointSubject(ep.subject),
 			micro.WithEndpointMetadata(map[string]string{"subject": ep.subject})); err != nil {
 			return fmt.Errorf("rpc: add endpoint %s: %w", ep.name, err)
 		}

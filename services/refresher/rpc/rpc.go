@@ -157,7 +157,7 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 	}
 	s.svc = svc
 	add := func(name, subject string, h micro.HandlerFunc) error {
-		return svc.AddEndpoint(name, h, micro.WithEndpointSubject(subject),
+		return svc.AddEndpoint(name, s.inboxOnly(h), micro.WithEndpointSubject(subject),
 			micro.WithEndpointMetadata(map[string]string{"subject": subject}))
 	}
 	if err := add("get", wire.GetPrefix+"*", s.handleGet); err != nil {
@@ -173,7 +173,7 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	if cfg.Status != nil {
-		err := svc.AddEndpoint("status", micro.HandlerFunc(s.handleStatus),
+		err := svc.AddEndpoint("status", s.inboxOnly(s.handleStatus),
 			micro.WithEndpointSubject(wire.StatusSubject), micro.WithEndpointQueueGroupDisabled(),
 			micro.WithEndpointMetadata(map[string]string{"subject": wire.StatusSubject}))
 		if err != nil {
@@ -397,4 +397,21 @@ func emptyOrObject(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// inboxOnly drops a request whose reply subject is not an inbox. A NATS
+// service publishes its reply wherever the request says, with the service's
+// own permissions: without this check a client allowed only token.get.A
+// could name $KV.<bucket>.B, or a JetStream API subject, as its reply
+// subject and have the refresher write a forged token or manage a stream on
+// its behalf (a confused deputy). Every NATS client's replies go to an inbox
+// (_INBOX. by default, _INBOX_<user>. with a private prefix, SPEC §10).
+func (s *Service) inboxOnly(h micro.HandlerFunc) micro.HandlerFunc {
+	return func(req micro.Request) {
+		if !wire.IsInbox(req.Reply()) {
+			s.log.Warn("request dropped: its reply subject is not an inbox", slog.String("subject", req.Subject()), slog.String("reply", req.Reply()))
+			return
+		}
+		h(req)
+	}
 }

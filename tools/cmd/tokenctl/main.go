@@ -12,6 +12,9 @@
 //	watch [provider]      print each token as it is published (Ctrl-C stops)
 //	refresh <provider>    report the current token (or --token T) rejected; print the new one
 //	status                every replica's view: leader, providers, expiry, last error
+//	permissions <role> [provider…]
+//	                      print the nats-server permissions of a role: reader (of the
+//	                      providers named), admin or observer (SPEC §10); --user names the user
 //	providers put <name> --kind K [fields]   add or replace a runtime provider (SPEC §8)
 //	providers put -       add or replace every JSON provider read from stdin
 //	providers list        every provider, config-file and runtime, by name
@@ -36,6 +39,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -73,6 +77,9 @@ commands:
   watch [provider]      print each token as it is published (Ctrl-C stops)
   refresh <provider>    report the current token (or --token T) as rejected; print the new one
   status                every refresher replica's view: leader, providers, expiry, last error
+  permissions <role> [provider...]
+                        print a nats-server user block with the permissions of a role:
+                        reader (of the providers named), admin or observer; --user names the user
   providers put <name> --kind K [--base-url U --consumer-key K | --username U | --token-url U --client-id C | ...]
                         add or replace a runtime provider; its secret from $TOKENBUS_CONSUMER_SECRET,
                         $TOKENBUS_PASSWORD or $TOKENBUS_CLIENT_SECRET, or --secret-stdin (never an argument)
@@ -87,6 +94,8 @@ flags (before or after the command):
 type config struct {
 	server  string
 	creds   string
+	user    string
+	inbox   string
 	bucket  string
 	json    bool
 	timeout time.Duration
@@ -114,6 +123,8 @@ func parse(args []string, stderr io.Writer) (config, []string, error) {
 	}
 	fs.StringVar(&cfg.server, "server", defaultServer(), "NATS server URL(s), comma-separated ($NATS_URL)")
 	fs.StringVar(&cfg.creds, "creds", "", "NATS credentials (.creds) file")
+	fs.StringVar(&cfg.user, "user", "", "NATS user name; the password is read from $NATS_PASSWORD (never a flag: flags show in ps)")
+	fs.StringVar(&cfg.inbox, "inbox-prefix", "", "private inbox prefix (default _INBOX_<user> with --user)")
 	fs.StringVar(&cfg.bucket, "bucket", wire.DefaultBucket, "KV bucket the refresher publishes to (watch)")
 	fs.BoolVar(&cfg.json, "json", false, "print JSON instead of text")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "how long a request may take")
@@ -195,6 +206,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "usage: tokenctl providers put <name>|-  ·  providers list  ·  providers delete <name>\n")
 			return errUsage
 		}
+	case "permissions":
+		return permissions(cfg, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "tokenctl: unknown command %q\n%s", cmd, usage)
 		return errUsage
@@ -203,6 +216,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	opts := []nats.Option{nats.Name("tokenctl"), nats.Timeout(cfg.timeout)}
 	if cfg.creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.creds))
+	}
+	if cfg.user != "" {
+		opts = append(opts, nats.UserInfo(cfg.user, os.Getenv("NATS_PASSWORD")))
+		if cfg.inbox == "" {
+			cfg.inbox = wire.InboxPrefix(cfg.user)
+		}
+	}
+	if cfg.inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.inbox))
 	}
 	if cmd == "watch" {
 		opts = append(opts, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
@@ -320,4 +342,53 @@ func watch(ctx context.Context, nc *nats.Conn, cfg config, provider string, out 
 		}
 	}
 	return nil
+}
+
+// permissions prints a nats-server user block for a role (SPEC §10). The
+// password is a reference to an environment variable of the server's, so
+// that no secret is printed.
+func permissions(cfg config, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: tokenctl permissions reader|admin|observer [provider...] --user NAME")
+		return errUsage
+	}
+	user := cfg.user
+	if user == "" {
+		fmt.Fprintln(stderr, "tokenctl: permissions: --user names the NATS user the block is for")
+		return errUsage
+	}
+	role, providers := args[0], args[1:]
+	var p wire.Permissions
+	switch role {
+	case "reader":
+		if len(providers) == 0 {
+			fmt.Fprintln(stderr, "tokenctl: permissions reader: name the providers the reader may use")
+			return errUsage
+		}
+		for _, name := range providers {
+			if !wire.ValidName(name) {
+				fmt.Fprintf(stderr, "tokenctl: permissions reader: %q is not a provider name ([a-z0-9][a-z0-9-]*)\n", name)
+				return errUsage
+			}
+		}
+		p = wire.ReaderPermissions(user, providers...)
+	case "admin", "observer":
+		if len(providers) > 0 {
+			fmt.Fprintf(stderr, "tokenctl: permissions %s takes no providers\n", role)
+			return errUsage
+		}
+		p = wire.AdminPermissions(user)
+		if role == "observer" {
+			p = wire.ObserverPermissions(user)
+		}
+	default:
+		fmt.Fprintf(stderr, "tokenctl: permissions: unknown role %q (reader, admin or observer)\n", role)
+		return errUsage
+	}
+	env := strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(user)) + "_PASSWORD"
+	_, err := fmt.Fprintf(stdout, "# tokenbus %s %q: add to the users list of an authorization or accounts block.\n"+
+		"# It connects with user %q and inbox prefix %q (nats.CustomInboxPrefix).\n"+
+		"{ user: %q, password: $%s, permissions: %s }\n",
+		role, user, user, wire.InboxPrefix(user), user, env, strings.ReplaceAll(p.Conf(), "\n", "\n  "))
+	return err
 }

@@ -158,7 +158,10 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	if cfg.NATS.URL == "" {
-		ec := natsx.EmbeddedConfig{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.StoreDir}
+		ec := natsx.EmbeddedConfig{
+			Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.StoreDir,
+			ConfigFile: cfg.NATS.Embedded.Config, Insecure: cfg.NATS.Embedded.Insecure,
+		}
 		if c := cfg.NATS.Embedded.Cluster; c != nil {
 			ec.Cluster = &natsx.ClusterConfig{Name: c.Name, Listen: c.Listen, Routes: c.Routes}
 		}
@@ -168,7 +171,7 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 		m.logger.Info("embedded nats-server started", slog.String("url", m.ns.ClientURL()), slog.String("store_dir", cfg.NATS.Embedded.StoreDir))
 	}
-	m.nc, err = natsx.Connect(natsx.ConnectConfig{URL: cfg.NATS.URL, Creds: cfg.NATS.Creds, Name: "tokenbus-refresher " + instance, Logger: m.logger, Embedded: m.ns})
+	m.nc, err = natsx.Connect(connectConfig(cfg.NATS, "tokenbus-refresher "+instance, m.logger, m.ns))
 	if err != nil {
 		return err
 	}
@@ -420,4 +423,16 @@ func (m *Main) Close() error {
 func instanceID() string {
 	host, _ := os.Hostname()
 	return host + "-" + strconv.Itoa(os.Getpid())
+}
+
+// connectConfig turns the nats section into the connection's settings.
+func connectConfig(c config.NATS, name string, log *slog.Logger, embedded *server.Server) natsx.ConnectConfig {
+	cc := natsx.ConnectConfig{
+		URL: c.URL, Creds: c.Creds, User: c.User, Password: c.Password.Reveal(), NkeySeedFile: c.NkeySeedFile,
+		Name: name, Logger: log, Embedded: embedded,
+	}
+	if t := c.TLS; t != nil {
+		cc.CAFile, cc.CertFile, cc.KeyFile = t.CA, t.Cert, t.Key
+	}
+	return cc
 }
