@@ -105,7 +105,7 @@ func (m *Manager) Status() wire.ProviderStatus {
 	if e := m.slot.Load(); e != nil {
 		exp, iss := e.Token.ExpiresAt, e.Token.IssuedAt
 		st.ExpiresAt, st.LastRefresh = &exp, &iss
-		if !e.Token.Expired(now) {
+		if servable(e.Token, now) {
 			st.State = wire.StateOK
 		}
 	}
@@ -409,8 +409,13 @@ func (m *Manager) Refresh(ctx context.Context, invalid string) ([]byte, error) {
 
 func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 	changed := m.slot.Changed()
-	if !m.stale(invalid) || m.failing() {
+	if !m.stale(invalid) {
 		return m.Current()
+	}
+	if _, err := m.slot.LastError(); err != nil {
+		// Retrying on its own schedule: no extra upstream call, and never
+		// the token the caller was told is rejected.
+		return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
 	}
 	select {
 	case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:
