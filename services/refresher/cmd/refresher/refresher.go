@@ -168,7 +168,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Metrics = m.obs.metrics
 	m.leader, err = leader.New(leader.Config{
 		Lease: leader.LeaseConfig{
-			KV: m.store.Lease(), Holder: instance,
+			KV: leader.LeaseBucket(m.store.Lease()), Holder: instance,
 			TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
 			OnChange:       func(st leader.State) { m.Metrics.SetLeader(st.Leader) },
 			OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
