@@ -313,7 +313,7 @@ func (m *Main) startHTTP(listen string) error {
 }
 
 func (m *Main) banner() {
-	url := m.Config.NATS.URL
+	url := natsx.RedactURL(m.Config.NATS.URL) // never print a user:password
 	if m.ns != nil {
 		url = m.ns.ClientURL()
 	}
