@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
