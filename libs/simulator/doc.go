@@ -3,7 +3,7 @@
 // OAuth2 client-credentials server (shaped like MTN MoMo) and Airtel Money.
 //
 // It owns the simulated providers' rules as SPEC §1 documents them: token
-// formats and lifetimes, Daraja's one valid token at a time, mPay's single-use
+// formats and lifetimes, Daraja's one valid token at a time (per consumer key), mPay's single-use
 // tokens, each provider's error answers. It also owns fault injection (error
 // rate, latency, outage, malformed answers), counters and a log of token
 // requests, and an admin API so that another process can drive it.

@@ -24,6 +24,7 @@ type reply struct {
 	body   []byte
 	token  string        // the token this reply issues, "" if none
 	ttl    time.Duration // the issued token's lifetime
+	client string        // the consumer key or client id it was issued to
 }
 
 func (rep reply) write(w http.ResponseWriter) {

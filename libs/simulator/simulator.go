@@ -57,6 +57,10 @@ type Config struct {
 	DarajaTTL time.Duration
 	// DarajaExpiresInNumber sends Daraja's expires_in as a JSON number instead.
 	DarajaExpiresInNumber bool
+	// DarajaCredentials are further consumer keys and their secrets, one
+	// Daraja app each: a new token invalidates only the earlier tokens of
+	// the same consumer key.
+	DarajaCredentials map[string]string
 
 	// MPayUsername and MPayPassword are mPay's credentials
 	// (default "sim-user" and "sim-pass").
@@ -152,6 +156,9 @@ type Entry struct {
 	UserAgent string `json:"user_agent"`
 	// Token is the token issued, or "" if none was.
 	Token string `json:"token"`
+	// Client is the consumer key or client id the request authenticated
+	// with, "" if it did not (never a secret).
+	Client string `json:"client,omitempty"`
 }
 
 // Route describes one endpoint a Server serves.
@@ -184,6 +191,7 @@ type kindState struct {
 	faults  Faults
 	stats   Stats
 	tokens  map[string]time.Time // valid token → expiry
+	owners  map[string]string    // valid token → the client it was issued to (exclusive kinds)
 	sweepAt int                  // len(tokens) that triggers the next sweep of expired tokens
 }
 
@@ -195,6 +203,7 @@ func New(cfg Config) *Server {
 			exclusive: k == Daraja,
 			singleUse: k == MPay,
 			tokens:    make(map[string]time.Time),
+			owners:    make(map[string]string),
 		}
 	}
 	s.registerDaraja()
@@ -259,6 +268,7 @@ func (s *Server) Rotate(p Kind) {
 	defer s.mu.Unlock()
 	if st := s.kinds[p]; st != nil {
 		clear(st.tokens)
+		clear(st.owners)
 	}
 }
 
@@ -286,9 +296,9 @@ func (s *Server) record(k Kind, r *http.Request, rep reply) {
 		st.stats.TokenErrors++
 	} else {
 		st.stats.TokensIssued++
-		st.add(rep.token, now.Add(rep.ttl), now)
+		st.add(rep.token, rep.client, now.Add(rep.ttl), now)
 	}
-	e := Entry{Time: now, Kind: k, Status: rep.status, UserAgent: r.UserAgent(), Token: rep.token}
+	e := Entry{Time: now, Kind: k, Status: rep.status, UserAgent: r.UserAgent(), Token: rep.token, Client: rep.client}
 	if len(s.log) < s.cfg.LogLimit {
 		s.log = append(s.log, e)
 		return
@@ -316,14 +326,21 @@ func (s *Server) use(k Kind, token string) bool {
 	return ok
 }
 
-func (st *kindState) add(token string, expiry, now time.Time) {
+func (st *kindState) add(token, client string, expiry, now time.Time) {
 	if st.exclusive {
-		clear(st.tokens)
+		for t := range st.tokens {
+			if st.owners[t] == client {
+				delete(st.tokens, t)
+				delete(st.owners, t)
+			}
+		}
+		st.owners[token] = client
 	}
 	if len(st.tokens) >= st.sweepAt {
 		for t, exp := range st.tokens {
 			if !now.Before(exp) {
 				delete(st.tokens, t)
+				delete(st.owners, t)
 			}
 		}
 		st.sweepAt = max(2*len(st.tokens), 64)

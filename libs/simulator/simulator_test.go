@@ -33,7 +33,7 @@ func TestLogAndCounters(t *testing.T) {
 
 	start := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	want := []Entry{
-		{Time: start, Kind: Daraja, Status: 200, UserAgent: "simulator-test", Token: tok},
+		{Time: start, Kind: Daraja, Status: 200, UserAgent: "simulator-test", Token: tok, Client: "sim-consumer-key"},
 		{Time: start.Add(time.Second), Kind: Daraja, Status: 400, UserAgent: "simulator-test"},
 		{Time: start.Add(2 * time.Second), Kind: MPay, Status: 200, UserAgent: "simulator-test", Token: mpayTok},
 	}
