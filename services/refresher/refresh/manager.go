@@ -357,8 +357,8 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 // this manager's token: rev is not newer than its last publish, or tok is
 // the token it holds (published, or issued and about to be).
 func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
-	if rev <= m.published.Load() {
-		return true
+	if rev <= max(m.published.Load(), m.slot.revision()) {
+		return true // not newer than what it holds: old news, not a replacement
 	}
 	e := m.slot.Load()
 	return e != nil && e.Token.AccessToken == tok.AccessToken

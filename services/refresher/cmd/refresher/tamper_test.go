@@ -235,3 +235,31 @@ func TestForgedTermRecordIsRewritten(t *testing.T) {
 		t.Fatal("the leader stepped down over a forged term record")
 	}
 }
+
+// TestForgedTokenWrittenWithoutLeaderIsReplaced: a token put on a provider's
+// key while no replica leads carries no writer header; the next leader counts
+// it and replaces it with a token of its own.
+func TestForgedTokenWrittenWithoutLeaderIsReplaced(t *testing.T) {
+	x := newTamper(t)
+	forged, _ := json.Marshal(wire.Token{Provider: "daraja-test", AccessToken: "FORGED", TokenType: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)})
+	if _, err := x.st.KV().Put(context.Background(), "daraja-test", forged); err != nil {
+		t.Fatal(err)
+	}
+	x.start(t)
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		tok, err := x.stored(t, "daraja-test")
+		if err != nil || tok.AccessToken == "FORGED" {
+			return fmt.Errorf("stored %q (%v), want a token of the leader's", tok.AccessToken, err)
+		}
+		if got, e := getToken(t, x.nc, "daraja-test"); e != "" || got.AccessToken != tok.AccessToken {
+			return fmt.Errorf("served %q %s", got.AccessToken, e)
+		}
+		return nil
+	})
+	testutil.CheckFor(t, 2*time.Second, 50*time.Millisecond, func() error {
+		if _, body := httpGet(t, "http://"+x.m.httpAddr+"/metrics"); !foreignMetric.MatchString(body) {
+			return errors.New("tokenbus_foreign_writes_total{provider=daraja-test} is not 1")
+		}
+		return nil
+	})
+}
