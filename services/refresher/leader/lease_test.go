@@ -260,3 +260,7 @@ func TestNoOverlapUnderChurn(t *testing.T) {
 		t.Fatal("leader work overlapped")
 	}
 }
+
+func jsonToken(provider string) ([]byte, error) {
+	return json.Marshal(wire.Token{Provider: provider, AccessToken: "t-" + provider, ExpiresAt: time.Now().Add(time.Hour)})
+}
