@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -69,6 +70,16 @@ func TestTracesLogsAndMetricsEndToEnd(t *testing.T) {
 			return fmt.Errorf("token.get: %s", c)
 		}
 		return nil
+	})
+	// The token is served as soon as the provider answered, before its
+	// publish: wait for the refresh's spans to end.
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		for _, s := range spans.GetSpans() {
+			if s.Name == "tokenbus.refresh" {
+				return nil
+			}
+		}
+		return errors.New("the refresh span has not ended")
 	})
 	byID := map[trace.SpanID]tracetest.SpanStub{}
 	var server, httpSpan *tracetest.SpanStub
