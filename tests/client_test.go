@@ -27,7 +27,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func newClient(t *testing.T, h *harness.Harness, opts ...tokenclient.Option) (*tokenclient.Client, *events) {
 	t.Helper()
 	ev := &events{}
-	opts = append([]tokenclient.Option{tokenclient.WithBucket(h.Bucket), tokenclient.WithOnUpdate(ev.add)}, opts...)
+	opts = append([]tokenclient.Option{tokenclient.WithBucket(h.Bucket), tokenclient.WithProviders(h.Provider), tokenclient.WithOnUpdate(ev.add)}, opts...)
 	tc, err := tokenclient.New(h.Connect(), opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +60,13 @@ func (e *events) seen(tok string) bool {
 	return false
 }
 
+// forModes runs test in each FollowMode.
+func forModes(t *testing.T, test func(*testing.T, tokenclient.FollowMode)) {
+	for _, mode := range []tokenclient.FollowMode{tokenclient.FollowUpdates, tokenclient.FollowKVWatch} {
+		t.Run(mode.String(), func(t *testing.T) { test(t, mode) })
+	}
+}
+
 func waitReady(t *testing.T, tc *tokenclient.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -71,9 +78,11 @@ func waitReady(t *testing.T, tc *tokenclient.Client) {
 
 // TestWatchSeesRotation: a new token published by the refresher reaches a
 // watching client's memory, and Token serves it from there.
-func TestWatchSeesRotation(t *testing.T) {
+func TestWatchSeesRotation(t *testing.T) { forModes(t, testWatchSeesRotation) }
+
+func testWatchSeesRotation(t *testing.T, mode tokenclient.FollowMode) {
 	h := harness.Start(t, harness.Config{})
-	tc, ev := newClient(t, h)
+	tc, ev := newClient(t, h, tokenclient.WithFollowMode(mode))
 	waitReady(t, tc)
 	first := h.Current()
 	if !ev.seen(first.AccessToken) {
@@ -149,9 +158,11 @@ func TestTransportAfterForcedRotation(t *testing.T) {
 // TestThousandGoroutines: 1,000 goroutines read tokens while the refresher
 // rotates them (run with -race). Every answer is a valid token the simulator
 // issued, and while the watch has one the readers never leave memory.
-func TestThousandGoroutines(t *testing.T) {
+func TestThousandGoroutines(t *testing.T) { forModes(t, testThousandGoroutines) }
+
+func testThousandGoroutines(t *testing.T, mode tokenclient.FollowMode) {
 	h := harness.Start(t, harness.Config{})
-	tc, _ := newClient(t, h)
+	tc, _ := newClient(t, h, tokenclient.WithFollowMode(mode))
 	waitReady(t, tc)
 	issued := func() map[string]bool {
 		m := map[string]bool{}
@@ -215,9 +226,11 @@ func TestThousandGoroutines(t *testing.T) {
 // watching client; once it is back and a new token is published, the
 // client's memory has it within 2 s. A stock KV watcher on the same server
 // is measured beside it for comparison.
-func TestServerRestartMidWatch(t *testing.T) {
+func TestServerRestartMidWatch(t *testing.T) { forModes(t, testServerRestartMidWatch) }
+
+func testServerRestartMidWatch(t *testing.T, mode tokenclient.FollowMode) {
 	h := harness.Start(t, harness.Config{})
-	tc, ev := newClient(t, h, tokenclient.WithErrorHandler(func(err error) { t.Logf("watch: %v", err) }))
+	tc, ev := newClient(t, h, tokenclient.WithFollowMode(mode), tokenclient.WithErrorHandler(func(err error) { t.Logf("watch: %v", err) }))
 	waitReady(t, tc)
 
 	stock := h.Connect()
@@ -296,9 +309,11 @@ func TestServerRestartMidWatch(t *testing.T) {
 // refresher creates the bucket again, so revisions start over. The client
 // notices that the bucket is a new one and loads it from the start, rather
 // than waiting for revisions past the ones it had seen.
-func TestServerLosesStore(t *testing.T) {
+func TestServerLosesStore(t *testing.T) { forModes(t, testServerLosesStore) }
+
+func testServerLosesStore(t *testing.T, mode tokenclient.FollowMode) {
 	h := harness.Start(t, harness.Config{})
-	tc, ev := newClient(t, h, tokenclient.WithWatchRetry(100*time.Millisecond))
+	tc, ev := newClient(t, h, tokenclient.WithFollowMode(mode), tokenclient.WithWatchRetry(100*time.Millisecond))
 	waitReady(t, tc)
 	h.ForceRefresh() // revision 2: more than the new bucket will have
 	h.Refresher().Stop()
@@ -384,7 +399,7 @@ func TestExpiredNeverReturned(t *testing.T) {
 func TestBucketNotThereYet(t *testing.T) {
 	h := harness.New(t, harness.Config{})
 	var watchErrs atomic.Int64
-	tc, ev := newClient(t, h, tokenclient.WithWatchRetry(50*time.Millisecond),
+	tc, ev := newClient(t, h, tokenclient.WithFollowMode(tokenclient.FollowKVWatch), tokenclient.WithWatchRetry(50*time.Millisecond),
 		tokenclient.WithErrorHandler(func(err error) {
 			if errors.Is(err, jetstream.ErrBucketNotFound) {
 				watchErrs.Add(1)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/tests/harness"
 )
@@ -53,18 +55,70 @@ func nodeExample(t *testing.T) string {
 	return dir
 }
 
-// TestNodeExample runs clients/node/example.mjs against a real refresher:
-// token.get answers the current token, the KV watch delivers it, and then
-// delivers the next one the refresher publishes.
+// TestNodeExample runs clients/node/example.mjs against a real refresher in
+// both modes: token.get answers the current token, following delivers it,
+// then delivers the next one the refresher publishes. Following
+// token.updates creates no JetStream consumer.
 func TestNodeExample(t *testing.T) {
 	dir := nodeExample(t)
-	h := harness.Start(t, harness.Config{})
+	for _, mode := range []string{"updates", "kv-watch"} {
+		t.Run(mode, func(t *testing.T) {
+			h := harness.Start(t, harness.Config{})
+			base := consumers(t, h)
+			runNode(t, dir, h, []string{"MODE=" + mode}, func() wire.Token {
+				if n := consumers(t, h) - base; (n == 0) != (mode == "updates") {
+					t.Errorf("mode %s: %d consumers created", mode, n)
+				}
+				return h.ForceRefresh()
+			})
+		})
+	}
+}
 
+// TestNodeExampleReader: the Node.js example follows its provider connected
+// with exactly the reader permissions of SPEC §10 and its own inbox prefix.
+func TestNodeExampleReader(t *testing.T) {
+	dir := nodeExample(t)
+	const provider = "daraja-test"
+	reader := &server.User{Username: "reader", Password: "reader-pw", Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"token.get." + provider, "token.refresh." + provider}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"token.updates." + provider, "_INBOX_reader.>"}},
+	}}
+	h := harness.Start(t, harness.Config{Provider: provider, Users: []*server.User{
+		{Username: "refresher", Password: "refresher-pw"}, reader,
+	}})
+	runNode(t, dir, h, []string{"NATS_USER=reader", "NATS_PASSWORD=reader-pw", "INBOX_PREFIX=_INBOX_reader"}, nil)
+}
+
+// TestNodeExampleRestart: nats-server restarts under the Node.js example
+// (default mode); the refresher reconnects first (the Node client waits 2 s
+// between attempts) and publishes a new token, which the example gets by
+// reading again once it is back.
+func TestNodeExampleRestart(t *testing.T) {
+	dir := nodeExample(t)
+	h := harness.Start(t, harness.Config{})
+	runNode(t, dir, h, nil, func() wire.Token {
+		h.RestartNATS()
+		var tok wire.Token
+		harness.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+			var err error
+			tok, err = h.TryForceRefresh()
+			return err
+		})
+		return tok
+	})
+}
+
+// runNode runs example.mjs with env added, checks its get, its first update
+// and its answer from memory, then has rotate (h.ForceRefresh if nil) publish
+// a new token and checks that it arrives.
+func runNode(t *testing.T, dir string, h *harness.Harness, env []string, rotate func() wire.Token) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "example.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+h.Provider, "BUCKET="+h.Bucket, "UPDATES=2")
+	cmd.Env = append(append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+h.Provider, "BUCKET="+h.Bucket, "UPDATES=2"), env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -105,20 +159,23 @@ func TestNodeExample(t *testing.T) {
 	if ev := next(); ev.Event != "get" || ev.Token != current {
 		t.Fatalf("first line %+v, want get of %+v", ev, current)
 	}
-	var watched, ready bool
-	for !watched || !ready {
+	var followed, ready bool
+	for !followed || !ready {
 		switch ev := next(); {
-		case ev.Event == "watch" && ev.Token == current:
-			watched = true
+		case ev.Event == "update" && ev.Token == current && ev.Revision > 0:
+			followed = true
 		case ev.Event == "ready" && ev.FromMem == current.AccessToken:
 			ready = true
 		default:
 			t.Fatalf("unexpected %+v", ev)
 		}
 	}
-	fresh := h.ForceRefresh()
-	if ev := next(); ev.Event != "watch" || ev.Token != fresh {
-		t.Fatalf("after rotation %+v, want watch of the new token", ev)
+	if rotate == nil {
+		rotate = h.ForceRefresh
+	}
+	fresh := rotate()
+	if ev := next(); ev.Event != "update" || ev.Token != fresh {
+		t.Fatalf("after rotation %+v, want an update with the new token", ev)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("example: %v\n%s", err, stderr.String())
@@ -145,5 +202,53 @@ func TestNodeExampleErrors(t *testing.T) {
 	var ev nodeEvent
 	if err := json.Unmarshal(out, &ev); err != nil || ev.Event != "error" || ev.Code != 404 || !strings.Contains(ev.Message, "daraja-prod") {
 		t.Fatalf("output %q (%v)", out, err)
+	}
+}
+
+// TestNodeDeniedNotCached: connected as a user who may ask token.get but not
+// subscribe to token.updates (a request-reply-only reader from before SPEC
+// §9), the Node.js TokenCache never keeps a token it could not keep
+// current: get() answers, over request-reply every time.
+func TestNodeDeniedNotCached(t *testing.T) {
+	dir := nodeExample(t)
+	const provider = "daraja-test"
+	asker := &server.User{Username: "asker", Password: "asker-pw", Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"token.get." + provider}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_asker.>"}},
+	}}
+	h := harness.Start(t, harness.Config{Provider: provider, Users: []*server.User{
+		{Username: "refresher", Password: "refresher-pw"}, asker,
+	}})
+	script := `
+import { connect } from "nats";
+import { TokenCache } from "./tokenbus.mjs";
+const nc = await connect({ servers: process.env.NATS_URL, user: "asker", pass: "asker-pw", inboxPrefix: "_INBOX_asker" });
+const cache = new TokenCache(nc, { providers: [process.env.PROVIDER] });
+await cache.start();
+const a = await cache.get(process.env.PROVIDER);
+const b = await cache.get(process.env.PROVIDER);
+console.log(JSON.stringify({ cached: cache.tokens.size, same: a.access_token === b.access_token, token: a.access_token }));
+cache.stop();
+await nc.close();
+`
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "--input-type=module", "-e", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+provider)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	var got struct {
+		Cached int    `json:"cached"`
+		Same   bool   `json:"same"`
+		Token  string `json:"token"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	if got.Cached != 0 || !got.Same || got.Token != h.Current().AccessToken {
+		t.Fatalf("got %+v, want the current token, nothing cached", got)
 	}
 }

@@ -93,7 +93,6 @@ require (
 	github.com/mitchellh/hashstructure/v2 v2.0.2 // indirect
 	github.com/muesli/cancelreader v0.2.2 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
-	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/pierrec/lz4/v4 v4.1.27 // indirect
@@ -105,7 +104,6 @@ require (
 	github.com/spiffe/go-spiffe/v2 v2.8.1 // indirect
 	github.com/stretchr/objx v0.5.3 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
-	github.com/tokenbus/tokenbus/services/refresher v0.0.0 // indirect
 	github.com/u-root/u-root v0.16.0 // indirect
 	github.com/u-root/uio v0.0.0-20240224005618-d2acac8f3701 // indirect
 	github.com/ulikunitz/xz v0.5.16 // indirect
@@ -145,8 +143,10 @@ tool github.com/go-task/task/v3/cmd/task
 replace github.com/tokenbus/tokenbus/libs/simulator => ../libs/simulator
 
 require (
+	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/tokenbus/tokenbus/libs/tokenclient v0.0.0
+	github.com/tokenbus/tokenbus/services/refresher v0.0.0
 	github.com/tokenbus/tokenbus/tests v0.0.0
 	go.uber.org/goleak v1.3.0
 )

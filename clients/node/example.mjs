@@ -3,18 +3,25 @@
 //
 //   NATS_URL=nats://127.0.0.1:4222 PROVIDER=daraja-sandbox node example.mjs
 //
-// UPDATES=n exits after n watched tokens (the current one counts); BUCKET
-// names the KV bucket (default "tokens").
+// MODE=updates (default: follow token.updates.<provider>, no JetStream
+// consumer) or MODE=kv-watch (watch the KV bucket). UPDATES=n exits after n
+// tokens followed (the current one counts); BUCKET names the KV bucket
+// (default "tokens"); NATS_USER, NATS_PASSWORD and INBOX_PREFIX connect as a
+// least-privilege reader (SPEC §10).
 import { connect } from "nats";
 import { getToken, TokenCache, TokenbusError } from "./tokenbus.mjs";
 
 const servers = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const provider = process.env.PROVIDER ?? "daraja-sandbox";
 const bucket = process.env.BUCKET ?? "tokens";
+const mode = process.env.MODE ?? "updates";
 const updates = Number(process.env.UPDATES ?? 0);
 
 const print = (o) => console.log(JSON.stringify(o));
-const nc = await connect({ servers, name: "tokenbus node example", maxReconnectAttempts: -1 });
+const opts = { servers, name: "tokenbus node example", maxReconnectAttempts: -1 };
+if (process.env.NATS_USER) Object.assign(opts, { user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD });
+if (process.env.INBOX_PREFIX) opts.inboxPrefix = process.env.INBOX_PREFIX;
+const nc = await connect(opts);
 
 try {
   // Request-reply: works from any NATS client, no state kept.
@@ -29,16 +36,19 @@ try {
   throw err;
 }
 
-// KV watch: the current tokens first, then each new one as it is published.
-const cache = new TokenCache(nc, { bucket });
+// Follow: the current token first, then each new one as it is published.
+const cache = new TokenCache(nc, { mode, bucket, providers: [provider] });
 let seen = 0;
 const done = new Promise((resolve) => {
   cache
-    .start((token, revision) => {
-      if (token.provider !== provider) return;
-      print({ event: "watch", revision, token });
-      if (updates > 0 && ++seen >= updates) resolve();
-    })
+    .start(
+      (token, revision) => {
+        if (token.provider !== provider) return;
+        print({ event: "update", revision, token });
+        if (updates > 0 && ++seen >= updates) resolve();
+      },
+      (name) => name === provider && print({ event: "delete", provider: name }),
+    )
     .then(async () => {
       const t = await cache.get(provider); // from memory now
       print({ event: "ready", access_token_from_memory: t.access_token });

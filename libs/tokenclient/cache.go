@@ -87,6 +87,17 @@ func (c *cache) put(provider string, tok wire.Token, rev uint64) bool {
 	return stored
 }
 
+// set stores tok under provider at rev, whatever is there (the follower
+// decides the order itself).
+func (c *cache) set(provider string, tok wire.Token, rev uint64) {
+	c.update(func(m map[string]*entry) { m[provider] = c.newEntry(tok, rev) })
+}
+
+// drop removes provider's token, whatever its revision.
+func (c *cache) drop(provider string) {
+	c.update(func(m map[string]*entry) { delete(m, provider) })
+}
+
 // remove drops provider's token unless a newer revision is there.
 func (c *cache) remove(provider string, rev uint64) {
 	c.update(func(m map[string]*entry) {

@@ -1,19 +1,30 @@
 // Package tokenclient is the Go client of tokenbus (SPEC §6). A Client keeps
-// an in-memory copy of every provider's current token, kept current by a
-// watch of the refresher's JetStream KV bucket, so that Token answers with no
-// network hop and no allocation. When the copy has nothing valid (the watch
-// is not up yet, the bucket does not exist yet, the token expired, or the
-// provider is single-use) Token asks the refresher over request-reply on
-// token.get.<provider>. It never returns an expired token.
+// an in-memory copy of the tokens it is asked for, so that Token answers with
+// no network hop and no allocation. When the copy has nothing valid (nothing
+// read yet, the token expired, or the provider is single-use) Token asks the
+// refresher over request-reply on token.get.<provider>. It never returns an
+// expired token.
+//
+// By default (FollowUpdates) the copy follows token.updates.<provider>, the
+// core NATS subject on which the server republishes every write to the
+// tokens bucket (SPEC §9): the first Token call for a provider (or
+// WithProviders) subscribes to it and reads the current value once with
+// token.get; updates are ordered by their Nats-Sequence and older ones
+// ignored; after a gap (Nats-Last-Sequence is not the sequence held), a
+// reconnect (a server restart) or a sequence that went back (a recreated
+// bucket) the current value is read again; a deleted key stops being served.
+// It costs the servers one subscription per provider and Client, no
+// JetStream consumer, and needs only the reader permissions of SPEC §10:
+// publish token.get.P and token.refresh.P, subscribe token.updates.P and the
+// connection's inbox prefix (nats.CustomInboxPrefix), which every request of
+// the Client uses. WithFollowMode(FollowKVWatch) keeps the KV watch of the
+// whole bucket instead (one JetStream consumer per Client), rebuilt from the
+// last revision seen whenever the connection comes back or the watch's
+// channel closes (nats.go#1777).
 //
 // Invalidate reports a token the provider rejected (token.refresh.<provider>),
 // and Transport wraps an http.RoundTripper that sets the Bearer header and,
 // on a rejection, invalidates and retries once.
-//
-// The watch survives NATS reconnects and server restarts: it is rebuilt
-// from the last revision seen whenever the connection comes back or the
-// watch's channel closes, so the copy is current again as soon as JetStream
-// answers, rather than after the stock watcher's own recovery (nats.go#1777).
 //
 // The module depends on nats.go and the OpenTelemetry API only, never on
 // nats-server. A Client is safe for concurrent use; it never logs (see
@@ -25,6 +36,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,13 +54,14 @@ import (
 // Token is a provider access token as tokenbus publishes it (SPEC §3).
 type Token = wire.Token
 
-// Event is one change seen by the watch (see WithOnUpdate).
+// Event is one change applied to the in-memory copy (see WithOnUpdate).
 type Event struct {
 	// Provider is the KV key: the provider name.
 	Provider string
 	// Token is the new token; zero when Deleted.
 	Token Token
-	// Revision is the KV revision of the change.
+	// Revision is the KV revision of the change (its Nats-Sequence); 0 for
+	// a provider the refresher answered it no longer knows (Deleted).
 	Revision uint64
 	// Deleted reports that the key was deleted or purged.
 	Deleted bool
@@ -61,8 +74,12 @@ type Client struct {
 	requestMsg func(context.Context, *nats.Msg) (*nats.Msg, error)
 	o          options
 	cache      *cache
-	tracer     trace.Tracer
-	closed     atomic.Bool
+	// fol follows token.updates (FollowUpdates); nil in the other modes.
+	fol     *follower
+	errMu   sync.Mutex
+	lastErr string
+	tracer  trace.Tracer
+	closed  atomic.Bool
 	// bg bounds the watch's requests; Close cancels it.
 	bg       context.Context
 	bgCancel context.CancelFunc
@@ -76,10 +93,12 @@ type Client struct {
 }
 
 // New returns a Client on nc and, unless WithoutWatch is given, starts
-// watching the token bucket in the background. It does not wait for the
-// watch: until it has loaded, Token asks over request-reply (use WaitReady to
-// wait). The caller keeps ownership of nc; Close the Client before closing
-// nc. New returns an error wrapping ErrInvalidOption for a bad option.
+// following tokens in the background (FollowUpdates: the providers given
+// WithProviders now, others from their first Token call; FollowKVWatch: a
+// watch of the whole bucket). It does not wait: until a token is in memory,
+// Token asks over request-reply (use WaitReady to wait). The caller keeps
+// ownership of nc; Close the Client before closing nc. New returns an error
+// wrapping ErrInvalidOption for a bad option.
 func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	if nc == nil {
 		return nil, fmt.Errorf("%w: nil *nats.Conn", ErrInvalidOption)
@@ -92,6 +111,12 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	if !c.o.watch {
 		close(c.done)
 		c.markReady()
+		return c, nil
+	}
+	if c.o.follow == FollowUpdates {
+		c.fol = newFollower(c)
+		c.fol.start()
+		go c.fol.run()
 		return c, nil
 	}
 	w, err := newWatch(c)
@@ -152,7 +177,68 @@ func (c *Client) Token(ctx context.Context, provider string) (Token, error) {
 	if e, ok := c.cache.get(provider); ok {
 		return e.tok, nil
 	}
+	if c.fol != nil {
+		return c.followAndGet(ctx, provider)
+	}
 	return c.request(ctx, "token.get", provider, wire.GetSubject(provider), nil)
+}
+
+// followAndGet answers a Token call that missed the copy in FollowUpdates
+// mode: it follows provider's updates if it does not yet, then reads the
+// current value, which also feeds the copy.
+func (c *Client) followAndGet(ctx context.Context, provider string) (Token, error) {
+	gen, ok := c.fol.ensure(provider)
+	if ok {
+		ok = c.fol.confirm(ctx, provider)
+	}
+	tok, rev, err := c.get(ctx, provider)
+	if !ok {
+		return tok, err
+	}
+	var e *Error
+	switch {
+	case err == nil:
+		c.fol.read(provider, tok, rev, gen, readStrict)
+	case errors.As(err, &e):
+		c.fol.refused(provider, e, gen)
+	}
+	return tok, err
+}
+
+// get asks token.get.<provider> and returns the token with the KV revision
+// the reply carries (0 if none).
+func (c *Client) get(ctx context.Context, provider string) (Token, uint64, error) {
+	return c.requestRev(ctx, "token.get", provider, wire.GetSubject(provider), nil)
+}
+
+// emit passes ev to the update handler, if any.
+func (c *Client) emit(ev Event) {
+	if c.o.onUpdate != nil {
+		c.o.onUpdate(ev)
+	}
+}
+
+// clearReport ends a run of equal errors: the next error is reported even if
+// it is the same.
+func (c *Client) clearReport() {
+	c.errMu.Lock()
+	c.lastErr = ""
+	c.errMu.Unlock()
+}
+
+// report passes err to the error handler, once for a run of equal errors.
+func (c *Client) report(err error) {
+	if c.o.onError == nil {
+		return
+	}
+	msg := err.Error()
+	c.errMu.Lock()
+	same := msg == c.lastErr
+	c.lastErr = msg
+	c.errMu.Unlock()
+	if !same {
+		c.o.onError(err)
+	}
 }
 
 // Invalidate reports that provider rejected token and returns the token to
@@ -182,9 +268,12 @@ func (c *Client) Invalidate(ctx context.Context, provider, token string) (Token,
 	return tok, nil
 }
 
-// WaitReady waits until the watch has loaded the bucket's current tokens, so
-// that Token answers from memory. It returns nil at once for a Client
-// WithoutWatch, ctx's error if ctx ends first, and ErrClosed after Close.
+// WaitReady waits until the copy is loaded, so that Token answers from
+// memory: in FollowUpdates, until the refresher has answered a read of each
+// provider given WithProviders (at once without them); in FollowKVWatch,
+// until the watch has loaded the bucket's current tokens. It returns nil at
+// once for a Client WithoutWatch, ctx's error if ctx ends first, and
+// ErrClosed after Close.
 func (c *Client) WaitReady(ctx context.Context) error {
 	select {
 	case <-c.ready:
@@ -199,7 +288,8 @@ func (c *Client) WaitReady(ctx context.Context) error {
 	}
 }
 
-// Close stops the watch and waits for its goroutines to end. Token and
+// Close stops following (unsubscribes, or stops the watch) and waits for its
+// goroutines to end. Token and
 // Invalidate then return ErrClosed. It does not close the NATS connection.
 // Close is idempotent and safe to call concurrently with other methods.
 func (c *Client) Close() error {
@@ -225,9 +315,16 @@ func (c *Client) withTimeout(ctx context.Context) (context.Context, context.Canc
 
 // request sends body to subject, carrying ctx's trace context, and decodes
 // the token or the error in the reply.
-func (c *Client) request(ctx context.Context, op, provider, subject string, body []byte) (tok Token, err error) {
+func (c *Client) request(ctx context.Context, op, provider, subject string, body []byte) (Token, error) {
+	tok, _, err := c.requestRev(ctx, op, provider, subject, body)
+	return tok, err
+}
+
+// requestRev is request that also returns the KV revision in the reply's
+// wire.HeaderRevision (0 if none).
+func (c *Client) requestRev(ctx context.Context, op, provider, subject string, body []byte) (tok Token, rev uint64, err error) {
 	if !wire.ValidName(provider) {
-		return Token{}, fmt.Errorf("%w: %s: provider name %q is not valid", ErrBadRequest, op, provider)
+		return Token{}, 0, fmt.Errorf("%w: %s: provider name %q is not valid", ErrBadRequest, op, provider)
 	}
 	parent := ctx
 	ctx, cancel := c.withTimeout(ctx)
@@ -249,21 +346,22 @@ func (c *Client) request(ctx context.Context, op, provider, subject string, body
 	natstrace.Inject(ctx, msg)
 	reply, err := c.requestMsg(ctx, msg)
 	if err != nil {
-		return Token{}, requestError(op, provider, parent, err)
+		return Token{}, 0, requestError(op, provider, parent, err)
 	}
 	if err := replyError(op, provider, reply.Header.Get(wire.HeaderErrorCode), reply.Header.Get(wire.HeaderError)); err != nil {
-		return Token{}, err
+		return Token{}, 0, err
 	}
 	if err := json.Unmarshal(reply.Data, &tok); err != nil {
-		return Token{}, fmt.Errorf("tokenclient: %s %s: malformed reply: %w", op, provider, err)
+		return Token{}, 0, fmt.Errorf("tokenclient: %s %s: malformed reply: %w", op, provider, err)
 	}
 	if tok.AccessToken == "" {
-		return Token{}, fmt.Errorf("tokenclient: %s %s: reply has no access_token", op, provider)
+		return Token{}, 0, fmt.Errorf("tokenclient: %s %s: reply has no access_token", op, provider)
 	}
 	if tok.Expired(time.Now()) {
-		return Token{}, &Error{Op: op, Provider: provider, Code: wire.CodeUnavailable, Message: "the refresher answered an expired token"}
+		return Token{}, 0, &Error{Op: op, Provider: provider, Code: wire.CodeUnavailable, Message: "the refresher answered an expired token"}
 	}
-	return tok, nil
+	rev, _ = strconv.ParseUint(reply.Header.Get(wire.HeaderRevision), 10, 64)
+	return tok, rev, nil
 }
 
 // requestError maps a failed request: nobody listening, or no answer within

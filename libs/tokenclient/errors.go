@@ -25,6 +25,11 @@ var (
 	ErrUnavailable = errors.New("tokenclient: no valid token available")
 	// ErrClosed: the Client has been closed.
 	ErrClosed = errors.New("tokenclient: client closed")
+	// ErrNotFollowing: the server refused the subscription to
+	// token.updates.<provider> (the connection may not subscribe to it), so
+	// that provider is served over request-reply only. Passed to the error
+	// handler (WithErrorHandler); Token still answers.
+	ErrNotFollowing = errors.New("tokenclient: cannot follow token updates")
 	// ErrInvalidOption: an option was given a value it cannot take.
 	ErrInvalidOption = errors.New("tokenclient: invalid option")
 )

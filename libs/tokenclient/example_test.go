@@ -160,3 +160,40 @@ func ExampleWithOnUpdate() {
 		log.Fatal(err)
 	}
 }
+
+// A service allowed one provider only (the reader permissions of SPEC §10:
+// publish token.get.P and token.refresh.P, subscribe token.updates.P and
+// _INBOX_<user>.>) connects with its own inbox prefix; the Client follows
+// token.updates.P, which needs nothing more.
+func ExampleWithProviders() {
+	nc, err := nats.Connect("nats://127.0.0.1:4222", nats.UserInfo("payments", "…"),
+		nats.CustomInboxPrefix("_INBOX_payments"), nats.MaxReconnects(-1))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	tc, err := tokenclient.New(nc, tokenclient.WithProviders("daraja-sandbox"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tc.Close()
+	if err := tc.WaitReady(context.Background()); err != nil { // the token is in memory
+		log.Fatal(err)
+	}
+}
+
+// WithFollowMode(FollowKVWatch) watches the whole bucket (one JetStream
+// consumer per Client): for a few processes that want every provider's token.
+func ExampleWithFollowMode() {
+	nc, err := nats.Connect("nats://127.0.0.1:4222")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	tc, err := tokenclient.New(nc, tokenclient.WithFollowMode(tokenclient.FollowKVWatch),
+		tokenclient.WithOnUpdate(func(ev tokenclient.Event) { fmt.Println(ev.Provider, ev.Revision) }))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tc.Close()
+}

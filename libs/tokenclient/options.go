@@ -18,6 +18,8 @@ type options struct {
 	timeout    time.Duration
 	bucket     string
 	watch      bool
+	follow     FollowMode
+	providers  []string
 	singleUse  map[string]bool
 	watchRetry time.Duration
 	statusWait time.Duration
@@ -56,7 +58,8 @@ func WithTimeout(d time.Duration) Option {
 var bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
 // WithBucket names the KV bucket the refresher publishes tokens to (default
-// "tokens", as the refresher's `bucket` setting).
+// "tokens", as the refresher's `bucket` setting). Only FollowKVWatch uses it:
+// token.updates subjects do not name the bucket.
 func WithBucket(name string) Option {
 	return func(o *options) error {
 		if !bucketRE.MatchString(name) {
@@ -67,12 +70,44 @@ func WithBucket(name string) Option {
 	}
 }
 
-// WithoutWatch turns the KV watch off: every Token call is then a
-// request-reply to token.get.<provider>. For short-lived programs such as a
-// command-line tool.
+// WithoutWatch turns following off (in either FollowMode): every Token call
+// is then a request-reply to token.get.<provider>. For short-lived programs
+// such as a command-line tool.
 func WithoutWatch() Option {
 	return func(o *options) error {
 		o.watch = false
+		return nil
+	}
+}
+
+// WithFollowMode sets how the in-memory copy is kept current: FollowUpdates
+// (the default: a subscription to token.updates.<provider> per provider, no
+// JetStream consumer) or FollowKVWatch (a watch of the whole bucket: one
+// JetStream consumer per Client).
+func WithFollowMode(m FollowMode) Option {
+	return func(o *options) error {
+		if m != FollowUpdates && m != FollowKVWatch {
+			return fmt.Errorf("%w: WithFollowMode(%d): unknown mode", ErrInvalidOption, int(m))
+		}
+		o.follow = m
+		return nil
+	}
+}
+
+// WithProviders names providers to follow from the start (FollowUpdates):
+// New subscribes to their updates and reads each current token in the
+// background, and WaitReady waits until the refresher has answered for each.
+// Without it a provider is followed from the first Token call that names
+// it. Do not list single-use providers (a read claims a token): declare them
+// WithSingleUse. The KV-watch mode loads every provider and ignores this.
+func WithProviders(providers ...string) Option {
+	return func(o *options) error {
+		for _, p := range providers {
+			if !wire.ValidName(p) {
+				return fmt.Errorf("%w: WithProviders(%q): not a valid provider name", ErrInvalidOption, p)
+			}
+		}
+		o.providers = append(o.providers, providers...)
 		return nil
 	}
 }
@@ -94,10 +129,12 @@ func WithSingleUse(providers ...string) Option {
 	}
 }
 
-// WithWatchRetry sets how often the watch is retried while it cannot be set
-// up, e.g. because the bucket does not exist yet (default 1s). After a
-// reconnect the watch is rebuilt at once and retried faster, from 50ms
-// doubling up to this interval. d must be positive.
+// WithWatchRetry sets how often following is retried while it fails
+// (default 1s): in FollowUpdates, a read of a current value that got no
+// answer; in FollowKVWatch, a watch that cannot be set up, e.g. because the
+// bucket does not exist yet (after a reconnect the watch is rebuilt at once
+// and retried faster, from 50ms doubling up to this interval). d must be
+// positive.
 func WithWatchRetry(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
@@ -120,10 +157,11 @@ func WithStatusWait(d time.Duration) Option {
 	}
 }
 
-// WithErrorHandler sets a function called with every error of the
-// background watch (a bucket that does not exist yet, a failed rebuild). The
-// watch keeps retrying regardless; the Client never logs. fn is called from
-// the watch goroutine and must not block.
+// WithErrorHandler sets a function called with every error of following in
+// the background (a read no refresher answered, a failed subscription; in
+// FollowKVWatch a bucket that does not exist yet, a failed rebuild), once for
+// a run of equal errors. Following keeps retrying regardless; the Client
+// never logs. fn must not block.
 func WithErrorHandler(fn func(error)) Option {
 	return func(o *options) error {
 		if fn == nil {
@@ -134,10 +172,13 @@ func WithErrorHandler(fn func(error)) Option {
 	}
 }
 
-// WithOnUpdate sets a function called with every change the watch sees:
-// the current values when the watch starts, then each new token as it is
-// published. fn is called from the watch goroutine, in revision order, and
-// must not block.
+// WithOnUpdate sets a function called with every change applied to the
+// in-memory copy: a current value read (FollowUpdates) or loaded
+// (FollowKVWatch), then each new token as it is published, and deletions,
+// one call at a time in the order the changes were applied. An update older
+// than the token held is never passed on (a revision lower than the last
+// one means the bucket was recreated). fn must not block and must not call
+// the Client.
 func WithOnUpdate(fn func(Event)) Option {
 	return func(o *options) error {
 		if fn == nil {

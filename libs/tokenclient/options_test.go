@@ -18,6 +18,8 @@ func TestOptionsValidate(t *testing.T) {
 		"WithErrorHandler(nil)":   WithErrorHandler(nil),
 		"WithOnUpdate(nil)":       WithOnUpdate(nil),
 		"WithTracerProvider(nil)": WithTracerProvider(nil),
+		"WithFollowMode(7)":       WithFollowMode(7),
+		"WithProviders(Upper)":    WithProviders("ok", "Daraja"),
 	}
 	for name, opt := range bad {
 		if _, err := newClient(nil, []Option{opt}); !errors.Is(err, ErrInvalidOption) {
@@ -31,6 +33,7 @@ func TestOptionsValidate(t *testing.T) {
 		WithTimeout(time.Second), WithBucket("my_tokens-2"), WithSingleUse("mpay", "mpay-tz"),
 		WithWatchRetry(time.Minute), WithStatusWait(time.Second), WithoutWatch(), nil,
 		WithErrorHandler(func(error) {}), WithOnUpdate(func(Event) {}),
+		WithFollowMode(FollowKVWatch), WithProviders("a", "b"),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -38,11 +41,13 @@ func TestOptionsValidate(t *testing.T) {
 	defer c.bgCancel()
 	o := c.o
 	if o.timeout != time.Second || o.bucket != "my_tokens-2" || !o.singleUse["mpay-tz"] || o.watchRetry != time.Minute ||
-		o.statusWait != time.Second || o.watch || o.onError == nil || o.onUpdate == nil {
+		o.statusWait != time.Second || o.watch || o.onError == nil || o.onUpdate == nil ||
+		o.follow != FollowKVWatch || len(o.providers) != 2 {
 		t.Fatalf("options not applied: %+v", o)
 	}
 	d := defaultOptions()
-	if d.timeout != DefaultTimeout || d.bucket != "tokens" || !d.watch || d.statusWait != 300*time.Millisecond {
+	if d.timeout != DefaultTimeout || d.bucket != "tokens" || !d.watch || d.statusWait != 300*time.Millisecond ||
+		d.follow != FollowUpdates {
 		t.Fatalf("defaults: %+v", d)
 	}
 }

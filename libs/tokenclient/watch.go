@@ -31,7 +31,6 @@ type watch struct {
 	lastRev  uint64
 	// created is when the bucket's stream was created, as last seen.
 	created time.Time
-	lastErr string
 }
 
 func newWatch(c *Client) (*watch, error) {
@@ -78,7 +77,7 @@ func (w *watch) run() {
 			}
 			if err := w.start(); err != nil {
 				if err != errNotConnected && w.c.bg.Err() == nil {
-					w.report(err)
+					w.c.report(err)
 				}
 				fails++
 				d := w.c.o.watchRetry
@@ -88,7 +87,8 @@ func (w *watch) run() {
 				timer.Reset(d)
 				continue
 			}
-			fails, fast, w.lastErr = 0, false, ""
+			fails, fast = 0, false
+			w.c.clearReport()
 		case e, ok := <-w.updates:
 			if !ok {
 				w.kwCancel()
@@ -196,17 +196,5 @@ func (w *watch) apply(e jetstream.KeyValueEntry) {
 			return
 		}
 	}
-	if w.c.o.onUpdate != nil {
-		w.c.o.onUpdate(ev)
-	}
-}
-
-// report passes err to the error handler, once for a run of equal errors.
-func (w *watch) report(err error) {
-	if msg := err.Error(); msg != w.lastErr {
-		w.lastErr = msg
-		if w.c.o.onError != nil {
-			w.c.o.onError(err)
-		}
-	}
+	w.c.emit(ev)
 }

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"sync"
 	"testing"
@@ -45,6 +46,10 @@ type Config struct {
 	DarajaTTL time.Duration
 	// RefreshBefore is the refresher's refresh margin (default: its own).
 	RefreshBefore time.Duration
+	// Users, if set, are the server's only users (anonymous connections are
+	// refused). The first one is the refresher's: give it every permission
+	// (nil Permissions). Connect then needs nats.UserInfo.
+	Users []*server.User
 }
 
 // Harness is a running simulator and NATS server, and optionally a refresher.
@@ -57,6 +62,8 @@ type Harness struct {
 	Bucket   string
 	// URL is the NATS server's client URL; it stays the same across restarts.
 	URL string
+	// refURL is URL with the refresher's user and password, if Users is set.
+	refURL string
 
 	tb       testing.TB
 	cfg      Config
@@ -120,6 +127,7 @@ func (h *Harness) StartNATS() {
 		ns, err = server.NewServer(&server.Options{
 			ServerName: "harness", Host: "127.0.0.1", Port: port,
 			JetStream: true, StoreDir: h.storeDir, NoLog: true, NoSigs: true,
+			Users: h.cfg.Users,
 		})
 		if err == nil {
 			ns.Start()
@@ -137,6 +145,11 @@ func (h *Harness) StartNATS() {
 	h.ns = ns
 	h.port = ns.Addr().(*net.TCPAddr).Port
 	h.URL = fmt.Sprintf("nats://127.0.0.1:%d", h.port)
+	h.refURL = h.URL
+	if len(h.cfg.Users) > 0 {
+		u := h.cfg.Users[0]
+		h.refURL = (&url.URL{Scheme: "nats", User: url.UserPassword(u.Username, u.Password), Host: fmt.Sprintf("127.0.0.1:%d", h.port)}).String()
+	}
 }
 
 // StopNATS shuts the NATS server down and waits for it.
@@ -184,6 +197,18 @@ func (h *Harness) Connect(opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
+// ConnectAdmin opens a connection with the refresher's permissions (every
+// one), closed when the test ends.
+func (h *Harness) ConnectAdmin() *nats.Conn {
+	h.tb.Helper()
+	nc, err := nats.Connect(h.refURL)
+	if err != nil {
+		h.tb.Fatalf("harness: connect: %v", err)
+	}
+	h.tb.Cleanup(nc.Close)
+	return nc
+}
+
 // Refresher is the in-process refresher of a Harness.
 type Refresher struct {
 	NC      *nats.Conn
@@ -198,7 +223,7 @@ type Refresher struct {
 // and waits for its first token. It stops when the test ends.
 func (h *Harness) StartRefresher() *Refresher {
 	h.tb.Helper()
-	nc, err := natsx.Connect(natsx.ConnectConfig{URL: h.URL, Name: "harness refresher"})
+	nc, err := natsx.Connect(natsx.ConnectConfig{URL: h.refURL, Name: "harness refresher"})
 	if err != nil {
 		h.tb.Fatal(err)
 	}
@@ -287,7 +312,7 @@ func (h *Harness) TryForceRefresh() (wire.Token, error) {
 	if err != nil {
 		return wire.Token{}, err
 	}
-	nc, err := nats.Connect(h.URL)
+	nc, err := nats.Connect(h.refURL)
 	if err != nil {
 		return wire.Token{}, err
 	}

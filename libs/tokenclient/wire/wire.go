@@ -24,6 +24,32 @@ const (
 	// RefreshPrefix is the prefix of the subject that reports a rejected token
 	// and asks for a fresh one: token.refresh.<provider>.
 	RefreshPrefix = "token.refresh."
+	// UpdatesPrefix is the prefix of the core NATS subject on which the
+	// server republishes every write to the tokens bucket (SPEC §9):
+	// token.updates.<key>.
+	UpdatesPrefix = "token.updates."
+)
+
+// Headers of a token update on token.updates.<key> (SPEC §9). The server sets
+// the Nats-* ones on every republished message; KV-Operation is set on a
+// delete (DEL) or purge (PURGE), whose body is empty.
+const (
+	// HeaderSequence is the stream sequence (the KV revision) of the write.
+	HeaderSequence = "Nats-Sequence"
+	// HeaderLastSequence is the sequence of the previous write of the same
+	// key (0 if none): an update whose last sequence is not the one a
+	// client holds means it missed one.
+	HeaderLastSequence = "Nats-Last-Sequence"
+	// HeaderTimeStamp is when the write was stored (RFC 3339).
+	HeaderTimeStamp = "Nats-Time-Stamp"
+	// HeaderKVOperation is "DEL" or "PURGE" on a deleted key.
+	HeaderKVOperation = "KV-Operation"
+	// HeaderRevision is set by the refresher on a token.get reply of a
+	// shared-token provider: the KV revision the token was stored at, the
+	// same number as the Nats-Sequence of its update, so that a client can
+	// order a read against updates. Absent for single-use tokens (never
+	// stored, never to be cached) and for a token not stored yet.
+	HeaderRevision = "Tokenbus-Revision"
 )
 
 // DefaultBucket is the JetStream KV bucket tokens are published to unless the
@@ -35,6 +61,9 @@ func GetSubject(provider string) string { return GetPrefix + provider }
 
 // RefreshSubject returns token.refresh.<provider>.
 func RefreshSubject(provider string) string { return RefreshPrefix + provider }
+
+// UpdatesSubject returns token.updates.<provider>.
+func UpdatesSubject(provider string) string { return UpdatesPrefix + provider }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 

@@ -434,6 +434,9 @@ func (l *Leader) forward(ctx context.Context, provider, invalid string) ([]byte,
 // manager): its copy of the token, and a refresh it carries out when leading.
 type Local interface {
 	Get(ctx context.Context) ([]byte, error)
+	// GetRevision is Get that also returns the token's KV revision (0 if
+	// not stored yet).
+	GetRevision(ctx context.Context) ([]byte, uint64, error)
 	Refresh(ctx context.Context, invalid string) ([]byte, error)
 }
 
@@ -448,6 +451,12 @@ type Source struct {
 
 // Get returns the current token from memory.
 func (s Source) Get(ctx context.Context) ([]byte, error) { return s.Local.Get(ctx) }
+
+// GetRevision returns the current token from memory and its KV revision,
+// which token.get's reply carries (rpc.Revisioned).
+func (s Source) GetRevision(ctx context.Context) ([]byte, uint64, error) {
+	return s.Local.GetRevision(ctx)
+}
 
 // Refresh handles a rejected-token report: on the leader by the local
 // manager; on a standby it answers with its copy if that is already another

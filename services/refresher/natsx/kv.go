@@ -27,7 +27,9 @@ type Store struct {
 
 // OpenStore creates the tokens bucket and its lease bucket (<bucket>-lease)
 // if they do not exist (file storage, history 1, replicas as given, at least
-// 1) and returns a Store on them. While JetStream is
+// 1), or updates existing ones to that configuration, and returns a Store on
+// them. The tokens bucket republishes every write on token.updates.<key>
+// (SPEC §9), so a bucket made before that gets it here. While JetStream is
 // not yet available (a cluster still electing its meta leader, a server
 // starting) it retries every half second until ctx ends (2 minutes if ctx has
 // no deadline), calling wait, if set, with each failure.
@@ -46,6 +48,7 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 			History:     1,
 			Storage:     jetstream.FileStorage,
 			Replicas:    max(replicas, 1),
+			RePublish:   republish(bucket),
 		})
 		var lease jetstream.KeyValue
 		if err == nil {
@@ -70,6 +73,12 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// republish maps every key of bucket to token.updates.<key>: clients follow
+// tokens with a plain subscription instead of a JetStream consumer each.
+func republish(bucket string) *jetstream.RePublish {
+	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: wire.UpdatesPrefix + ">"}
 }
 
 // KV returns the tokens bucket.

@@ -2,9 +2,14 @@ package natsx
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
@@ -42,5 +47,98 @@ func TestEmbeddedServerStoresTokens(t *testing.T) {
 	}
 	if _, err := StartEmbedded(EmbeddedConfig{Listen: "nonsense", StoreDir: t.TempDir()}); err == nil {
 		t.Fatal("bad listen address accepted")
+	}
+}
+
+// TestStoreRepublishesUpdates: a bucket made without republish (as before
+// SPEC §9) gets it when the store opens; every write then arrives on
+// token.updates.<key> with its sequence headers, and a delete with
+// KV-Operation: DEL and an empty body.
+func TestStoreRepublishesUpdates(t *testing.T) {
+	ns, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	nc, err := Connect(ConnectConfig{Name: "test", Embedded: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Drain(nc, time.Second)
+	ctx := context.Background()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "tokens", History: 1, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Put(ctx, "before", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.SubscribeSync(wire.UpdatesPrefix + ">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Put(ctx, "before", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.NextMsg(100 * time.Millisecond); err == nil {
+		t.Fatalf("a bucket without republish published %s", m.Subject)
+	}
+
+	st, err := OpenStore(ctx, nc, "tokens", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := js.Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rp := info.CachedInfo().Config.RePublish; rp == nil || rp.Source != "$KV.tokens.>" || rp.Destination != "token.updates.>" {
+		t.Fatalf("republish = %+v", rp)
+	}
+	tok := wire.Token{Provider: "p", AccessToken: "a", ExpiresAt: time.Now().Add(time.Hour).UTC()}
+	r1, err := st.Publish(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok.AccessToken = "b"
+	r2, err := st.Publish(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() *nats.Msg {
+		t.Helper()
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for i, want := range []struct {
+		rev, last uint64
+		access    string
+	}{{r1, 0, "a"}, {r2, r1, "b"}} {
+		m := next()
+		var got wire.Token
+		if err := json.Unmarshal(m.Data, &got); err != nil {
+			t.Fatal(err)
+		}
+		if m.Subject != "token.updates.p" || got.AccessToken != want.access ||
+			m.Header.Get(wire.HeaderSequence) != fmt.Sprint(want.rev) ||
+			m.Header.Get(wire.HeaderLastSequence) != fmt.Sprint(want.last) ||
+			m.Header.Get("Nats-Stream") != "KV_tokens" || m.Header.Get("Nats-Subject") != "$KV.tokens.p" {
+			t.Fatalf("update %d: %s %v %q", i, m.Subject, m.Header, m.Data)
+		}
+	}
+	if err := st.KV().Delete(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	m := next()
+	if m.Subject != "token.updates.p" || m.Header.Get(wire.HeaderKVOperation) != "DEL" || len(m.Data) != 0 ||
+		m.Header.Get(wire.HeaderLastSequence) != fmt.Sprint(r2) {
+		t.Fatalf("delete: %s %v %q", m.Subject, m.Header, m.Data)
 	}
 }

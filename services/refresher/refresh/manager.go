@@ -137,6 +137,16 @@ func (m *Manager) Get(context.Context) ([]byte, error) {
 	return e.JSON, nil
 }
 
+// GetRevision is Get that also returns the KV revision the token was stored
+// at (0 if not stored yet).
+func (m *Manager) GetRevision(context.Context) ([]byte, uint64, error) {
+	e, err := m.Current()
+	if err != nil {
+		return nil, 0, err
+	}
+	return e.JSON, e.Revision, nil
+}
+
 // DefaultRefreshBefore returns the default refresh margin for a token of
 // lifetime life: a fifth of it, at most 5 minutes (Daraja's hour-long token
 // is refreshed 5 minutes ahead, Airtel's 3-minute token 36 s ahead).

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,16 @@ type Source interface {
 	Get(ctx context.Context) ([]byte, error)
 	// Refresh handles a report that invalid was rejected by the provider.
 	Refresh(ctx context.Context, invalid string) ([]byte, error)
+}
+
+// Revisioned is implemented by sources of a shared token stored in the KV
+// bucket. GetRevision is Get that also returns the KV revision the token was
+// stored at (0 if it is not stored yet); token.get's reply carries it in
+// header wire.HeaderRevision, so that a client following token.updates can
+// order its read against the updates (SPEC §9). Single-use sources do not
+// implement it: their replies carry no revision and are never cached.
+type Revisioned interface {
+	GetRevision(ctx context.Context) ([]byte, uint64, error)
 }
 
 // Blocking is implemented by sources whose Get may wait on the network (a
@@ -191,12 +202,25 @@ func (s *Service) handleGet(req micro.Request) {
 		s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
 		return
 	}
-	body, err := src.Get(c.ctx)
+	var (
+		body []byte
+		rev  uint64
+		err  error
+	)
+	if r, ok := src.(Revisioned); ok {
+		body, rev, err = r.GetRevision(c.ctx)
+	} else {
+		body, err = src.Get(c.ctx)
+	}
 	if err != nil {
 		s.fail(c, req.Reply(), req, err)
 		return
 	}
-	_ = req.Respond(body)
+	if rev > 0 {
+		_ = req.Respond(body, micro.WithHeaders(micro.Headers{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}))
+	} else {
+		_ = req.Respond(body)
+	}
 	s.end(c, codeOK)
 }
 

@@ -297,3 +297,42 @@ func TestServiceIsDiscoverable(t *testing.T) {
 		t.Fatalf("info: %s", msg.Data)
 	}
 }
+
+// fixedRevision publishes nowhere, at revision 42.
+type fixedRevision struct{}
+
+func (fixedRevision) Publish(context.Context, wire.Token) (uint64, error) { return 42, nil }
+
+// TestGetCarriesRevision: a token.get reply carries the KV revision of the
+// token in Tokenbus-Revision once it is stored, and none before.
+func TestGetCarriesRevision(t *testing.T) {
+	ns := testutil.RunServer(t)
+	nc := testutil.Connect(t, ns)
+	p := &countingProvider{life: time.Hour, now: time.Now}
+	stored := refresh.NewManager(refresh.Config{Name: "stored", Provider: p, Publisher: fixedRevision{}})
+	unstored := refresh.NewManager(refresh.Config{Name: "unstored", Provider: p})
+	svc, err := rpc.Start(nc, rpc.Config{Sources: map[string]rpc.Source{"stored": stored, "unstored": unstored}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = stored.Run(ctx) })
+	wg.Go(func() { _ = unstored.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait(); _ = svc.Stop() })
+	for name, want := range map[string]string{"stored": "42", "unstored": ""} {
+		testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+			msg, err := nc.Request(wire.GetSubject(name), nil, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			if code := msg.Header.Get(wire.HeaderErrorCode); code != "" {
+				return fmt.Errorf("%s: %s", name, code)
+			}
+			if got := msg.Header.Get(wire.HeaderRevision); got != want {
+				t.Fatalf("%s: revision header %q, want %q", name, got, want)
+			}
+			return nil
+		})
+	}
+}

@@ -245,7 +245,11 @@ func watch(ctx context.Context, nc *nats.Conn, cfg config, provider string, out 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := make(chan tokenclient.Event, 64)
+	// The KV watch, not token.updates: an operator's watch shows every
+	// provider's current token at once, and one consumer for the few
+	// minutes it runs costs nothing (SPEC §9 is for the fleet).
 	tc, err := tokenclient.New(nc, tokenclient.WithBucket(cfg.bucket), tokenclient.WithTimeout(cfg.timeout),
+		tokenclient.WithFollowMode(tokenclient.FollowKVWatch),
 		tokenclient.WithOnUpdate(func(ev tokenclient.Event) {
 			if provider == "" || ev.Provider == provider {
 				select {

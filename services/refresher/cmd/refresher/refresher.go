@@ -82,6 +82,11 @@ type Main struct {
 }
 
 // NewMain returns a Main that logs to stderr and prints its banner to stdout.
+
+// A shared-token source answers token.get with the token's KV revision
+// (header Tokenbus-Revision), which followers of token.updates order by.
+var _ rpc.Revisioned = leader.Source{}
+
 func NewMain(opts Options, stdout, stderr io.Writer) *Main {
 	if opts.Lookup == nil {
 		opts.Lookup = os.LookupEnv
