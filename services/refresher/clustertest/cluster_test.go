@@ -74,13 +74,16 @@ type replica struct {
 // (its own Daraja app), every replica runs.
 const darajaApps = 8
 
-// darajaCredentials are the simulator's consumer keys and secrets for them.
-func darajaCredentials() map[string]string {
-	creds := map[string]string{}
+// addDarajaApps makes sim accept their consumer keys app-<i> (each with its
+// own one valid token) and returns the keys.
+func addDarajaApps(sim *simulator.Server) []string {
+	var keys []string
 	for i := range darajaApps {
-		creds[fmt.Sprint("app-", i)] = fmt.Sprint("secret-", i)
+		key := fmt.Sprint("app-", i)
+		sim.AddCredential(simulator.Daraja, key, fmt.Sprint("secret-", i))
+		keys = append(keys, key)
 	}
-	return creds
+	return keys
 }
 
 // darajaProviders returns the names of the Daraja providers and their
@@ -116,7 +119,7 @@ providers:
 
 // statuses gathers token.status replies for 300 ms.
 func statuses(nc *nats.Conn) map[string]wire.Status {
-	inbox := nats.NewInbox()
+	inbox := nc.NewInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil
@@ -344,7 +347,8 @@ func TestFailover(t *testing.T) {
 	// Tokens are refreshed every 0–2 s, so every leader calls the provider,
 	// and still outlive a failover: refresh_before (8 s) is well above the
 	// takeover time, as it is in production (Daraja: 1 h tokens, 5 min).
-	sim := simulator.New(simulator.Config{DarajaTTL: 10 * time.Second, DarajaCredentials: darajaCredentials()})
+	sim := simulator.New(simulator.Config{DarajaTTL: 10 * time.Second})
+	addDarajaApps(sim)
 	simSrv := httptest.NewServer(sim)
 	defer simSrv.Close()
 	names, providers := darajaProviders(simSrv.URL, "8s")

@@ -39,8 +39,33 @@ type Config struct {
 	HTTP HTTP `yaml:"http"`
 	// Log configures the refresher's log (an extension of SPEC §2).
 	Log Log `yaml:"log"`
-	// Providers lists the token providers; at least one.
+	// Providers lists the token providers; at least one unless runtime
+	// providers are on (credentials.keys).
 	Providers []Provider `yaml:"providers"`
+	// Credentials configures runtime providers (SPEC §8).
+	Credentials Credentials `yaml:"credentials"`
+	// FetchConcurrency bounds the token requests in flight at once, per
+	// refresher; default 16, 1 to 1024 (SPEC §8).
+	FetchConcurrency int `yaml:"fetch_concurrency"`
+}
+
+// Credentials configures the sealed store of runtime providers (SPEC §8).
+type Credentials struct {
+	// Bucket is the KV bucket of runtime providers; default
+	// "tokenbus-credentials". Its replicas are nats.replicas.
+	Bucket string `yaml:"bucket"`
+	// Keys seal and open the secret fields: the first seals, every one opens.
+	// Without keys runtime providers are off.
+	Keys []CredentialKey `yaml:"keys"`
+}
+
+// CredentialKey is one sealing key.
+type CredentialKey struct {
+	// ID is stored with every value the key seals: 1 to 32 letters, digits,
+	// _ or -.
+	ID string `yaml:"id"`
+	// Key is the base64 of 32 random bytes (openssl rand -base64 32).
+	Key refresher.Secret `yaml:"key"`
 }
 
 // NATS says which NATS server to use: an external one at URL, or, when URL is
@@ -48,8 +73,20 @@ type Config struct {
 type NATS struct {
 	// URL is the external server's URL; empty runs an embedded server.
 	URL string `yaml:"url"`
-	// Creds is an optional .creds file for the external server.
+	// Creds is a .creds file (user JWT and nkey seed) that authenticates the
+	// refresher's own connection, to an external or the embedded server.
 	Creds string `yaml:"creds"`
+	// User and Password authenticate the refresher's own connection with a
+	// user name and password (SPEC §10); Password needs User.
+	User     string           `yaml:"user"`
+	Password refresher.Secret `yaml:"password"`
+	// NkeySeedFile is a file holding the nkey seed ("SU…") that
+	// authenticates the refresher's own connection.
+	NkeySeedFile string `yaml:"nkey_seed_file"`
+	// TLS configures TLS for the connection to an external server: the CA
+	// that signed the servers' certificates and, for mutual TLS, a client
+	// certificate and key.
+	TLS *TLS `yaml:"tls"`
 	// Replicas is the KV bucket's replica count: 1 to 5; default 3 with an
 	// embedded cluster, else 1. Use 3 on a three-node cluster.
 	Replicas int `yaml:"replicas"`
@@ -65,6 +102,26 @@ type Embedded struct {
 	StoreDir string `yaml:"store_dir"`
 	// Cluster, when set, joins the embedded server to a NATS cluster.
 	Cluster *Cluster `yaml:"cluster"`
+	// Config is a standard nats-server configuration file whose
+	// authorization, accounts, tls and JetStream encryption settings
+	// (jetstream { cipher, key }) apply to the embedded server. The listen
+	// address, store directory and cluster stay tokenbus's: the file must
+	// not set them.
+	Config string `yaml:"config"`
+	// Insecure lets the embedded server listen on a non-loopback address
+	// with no authorization. Without it the refresher refuses to start so.
+	Insecure bool `yaml:"insecure"`
+}
+
+// TLS configures the client side of a TLS connection to NATS.
+type TLS struct {
+	// CA is a PEM file of the certificate authorities to trust; empty
+	// trusts the system's.
+	CA string `yaml:"ca"`
+	// Cert and Key are PEM files of a client certificate and its key, for
+	// servers that verify clients; both or neither.
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // Cluster configures the embedded server's cluster.
@@ -216,10 +273,11 @@ func parseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// maxFileSize is the largest configuration file Load reads.
-const maxFileSize = 1 << 20
+// maxFileSize is the largest configuration file Load reads: room for tens of
+// thousands of providers (10,000 take about 1.5 MiB).
+const maxFileSize = 16 << 20
 
-// Load reads the configuration file at path (at most 1 MiB) and parses it as
+// Load reads the configuration file at path (at most 16 MiB) and parses it as
 // Parse does. lookup returns an environment variable's value and whether it
 // is set; os.LookupEnv fits, and nil means no variable is set. Every error
 // names the file.
@@ -234,7 +292,7 @@ func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("config: %s: larger than 1 MiB", path)
+		return nil, fmt.Errorf("config: %s: larger than 16 MiB", path)
 	}
 	return parse(data, lookup, path)
 }
@@ -298,15 +356,21 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.HTTP.Listen, "127.0.0.1:8080")
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "text")
+	setDefault(&c.Credentials.Bucket, "tokenbus-credentials")
+	setDefault(&c.FetchConcurrency, 16)
 	for i := range c.Providers {
-		p := &c.Providers[i]
-		setDefault(&p.Timeout, Duration(10*time.Second))
-		switch p.Kind {
-		case KindMPay:
-			setDefault(&p.Pool, 4)
-		case KindOAuth2:
-			setDefault(&p.AuthStyle, "header")
-		}
+		c.Providers[i].SetDefaults()
+	}
+}
+
+// SetDefaults fills in the default of every unset field of p that has one.
+func (p *Provider) SetDefaults() {
+	setDefault(&p.Timeout, Duration(10*time.Second))
+	switch p.Kind {
+	case KindMPay:
+		setDefault(&p.Pool, 4)
+	case KindOAuth2:
+		setDefault(&p.AuthStyle, "header")
 	}
 }
 
@@ -322,6 +386,9 @@ func setDefault[T comparable](v *T, def T) {
 type problems struct {
 	source string
 	list   []problem
+	// noLines drops line numbers: a JSON provider (ParseProvider) has none
+	// worth showing, its messages name the field.
+	noLines bool
 }
 
 type problem struct {
@@ -333,6 +400,9 @@ type problem struct {
 const maxProblems = 100
 
 func (ps *problems) add(line int, path, format string, args ...any) {
+	if ps.noLines {
+		line = 0
+	}
 	switch {
 	case len(ps.list) == maxProblems:
 		ps.list = append(ps.list, problem{math.MaxInt, fmt.Sprintf("config: more than %d problems; fix these first", maxProblems)})

@@ -80,6 +80,8 @@ func TestLoadSpecExample(t *testing.T) {
 			ClientID: "ai-4Vg7-client-id", ClientSecret: "as-6Jx5-client-secret",
 			Timeout: Duration(10 * time.Second),
 		}},
+		Credentials:      Credentials{Bucket: "tokenbus-credentials"},
+		FetchConcurrency: 16,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %#v\nwant %#v", *c, *want)
@@ -238,7 +240,16 @@ func TestParseErrors(t *testing.T) {
 		{"bad port", "nats: {embedded: {listen: 'localhost:99999'}}\nproviders:" + daraja, []string{"config: nats.embedded.listen: want host:port"}},
 		{"bad log", "log: {level: loud, format: xml}\nproviders:" + daraja,
 			[]string{"config: log.level: want debug, info, warn or error", "config: log.format: want text or json"}},
-		{"creds without url", "nats: {creds: ./x.creds}\nproviders:" + daraja, []string{"config: nats.creds: needs nats.url"}},
+		{"missing creds file", "nats: {creds: ./no-such.creds}\nproviders:" + daraja, []string{"config: nats.creds: cannot read the file"}},
+		{"two ways to authenticate", "nats: {user: u, password: p, nkey_seed_file: config_test.go}\nproviders:" + daraja,
+			[]string{"config: nats.nkey_seed_file: conflicts with nats.user: authenticate one way only"}},
+		{"password without user", "nats: {password: '${MPAY_PASSWORD}'}\nproviders:" + daraja, []string{"config: nats.password: needs nats.user"}},
+		{"user without password", "nats: {user: u}\nproviders:" + daraja, []string{"config: nats.password: missing or empty: nats.user needs a password"}},
+		{"tls cert without key", "nats: {url: 'tls://h:4222', tls: {cert: config_test.go}}\nproviders:" + daraja,
+			[]string{"config: nats.tls: cert and key go together"}},
+		{"embedded settings with url", "nats: {url: 'nats://h:4222', embedded: {insecure: true}}\nproviders:" + daraja,
+			[]string{"config: nats.embedded: config and insecure apply to the embedded server only"}},
+		{"insecure not a bool", "nats: {embedded: {insecure: maybe}}\nproviders:" + daraja, []string{"config: line 1: nats.embedded.insecure: want true or false"}},
 		{"bad cluster", "nats: {embedded: {cluster: {routes: [x]}}}\nproviders:" + daraja, []string{
 			"config: nats.embedded.cluster.name: missing or empty", "config: nats.embedded.cluster.listen: want host:port",
 			"config: nats.embedded.cluster.routes[0]: want a URL"}},
@@ -447,12 +458,12 @@ func TestLoad(t *testing.T) {
 	}
 
 	big := write("big.yaml", "providers:"+daraja+strings.Repeat("#", maxFileSize))
-	if _, err := Load(big, lookup); err == nil || err.Error() != "config: "+big+": larger than 1 MiB" {
+	if _, err := Load(big, lookup); err == nil || err.Error() != "config: "+big+": larger than 16 MiB" {
 		t.Errorf("big file: %v", err)
 	}
 	exact := write("exact.yaml", "providers:"+daraja+strings.Repeat("#", maxFileSize-len("providers:"+daraja)))
 	if _, err := Load(exact, lookup); err != nil {
-		t.Errorf("1 MiB file: %v", err)
+		t.Errorf("16 MiB file: %v", err)
 	}
 
 	bad := write("bad.yaml", "providers:"+daraja+"    wat: 1\n")

@@ -19,11 +19,14 @@ import (
 type decoder struct {
 	*problems
 	lookup func(string) (string, bool)
-	visits int // decode calls so far, bounded by maxVisits against alias bombs
+	// literal turns ${NAME} expansion off (a provider put over NATS: a
+	// caller must not be able to read the refresher's environment).
+	literal bool
+	visits  int // decode calls so far, bounded by maxVisits against alias bombs
 }
 
 // maxVisits bounds the nodes decoded, counting each use of an alias afresh:
-// a 1 MiB file has fewer nodes, so only aliases can exceed it.
+// 100,000 providers in a file take about 600,000, so only aliases exceed it.
 const maxVisits = 1 << 20
 
 var durationType = reflect.TypeFor[Duration]()
@@ -56,6 +59,15 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	case v.Kind() == reflect.String:
 		if s, ok := d.scalar(n, path, "a string"); ok {
 			v.SetString(s)
+		}
+	case v.Kind() == reflect.Bool:
+		if s, ok := d.scalar(n, path, "true or false"); ok {
+			b, err := strconv.ParseBool(s)
+			if err != nil {
+				d.add(n.Line, path, "want true or false")
+				return
+			}
+			v.SetBool(b)
 		}
 	case v.Kind() == reflect.Int:
 		if s, ok := d.scalar(n, path, "a whole number"); ok {
@@ -140,6 +152,9 @@ func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
 	if n.Kind != yaml.ScalarNode {
 		d.add(n.Line, path, "want %s, not %s", want, describe(n))
 		return "", false
+	}
+	if d.literal {
+		return n.Value, true
 	}
 	s, errs := expand(n.Value, d.lookup)
 	for _, e := range errs {

@@ -1,9 +1,11 @@
 package config
 
 import (
+	"errors"
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"reflect"
 	"regexp"
 	"slices"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/seal"
 )
 
 var bucketRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -26,9 +29,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) validate(ps *problems) {
-	if c.NATS.Creds != "" && c.NATS.URL == "" {
-		ps.add(0, "nats.creds", "needs nats.url: the embedded server takes no credentials")
-	}
+	c.NATS.validateAuth(ps)
 	checkHostPort(ps, "nats.embedded.listen", c.NATS.Embedded.Listen)
 	if c.NATS.Embedded.StoreDir == "" {
 		ps.add(0, "nats.embedded.store_dir", "missing or empty")
@@ -61,9 +62,10 @@ func (c *Config) validate(ps *problems) {
 	checkOneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	checkOneOf(ps, "log.format", c.Log.Format, "text", "json")
 
-	if len(c.Providers) == 0 {
-		ps.add(0, "providers", "at least one provider is required")
+	if len(c.Providers) == 0 && len(c.Credentials.Keys) == 0 {
+		ps.add(0, "providers", "at least one provider is required (or credentials.keys, for runtime providers only)")
 	}
+	c.validateCredentials(ps)
 	first := make(map[string]int) // provider name → index of its first use
 	for i := range c.Providers {
 		p := &c.Providers[i]
@@ -77,8 +79,45 @@ func (c *Config) validate(ps *problems) {
 	}
 }
 
+func (c *Config) validateCredentials(ps *problems) {
+	if !bucketRE.MatchString(c.Credentials.Bucket) {
+		ps.add(0, "credentials.bucket", "want a KV bucket name: letters, digits, _ and -")
+	} else if c.Credentials.Bucket == c.Bucket || c.Credentials.Bucket == c.Bucket+"-lease" {
+		ps.add(0, "credentials.bucket", "must differ from bucket and from the lease bucket (bucket-lease)")
+	}
+	ids := make(map[string]int)
+	for i, k := range c.Credentials.Keys {
+		path := itemPath("credentials.keys", i, "")
+		switch {
+		case k.ID == "":
+			ps.add(0, path+".id", "missing or empty")
+		case !validKeyID(k.ID):
+			ps.add(0, path+".id", "want 1 to 32 letters, digits, _ or -")
+		}
+		if k.Key == "" {
+			ps.add(0, path+".key", "missing or empty; want the base64 of 32 random bytes (openssl rand -base64 32)")
+		} else if _, err := seal.ParseKey("k", k.Key.Reveal()); err != nil {
+			ps.add(0, path+".key", "%s", strings.TrimPrefix(err.Error(), "seal: key: "))
+		}
+		if j, dup := ids[k.ID]; dup && k.ID != "" {
+			ps.add(0, path+".id", "duplicate: credentials.keys[%d] has the same id", j)
+		} else if !dup {
+			ids[k.ID] = i
+		}
+	}
+	if c.FetchConcurrency < 1 || c.FetchConcurrency > 1024 {
+		ps.add(0, "fetch_concurrency", "must be from 1 to 1024")
+	}
+}
+
+// validKeyID reports whether id is a valid sealing key id.
+func validKeyID(id string) bool {
+	_, err := seal.ParseKey(id, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+	return err == nil
+}
+
 func (p *Provider) validate(ps *problems, path string) {
-	at := func(field string) string { return path + "." + field }
+	at := func(field string) string { return join(path, field) }
 	required := func(field string, empty bool) {
 		if empty {
 			ps.add(0, at(field), "missing or empty; kind %s needs it", p.Kind)
@@ -206,4 +245,58 @@ func validHeaderValue(s string) bool {
 		}
 	}
 	return true
+}
+
+// validateAuth checks the refresher's own credentials: at most one way to
+// authenticate, each complete, and the files they name readable.
+func (n *NATS) validateAuth(ps *problems) {
+	var ways []string
+	if n.Creds != "" {
+		ways = append(ways, "nats.creds")
+		checkFile(ps, "nats.creds", n.Creds)
+	}
+	if n.User != "" {
+		ways = append(ways, "nats.user")
+	}
+	if n.NkeySeedFile != "" {
+		ways = append(ways, "nats.nkey_seed_file")
+		checkFile(ps, "nats.nkey_seed_file", n.NkeySeedFile)
+	}
+	if len(ways) > 1 {
+		ps.add(0, ways[1], "conflicts with %s: authenticate one way only", ways[0])
+	}
+	if n.Password.Reveal() != "" && n.User == "" {
+		ps.add(0, "nats.password", "needs nats.user")
+	}
+	if n.User != "" && n.Password.Reveal() == "" {
+		ps.add(0, "nats.password", "missing or empty: nats.user needs a password")
+	}
+	if t := n.TLS; t != nil {
+		if t.CA != "" {
+			checkFile(ps, "nats.tls.ca", t.CA)
+		}
+		if (t.Cert == "") != (t.Key == "") {
+			ps.add(0, "nats.tls", "cert and key go together: set both or neither")
+		}
+		if t.Cert != "" {
+			checkFile(ps, "nats.tls.cert", t.Cert)
+		}
+		if t.Key != "" {
+			checkFile(ps, "nats.tls.key", t.Key)
+		}
+	}
+	if e := n.Embedded; n.URL == "" && e.Config != "" {
+		checkFile(ps, "nats.embedded.config", e.Config)
+	}
+	if n.URL != "" && (n.Embedded.Config != "" || n.Embedded.Insecure) {
+		ps.add(0, "nats.embedded", "config and insecure apply to the embedded server only; nats.url names an external one")
+	}
+}
+
+// checkFile reports a file that cannot be read, naming the field (the
+// path is configuration, not a secret, but is not echoed either).
+func checkFile(ps *problems, path, file string) {
+	if _, err := os.Stat(file); err != nil {
+		ps.add(0, path, "cannot read the file: %v", errors.Unwrap(err))
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"io/fs"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -54,6 +55,22 @@ type StatusJSON struct {
 	History []Attempt `json:"history"`
 }
 
+// DefaultPage is how many providers /status.json lists unless ?limit= says
+// otherwise (at most wire.StatusPageMax): the page stays fast with 10,000.
+const DefaultPage = 100
+
+// statusQuery reads the filter and page of a /status.json request:
+// ?provider=, ?state=, ?search=, ?after= and ?limit=. The reply always
+// carries the summary of every provider by state.
+func statusQuery(r *http.Request) wire.StatusRequest {
+	q := r.URL.Query()
+	limit, err := strconv.Atoi(q.Get("limit"))
+	if err != nil || limit <= 0 {
+		limit = DefaultPage
+	}
+	return wire.StatusRequest{Provider: q.Get("provider"), State: q.Get("state"), Search: q.Get("search"), After: q.Get("after"), Limit: limit}
+}
+
 // Handler returns the mux with /healthz and /readyz only.
 func Handler(ready Checker) *http.ServeMux { return New(Config{Ready: ready}) }
 
@@ -84,7 +101,7 @@ func New(cfg Config) *http.ServeMux {
 	}
 	if cfg.Status != nil {
 		mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
-			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status(), History: []Attempt{}}
+			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status().Page(statusQuery(r)), History: []Attempt{}}
 			if cfg.History != nil {
 				body.History = cfg.History.Recent()
 			}

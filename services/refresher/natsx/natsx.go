@@ -30,6 +30,12 @@ type EmbeddedConfig struct {
 	Name string
 	// Cluster, if set, joins the server to a NATS cluster through routes.
 	Cluster *ClusterConfig
+	// ConfigFile is a standard nats-server configuration file for
+	// authorization, accounts, TLS and JetStream encryption at rest (see
+	// serverOptions for what applies).
+	ConfigFile string
+	// Insecure allows a non-loopback Listen with no authorization.
+	Insecure bool
 }
 
 // ClusterConfig joins an embedded server to a cluster.
@@ -61,21 +67,30 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		host, _ := os.Hostname()
 		name = "tokenbus-" + host + "-" + strconv.Itoa(port)
 	}
-	opts := &server.Options{
-		ServerName: name,
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		NoSigs:     true,
-		NoLog:      true,
-		// Tokens must survive a crash of the whole install: fsync each write.
-		SyncAlways: true,
+	opts, err := serverOptions(cfg.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	if opts.ServerName == "" {
+		opts.ServerName = name
+	}
+	opts.Host, opts.Port = host, port
+	opts.JetStream = true
+	opts.StoreDir = cfg.StoreDir
+	opts.NoSigs = true
+	opts.NoLog = true
+	// Tokens must survive a crash of the whole install: fsync each write.
+	opts.SyncAlways = true
+	if !cfg.Insecure && !isLoopback(host) && !authorizes(opts) {
+		return nil, fmt.Errorf("natsx: %w", ErrUnprotected)
 	}
 	if c := cfg.Cluster; c != nil {
 		chost, cport, err := net.SplitHostPort(c.Listen)
 		if err != nil {
 			return nil, fmt.Errorf("natsx: cluster listen %q: %w", c.Listen, err)
+		}
+		if opts.Cluster.Name != "" || opts.Cluster.Port != 0 || opts.Cluster.Host != "" || len(opts.Routes) > 0 {
+			return nil, fmt.Errorf("natsx: %s: the cluster's name, listen and routes belong in nats.embedded.cluster; the file may only add authorization and tls to its cluster block", cfg.ConfigFile)
 		}
 		opts.Cluster.Name = c.Name
 		opts.Cluster.Host = chost
@@ -96,12 +111,22 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	return ns, nil
 }
 
+// InboxPrefix is the inbox prefix of the refresher's connection: its NATS
+// user may subscribe to InboxPrefix.> and to no other client's replies.
+const InboxPrefix = "_INBOX_tokenbus-refresher"
+
 // ConnectConfig configures the client connection.
 type ConnectConfig struct {
 	// URL is one or more comma-separated server URLs.
 	URL string
 	// Creds is an optional .creds file.
 	Creds string
+	// User and Password, or NkeySeedFile, authenticate the connection
+	// instead of Creds.
+	User, Password string
+	NkeySeedFile   string
+	// CAFile, CertFile and KeyFile configure TLS (all optional).
+	CAFile, CertFile, KeyFile string
 	// Name identifies the connection on the server.
 	Name string
 	// Logger receives connection state changes.
@@ -120,6 +145,9 @@ func Connect(cfg ConnectConfig) (*nats.Conn, error) {
 	}
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
+		// Replies come to a prefix of the refresher's own, so that its role
+		// (deploy/nats/auth.conf) subscribes to no other client's inbox.
+		nats.CustomInboxPrefix(InboxPrefix),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
@@ -147,12 +175,31 @@ func Connect(cfg ConnectConfig) (*nats.Conn, error) {
 	if cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.Creds))
 	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.NkeySeedFile != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NkeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("natsx: nats.nkey_seed_file: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.CAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.CAFile))
+	}
+	if cfg.CertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.CertFile, cfg.KeyFile))
+	}
 	url := cfg.URL
 	if cfg.Embedded != nil {
 		opts = append(opts, nats.InProcessServer(cfg.Embedded))
 		url = cfg.Embedded.ClientURL()
 	}
 	nc, err := nats.Connect(url, opts...)
+	if err != nil && cfg.Embedded != nil {
+		return nil, fmt.Errorf("natsx: connect to the embedded server: %w (if nats.embedded.config sets authorization, the refresher's own user goes in nats.user and nats.password, nats.nkey_seed_file or nats.creds)", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("natsx: connect %s: %w", RedactURL(url), err)
 	}
@@ -196,4 +243,53 @@ func ctxTimeout(ctx context.Context, d time.Duration) (context.Context, context.
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, d)
+}
+
+// ErrUnprotected is returned by StartEmbedded for a non-loopback listen
+// address with no authorization: anyone who can reach the port could read
+// every token, forge one, or stop refreshing.
+var ErrUnprotected = errors.New(`the embedded NATS server would listen beyond loopback with no authorization, so anyone who can reach it could read and forge tokens: ` +
+	`set nats.embedded.config to a nats-server configuration file with an authorization or accounts block (see deploy/nats/auth.conf and docs/security.md), ` +
+	`or listen on 127.0.0.1, or set nats.embedded.insecure: true to accept the risk`)
+
+// serverOptions reads a nats-server configuration file (none: defaults).
+// Its authorization, accounts, nkeys, operator/resolver, tls, JetStream
+// encryption (cipher, key) and limits apply; the client listen address and
+// the JetStream store directory are the tokenbus configuration's, and a
+// file that sets them is refused rather than silently overridden.
+func serverOptions(file string) (*server.Options, error) {
+	if file == "" {
+		return &server.Options{}, nil
+	}
+	opts, err := server.ProcessConfigFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("natsx: nats.embedded.config: %w", err)
+	}
+	var conflicts []string
+	if opts.Host != "" || opts.Port != 0 {
+		conflicts = append(conflicts, "listen/host/port (use nats.embedded.listen)")
+	}
+	if opts.StoreDir != "" {
+		conflicts = append(conflicts, "jetstream store_dir (use nats.embedded.store_dir)")
+	}
+	if len(conflicts) > 0 {
+		return nil, fmt.Errorf("natsx: nats.embedded.config %s sets %s, which the tokenbus configuration owns", file, strings.Join(conflicts, " and "))
+	}
+	return opts, nil
+}
+
+// authorizes reports whether opts turn away anonymous clients.
+func authorizes(o *server.Options) bool {
+	return len(o.Users) > 0 || len(o.Nkeys) > 0 || o.Authorization != "" || o.Username != "" ||
+		len(o.TrustedOperators) > 0 || len(o.TrustedKeys) > 0 || o.AuthCallout != nil
+}
+
+// isLoopback reports whether host (from a listen address) only accepts
+// connections from this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -12,6 +12,19 @@
 //	watch [provider]      print each token as it is published (Ctrl-C stops)
 //	refresh <provider>    report the current token (or --token T) rejected; print the new one
 //	status                every replica's view: leader, providers, expiry, last error
+//	permissions <role> [provider…]
+//	                      print the nats-server permissions of a role: reader (of the
+//	                      providers named), admin or observer (SPEC §10); --user names the user
+//	providers put <name> --kind K [fields]   add or replace a runtime provider (SPEC §8)
+//	providers put -       add or replace every JSON provider read from stdin
+//	providers list        every provider, config-file and runtime, by name
+//	providers delete <name>                  remove a runtime provider
+//
+// Secrets never come from the command line (ps shows it): providers put
+// reads the provider's secret from $TOKENBUS_CONSUMER_SECRET (daraja),
+// $TOKENBUS_PASSWORD (mpay) or $TOKENBUS_CLIENT_SECRET (oauth2, airtel), or
+// with --secret-stdin from the first line of stdin; "providers put -" reads
+// whole JSON providers, secrets included, from stdin.
 //
 // Output is for people by default; --json prints JSON (one object per line
 // for watch). Flags may come before or after the command. The exit status is
@@ -26,6 +39,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -63,6 +77,15 @@ commands:
   watch [provider]      print each token as it is published (Ctrl-C stops)
   refresh <provider>    report the current token (or --token T) as rejected; print the new one
   status                every refresher replica's view: leader, providers, expiry, last error
+  permissions <role> [provider...]
+                        print a nats-server user block with the permissions of a role:
+                        reader (of the providers named), admin or observer; --user names the user
+  providers put <name> --kind K [--base-url U --consumer-key K | --username U | --token-url U --client-id C | ...]
+                        add or replace a runtime provider; its secret from $TOKENBUS_CONSUMER_SECRET,
+                        $TOKENBUS_PASSWORD or $TOKENBUS_CLIENT_SECRET, or --secret-stdin (never an argument)
+  providers put -       add or replace every JSON provider read from stdin
+  providers list        every provider by name (--after, --limit, --all)
+  providers delete <name>  remove a runtime provider
 
 flags (before or after the command):
 `
@@ -71,12 +94,15 @@ flags (before or after the command):
 type config struct {
 	server  string
 	creds   string
+	user    string
+	inbox   string
 	bucket  string
 	json    bool
 	timeout time.Duration
 	wait    time.Duration
 	token   string
 	count   int
+	prov    providerFlags
 }
 
 func defaultServer() string {
@@ -97,12 +123,29 @@ func parse(args []string, stderr io.Writer) (config, []string, error) {
 	}
 	fs.StringVar(&cfg.server, "server", defaultServer(), "NATS server URL(s), comma-separated ($NATS_URL)")
 	fs.StringVar(&cfg.creds, "creds", "", "NATS credentials (.creds) file")
+	fs.StringVar(&cfg.user, "user", "", "NATS user name; the password is read from $NATS_PASSWORD (never a flag: flags show in ps)")
+	fs.StringVar(&cfg.inbox, "inbox-prefix", "", "private inbox prefix (default _INBOX_<user> with --user)")
 	fs.StringVar(&cfg.bucket, "bucket", wire.DefaultBucket, "KV bucket the refresher publishes to (watch)")
 	fs.BoolVar(&cfg.json, "json", false, "print JSON instead of text")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "how long a request may take")
 	fs.DurationVar(&cfg.wait, "wait", 300*time.Millisecond, "status: how long to gather replies from replicas")
 	fs.StringVar(&cfg.token, "token", "", "refresh: the rejected access token (default: the current one)")
 	fs.IntVar(&cfg.count, "count", 0, "watch: exit after this many tokens (0: run until interrupted)")
+	fs.StringVar(&cfg.prov.kind, "kind", "", "providers put: daraja, mpay, oauth2 or airtel")
+	fs.StringVar(&cfg.prov.baseURL, "base-url", "", "providers put: base_url (daraja, mpay, airtel)")
+	fs.StringVar(&cfg.prov.consumerKey, "consumer-key", "", "providers put: consumer_key (daraja)")
+	fs.StringVar(&cfg.prov.username, "username", "", "providers put: username (mpay)")
+	fs.StringVar(&cfg.prov.tokenURL, "token-url", "", "providers put: token_url (oauth2)")
+	fs.StringVar(&cfg.prov.clientID, "client-id", "", "providers put: client_id (oauth2, airtel)")
+	fs.StringVar(&cfg.prov.authStyle, "auth-style", "", "providers put: auth_style, header or params (oauth2)")
+	fs.StringVar(&cfg.prov.scopes, "scopes", "", "providers put: comma-separated scopes (oauth2)")
+	fs.IntVar(&cfg.prov.pool, "pool", 0, "providers put: single-use tokens kept ready (mpay)")
+	fs.StringVar(&cfg.prov.refreshBefore, "refresh-before", "", "providers put: refresh_before, e.g. 5m")
+	fs.StringVar(&cfg.prov.timeout, "request-timeout", "", "providers put: the provider's timeout, e.g. 10s")
+	fs.BoolVar(&cfg.prov.secretStdin, "secret-stdin", false, "providers put: read the secret from the first line of stdin")
+	fs.StringVar(&cfg.prov.after, "after", "", "providers list: start after this name")
+	fs.IntVar(&cfg.prov.limit, "limit", 0, "providers list: page size (default and at most 1000)")
+	fs.BoolVar(&cfg.prov.all, "all", false, "providers list: every page")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -155,6 +198,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := need(0, ""); err != nil {
 			return err
 		}
+	case "providers":
+		switch {
+		case len(rest) == 1 && rest[0] == "list":
+		case len(rest) == 2 && (rest[0] == "put" || rest[0] == "delete"):
+		default:
+			fmt.Fprintf(stderr, "usage: tokenctl providers put <name>|-  ·  providers list  ·  providers delete <name>\n")
+			return errUsage
+		}
+	case "permissions":
+		return permissions(cfg, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "tokenctl: unknown command %q\n%s", cmd, usage)
 		return errUsage
@@ -163,6 +216,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	opts := []nats.Option{nats.Name("tokenctl"), nats.Timeout(cfg.timeout)}
 	if cfg.creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.creds))
+	}
+	if cfg.user != "" {
+		opts = append(opts, nats.UserInfo(cfg.user, os.Getenv("NATS_PASSWORD")))
+		if cfg.inbox == "" {
+			cfg.inbox = wire.InboxPrefix(cfg.user)
+		}
+	}
+	if cfg.inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.inbox))
 	}
 	if cmd == "watch" {
 		opts = append(opts, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
@@ -181,6 +243,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return refresh(ctx, nc, cfg, rest[0], out)
 	case "status":
 		return status(ctx, nc, cfg, out)
+	case "providers":
+		return providers(ctx, nc, cfg, rest, out)
 	default:
 		provider := ""
 		if len(rest) == 1 {
@@ -278,4 +342,53 @@ func watch(ctx context.Context, nc *nats.Conn, cfg config, provider string, out 
 		}
 	}
 	return nil
+}
+
+// permissions prints a nats-server user block for a role (SPEC §10). The
+// password is a reference to an environment variable of the server's, so
+// that no secret is printed.
+func permissions(cfg config, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: tokenctl permissions reader|admin|observer [provider...] --user NAME")
+		return errUsage
+	}
+	user := cfg.user
+	if user == "" {
+		fmt.Fprintln(stderr, "tokenctl: permissions: --user names the NATS user the block is for")
+		return errUsage
+	}
+	role, providers := args[0], args[1:]
+	var p wire.Permissions
+	switch role {
+	case "reader":
+		if len(providers) == 0 {
+			fmt.Fprintln(stderr, "tokenctl: permissions reader: name the providers the reader may use")
+			return errUsage
+		}
+		for _, name := range providers {
+			if !wire.ValidName(name) {
+				fmt.Fprintf(stderr, "tokenctl: permissions reader: %q is not a provider name ([a-z0-9][a-z0-9-]*)\n", name)
+				return errUsage
+			}
+		}
+		p = wire.ReaderPermissions(user, providers...)
+	case "admin", "observer":
+		if len(providers) > 0 {
+			fmt.Fprintf(stderr, "tokenctl: permissions %s takes no providers\n", role)
+			return errUsage
+		}
+		p = wire.AdminPermissions(user)
+		if role == "observer" {
+			p = wire.ObserverPermissions(user)
+		}
+	default:
+		fmt.Fprintf(stderr, "tokenctl: permissions: unknown role %q (reader, admin or observer)\n", role)
+		return errUsage
+	}
+	env := strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(user)) + "_PASSWORD"
+	_, err := fmt.Fprintf(stdout, "# tokenbus %s %q: add to the users list of an authorization or accounts block.\n"+
+		"# It connects with user %q and inbox prefix %q (nats.CustomInboxPrefix).\n"+
+		"{ user: %q, password: $%s, permissions: %s }\n",
+		role, user, user, wire.InboxPrefix(user), user, env, strings.ReplaceAll(p.Conf(), "\n", "\n  "))
+	return err
 }

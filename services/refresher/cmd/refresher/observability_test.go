@@ -71,40 +71,44 @@ func TestTracesLogsAndMetricsEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
-	// The token is served as soon as the provider answered, before its
-	// publish: wait for the refresh's spans to end.
+	// A token is served as soon as it is published, a moment before the
+	// refresh's spans end (and are exported): wait for the whole chain.
+	var (
+		server, httpSpan     *tracetest.SpanStub
+		attempt, refreshSpan tracetest.SpanStub
+	)
 	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		byID := map[trace.SpanID]tracetest.SpanStub{}
+		server, httpSpan = nil, nil
 		for _, s := range spans.GetSpans() {
-			if s.Name == "tokenbus.refresh" {
-				return nil
+			byID[s.SpanContext.SpanID()] = s
+			switch {
+			case s.Name == "token.get" && s.SpanContext.TraceID() == clientSpan.TraceID():
+				server = &s
+			case strings.HasPrefix(s.Name, "provider GET"):
+				httpSpan = &s
 			}
 		}
-		return errors.New("the refresh span has not ended")
-	})
-	byID := map[trace.SpanID]tracetest.SpanStub{}
-	var server, httpSpan *tracetest.SpanStub
-	for _, s := range spans.GetSpans() {
-		byID[s.SpanContext.SpanID()] = s
-		switch {
-		case s.Name == "token.get" && s.SpanContext.TraceID() == clientSpan.TraceID():
-			server = &s
-		case strings.HasPrefix(s.Name, "provider GET"):
-			httpSpan = &s
+		if server == nil || httpSpan == nil {
+			return fmt.Errorf("spans so far: token.get %v, provider HTTP %v", server != nil, httpSpan != nil)
 		}
-	}
-	if server == nil || server.Parent.SpanID() != clientSpan.SpanID() {
+		var ok bool
+		if attempt, ok = byID[httpSpan.Parent.SpanID()]; !ok {
+			return errors.New("the provider span's parent has not ended yet")
+		}
+		if refreshSpan, ok = byID[attempt.Parent.SpanID()]; !ok {
+			return errors.New("the attempt span's parent has not ended yet")
+		}
+		return nil
+	})
+	if server.Parent.SpanID() != clientSpan.SpanID() {
 		t.Fatalf("token.get did not continue the client's trace: %+v", server)
 	}
 	// refresh → attempt → provider HTTP, one trace.
-	if httpSpan == nil {
-		t.Fatal("no provider HTTP span")
-	}
-	attempt, ok := byID[httpSpan.Parent.SpanID()]
-	if !ok || attempt.Name != "tokenbus.refresh.attempt" {
+	if attempt.Name != "tokenbus.refresh.attempt" {
 		t.Fatalf("provider span's parent: %+v", attempt.Name)
 	}
-	refreshSpan, ok := byID[attempt.Parent.SpanID()]
-	if !ok || refreshSpan.Name != "tokenbus.refresh" || refreshSpan.SpanContext.TraceID() != httpSpan.SpanContext.TraceID() {
+	if refreshSpan.Name != "tokenbus.refresh" || refreshSpan.SpanContext.TraceID() != httpSpan.SpanContext.TraceID() {
 		t.Fatalf("attempt span's parent: %+v", refreshSpan.Name)
 	}
 	if httpSpan.SpanKind != trace.SpanKindClient {

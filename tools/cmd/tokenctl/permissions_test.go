@@ -1,0 +1,92 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// TestPermissionsBlockWorks loads the block `tokenctl permissions` prints
+// into a real nats-server and checks that it lets the reader use its
+// provider's subjects and refuses everything else.
+func TestPermissionsBlockWorks(t *testing.T) {
+	code, out, errOut := tokenctl(t, "permissions", "reader", "daraja-a", "--user", "svc-a")
+	if code != 0 {
+		t.Fatalf("permissions: %d %s", code, errOut)
+	}
+	if strings.Contains(out, "s3cret") {
+		t.Fatal("printed a password")
+	}
+	t.Setenv("SVC_A_PASSWORD", "svc-a-s3cret-pw")
+	conf := filepath.Join(t.TempDir(), "auth.conf")
+	if err := os.WriteFile(conf, []byte("listen: 127.0.0.1:-1\nauthorization { users: [\n"+out+"\n] }\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("nats-server rejects the printed block: %v\n%s", err, out)
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+
+	denied := make(chan error, 16)
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("svc-a", "svc-a-s3cret-pw"), nats.CustomInboxPrefix("_INBOX_svc-a"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	expectDenied := func(what string) {
+		t.Helper()
+		select {
+		case err := <-denied:
+			if !errors.Is(err, nats.ErrPermissionViolation) {
+				t.Fatalf("%s: %v, want a permissions violation", what, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s was allowed", what)
+		}
+	}
+	// Its own provider: request-reply goes through (no responder here, but no violation).
+	if _, err := nc.Request("token.get.daraja-a", nil, 200*time.Millisecond); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("token.get.daraja-a: %v, want no responders (allowed, nobody answering)", err)
+	}
+	if _, err := nc.SubscribeSync("token.updates.daraja-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-denied:
+		t.Fatalf("its own provider's subjects were refused: %v", err)
+	default:
+	}
+	// Another provider, the bucket, another client's inbox, everything.
+	for _, subj := range []string{"token.get.daraja-b", "token.refresh.daraja-b", "$KV.tokens.daraja-a", "$JS.API.STREAM.INFO.KV_tokens", "tokenbus.providers.put"} {
+		if err := nc.Publish(subj, nil); err != nil {
+			t.Fatal(err)
+		}
+		expectDenied("publish " + subj)
+	}
+	for _, subj := range []string{"token.updates.daraja-b", "token.updates.*", ">", "_INBOX.>", "_INBOX_svc-b.>"} {
+		if _, err := nc.SubscribeSync(subj); err != nil {
+			t.Fatal(err)
+		}
+		expectDenied("subscribe " + subj)
+	}
+}
