@@ -118,7 +118,7 @@ func (m *Manager) Status() wire.ProviderStatus {
 	if e := m.slot.Load(); e != nil {
 		exp, iss := e.Token.ExpiresAt, e.Token.IssuedAt
 		st.ExpiresAt, st.LastRefresh = &exp, &iss
-		if !e.Token.Expired(now) {
+		if servable(e.Token, now) {
 			st.State = wire.StateOK
 		}
 	}
@@ -429,8 +429,8 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 // this manager's token: rev is not newer than its last publish, or tok is
 // the token it holds (published, or issued and about to be).
 func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
-	if rev <= m.published.Load() {
-		return true
+	if rev <= max(m.published.Load(), m.slot.revision()) {
+		return true // not newer than what it holds: old news, not a replacement
 	}
 	e := m.slot.Load()
 	return e != nil && e.Token.AccessToken == tok.AccessToken
@@ -481,8 +481,13 @@ func (m *Manager) Refresh(ctx context.Context, invalid string) ([]byte, error) {
 
 func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 	changed := m.slot.Changed()
-	if !m.stale(invalid) || m.failing() {
+	if !m.stale(invalid) {
 		return m.Current()
+	}
+	if _, err := m.slot.LastError(); err != nil {
+		// Retrying on its own schedule: no extra upstream call, and never
+		// the token the caller was told is rejected.
+		return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
 	}
 	select {
 	case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:

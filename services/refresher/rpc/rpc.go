@@ -216,6 +216,12 @@ func (s *Service) handleGet(req micro.Request) {
 		return
 	}
 	if b, ok := src.(Blocking); ok && b.Blocking() {
+		if req.Reply() == "" {
+			// No one would receive it: a single-use token claimed now
+			// would be lost.
+			s.end(c, wire.CodeBadRequest)
+			return
+		}
 		s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
 		return
 	}

@@ -171,14 +171,18 @@ func TestExpiredTokenIsNeverServed(t *testing.T) {
 	tok := waitToken(t, f)
 	// The provider goes down; the clock passes the expiry.
 	p.setFail(&refresher.ProviderError{Kind: refresher.Transient, StatusCode: 503, Message: "down"})
-	clk.set(tok.ExpiresAt.Add(-time.Millisecond))
+	// It is served until its safety margin before expiry, never within it.
+	margin := refresh.ExpiryMargin(tok.ExpiresAt.Sub(tok.IssuedAt))
+	clk.set(tok.ExpiresAt.Add(-margin - time.Millisecond))
 	if _, code, _ := request(t, f.nc, wire.GetSubject("p1"), nil); code != 0 {
 		t.Fatalf("token still valid, got code %d", code)
 	}
-	clk.set(tok.ExpiresAt)
-	_, code, msg := request(t, f.nc, wire.GetSubject("p1"), nil)
-	if code != 503 {
-		t.Fatalf("expired token: got %d %q, want 503", code, msg)
+	for _, at := range []time.Time{tok.ExpiresAt.Add(-margin), tok.ExpiresAt} {
+		clk.set(at)
+		_, code, msg := request(t, f.nc, wire.GetSubject("p1"), nil)
+		if code != 503 {
+			t.Fatalf("token %v before expiry: got %d %q, want 503", tok.ExpiresAt.Sub(at), code, msg)
+		}
 	}
 }
 

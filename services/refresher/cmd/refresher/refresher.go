@@ -191,7 +191,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Metrics = m.obs.metrics
 	m.leader, err = leader.New(leader.Config{
 		Lease: leader.LeaseConfig{
-			KV: m.store.Lease(), Holder: instance,
+			KV: leader.LeaseBucket(m.store.Lease()), Holder: instance,
 			TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
 			OnChange: func(st leader.State) {
 				m.Metrics.SetLeader(st.Leader)
@@ -371,7 +371,7 @@ func (m *Main) startHTTP(listen string) error {
 }
 
 func (m *Main) banner() {
-	url := m.Config.NATS.URL
+	url := natsx.RedactURL(m.Config.NATS.URL) // never print a user:password
 	if m.ns != nil {
 		url = m.ns.ClientURL()
 	}
