@@ -14,6 +14,9 @@ func (s *Server) registerAdmin() {
 		`admin: set a kind's faults, JSON {"error_rate","latency","outage","malformed"}`, s.adminPutFaults)
 	s.route(http.MethodPost, "/_sim/rotate/{kind}", "admin: invalidate a kind's valid tokens", s.adminRotate)
 	s.route(http.MethodPost, "/_sim/reset", "admin: clear faults, counters and the log", s.adminReset)
+	s.route(http.MethodPut, "/_sim/credentials/{kind}/{id}", `admin: accept credential id with JSON {"secret"}`, s.adminPutCredential)
+	s.route(http.MethodGet, "/_sim/credentials/{kind}/{id}", "admin: one credential's counters", s.adminCredentialStats)
+	s.route(http.MethodGet, "/_sim/inflight", `admin: token requests in flight now and at most, JSON {"in_flight","peak"}`, s.adminInFlight)
 }
 
 // adminError is the admin API's error body.

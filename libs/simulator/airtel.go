@@ -24,14 +24,14 @@ func (s *Server) airtelToken(r *http.Request) reply {
 	if rep, ok := checkGrant(req.GrantType); !ok {
 		return rep
 	}
-	if req.ClientID == "" || !same(req.ClientID, s.cfg.AirtelClientID) || !same(req.ClientSecret, s.cfg.AirtelClientSecret) {
-		return jsonReply(http.StatusUnauthorized, oauth2Error{"invalid_client", "Client authentication failed"})
+	if req.ClientID == "" || !s.accept(Airtel, req.ClientID, req.ClientSecret, s.cfg.AirtelClientID, s.cfg.AirtelClientSecret) {
+		return withCred(jsonReply(http.StatusUnauthorized, oauth2Error{"invalid_client", "Client authentication failed"}), req.ClientID)
 	}
 	secs, life := lifetime(s.cfg.AirtelTTL)
 	token := newToken()
-	return issue(jsonReply(http.StatusOK, struct {
+	return withCred(issue(jsonReply(http.StatusOK, struct {
 		AccessToken string `json:"access_token"`
 		ExpiresIn   string `json:"expires_in"`
 		TokenType   string `json:"token_type"`
-	}{token, strconv.FormatInt(secs, 10), "bearer"}), token, life)
+	}{token, strconv.FormatInt(secs, 10), "bearer"}), token, life), req.ClientID)
 }

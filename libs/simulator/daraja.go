@@ -32,8 +32,8 @@ func (s *Server) darajaToken(r *http.Request) reply {
 	if !ok {
 		return darajaFailure(http.StatusBadRequest, "400.008.01", "Invalid Authentication passed")
 	}
-	if !same(key, s.cfg.DarajaKey) || !same(secret, s.cfg.DarajaSecret) {
-		return newReply(http.StatusBadRequest, "", nil) // Daraja's answer to bad credentials: no body at all
+	if !s.accept(Daraja, key, secret, s.cfg.DarajaKey, s.cfg.DarajaSecret) {
+		return withCred(newReply(http.StatusBadRequest, "", nil), key) // Daraja's answer to bad credentials: no body at all
 	}
 	secs, life := lifetime(s.cfg.DarajaTTL)
 	var expiresIn any = strconv.FormatInt(secs, 10)
@@ -41,10 +41,10 @@ func (s *Server) darajaToken(r *http.Request) reply {
 		expiresIn = secs
 	}
 	token := newToken()
-	return issue(jsonReply(http.StatusOK, struct {
+	return withCred(issue(jsonReply(http.StatusOK, struct {
 		AccessToken string `json:"access_token"`
 		ExpiresIn   any    `json:"expires_in"`
-	}{token, expiresIn}), token, life)
+	}{token, expiresIn}), token, life), key)
 }
 
 func (s *Server) darajaProtected(w http.ResponseWriter, r *http.Request) {

@@ -32,4 +32,15 @@
 //	PUT  /_sim/faults/{kind}    replace them (a JSON [Faults])
 //	POST /_sim/rotate/{kind}    invalidate every valid token of a kind
 //	POST /_sim/reset            clear faults, counters and the log
+//	PUT  /_sim/credentials/{kind}/{id}  accept a credential, JSON {"secret"}
+//	GET  /_sim/credentials/{kind}/{id}  one credential's counters
+//	GET  /_sim/inflight         token requests in flight now, and the peak
+//
+// Many credentials: besides the configured credential of each kind, a
+// Server accepts credentials registered with AddCredential (or the admin
+// API) and, by rule, any credential id starting with Config.ManyPrefix
+// ("merchant-" by default) whose secret is DerivedSecret(id)
+// ("sim-secret-<id>"). Each credential has its own counters and, for
+// Daraja, its own one valid token; InFlight counts token requests being
+// answered across all of them, so a test can check a bound on concurrency.
 package simulator

@@ -23,11 +23,11 @@ func (s *Server) mpayToken(r *http.Request) reply {
 		Password string `json:"password"`
 	}
 	if err := decodeJSON(r, &creds); err != nil || creds.Username == "" || creds.Password == "" ||
-		!same(creds.Username, s.cfg.MPayUsername) || !same(creds.Password, s.cfg.MPayPassword) {
-		return jsonReply(http.StatusBadRequest, mpayAuth{Description: "Bad request"})
+		!s.accept(MPay, creds.Username, creds.Password, s.cfg.MPayUsername, s.cfg.MPayPassword) {
+		return withCred(jsonReply(http.StatusBadRequest, mpayAuth{Description: "Bad request"}), creds.Username)
 	}
 	token := newUUID()
-	return issue(jsonReply(http.StatusOK, mpayAuth{Status: 1, Description: "Success", Token: token}), token, s.cfg.MPayTTL)
+	return withCred(issue(jsonReply(http.StatusOK, mpayAuth{Status: 1, Description: "Success", Token: token}), token, s.cfg.MPayTTL), creds.Username)
 }
 
 type mpayStatus struct {

@@ -52,14 +52,14 @@ func (s *Server) oauth2Token(r *http.Request) reply {
 		rep.header.Set("WWW-Authenticate", `Basic realm="simulator"`)
 		return rep
 	}
-	if !same(id, s.cfg.OAuth2ClientID) || !same(secret, s.cfg.OAuth2ClientSecret) {
-		return jsonReply(http.StatusInternalServerError, oauth2Error{Error: "login_failed"}) // as MTN MoMo answers
+	if !s.accept(OAuth2, id, secret, s.cfg.OAuth2ClientID, s.cfg.OAuth2ClientSecret) {
+		return withCred(jsonReply(http.StatusInternalServerError, oauth2Error{Error: "login_failed"}), id) // as MTN MoMo answers
 	}
 	secs, life := lifetime(s.cfg.OAuth2TTL)
 	token := newToken()
-	return issue(jsonReply(http.StatusOK, oauth2Token{
+	return withCred(issue(jsonReply(http.StatusOK, oauth2Token{
 		AccessToken: token, TokenType: s.cfg.OAuth2TokenType, ExpiresIn: secs, Scope: r.PostForm.Get("scope"),
-	}), token, life)
+	}), token, life), id)
 }
 
 // checkGrant answers a grant type other than client_credentials.

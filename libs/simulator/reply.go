@@ -24,6 +24,7 @@ type reply struct {
 	body   []byte
 	token  string        // the token this reply issues, "" if none
 	ttl    time.Duration // the issued token's lifetime
+	cred   string        // the credential id asked with, "" if none was given
 }
 
 func (rep reply) write(w http.ResponseWriter) {
@@ -62,6 +63,10 @@ func issue(rep reply, token string, ttl time.Duration) reply {
 // injects k's faults, lets h answer, then records and writes the answer.
 func (s *Server) tokenEndpoint(k Kind, method string, h func(*http.Request) reply) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if n := s.inFlight.Add(1); n > s.peak.Load() {
+			s.raisePeak(n)
+		}
+		defer s.inFlight.Add(-1)
 		rep := s.answerToken(k, method, h, r)
 		if rep.status == http.StatusOK {
 			rep.header.Set("Cache-Control", "no-store")

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -88,6 +89,12 @@ type Config struct {
 	// LogLimit is how many of the most recent token requests Log keeps
 	// (default 100000).
 	LogLimit int
+
+	// ManyPrefix is the rule for many credentials (see AddCredential for the
+	// other way): any Daraja consumer key, mPay username or OAuth2/Airtel
+	// client ID that starts with it is accepted with the secret
+	// DerivedSecret(id). Default "merchant-"; "-" turns the rule off.
+	ManyPrefix string
 }
 
 func (c Config) withDefaults() Config {
@@ -116,6 +123,10 @@ func (c Config) withDefaults() Config {
 	dur(&c.AirtelTTL, 180*time.Second)
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	str(&c.ManyPrefix, "merchant-")
+	if c.ManyPrefix == "-" {
+		c.ManyPrefix = ""
 	}
 	if c.LogLimit <= 0 {
 		c.LogLimit = 100_000
@@ -168,6 +179,8 @@ type Server struct {
 	mux    *http.ServeMux
 	routes []Route
 
+	inFlight, peak atomic.Int64 // token requests being answered, and the most at once
+
 	mu      sync.Mutex
 	kinds   map[Kind]*kindState
 	log     []Entry // ring of at most cfg.LogLimit entries
@@ -185,7 +198,14 @@ type kindState struct {
 	stats   Stats
 	tokens  map[string]time.Time // valid token → expiry
 	sweepAt int                  // len(tokens) that triggers the next sweep of expired tokens
+
+	creds   map[string]string     // registered credential id → secret (AddCredential)
+	current map[string]string     // credential id → its one valid token (exclusive kinds)
+	byCred  map[string]*credStats // credential id → its counters
 }
+
+// credStats counts one credential's token requests.
+type credStats struct{ requests, issued int64 }
 
 // New returns a Server simulating every Kind with cfg, defaults filled in.
 func New(cfg Config) *Server {
@@ -195,6 +215,9 @@ func New(cfg Config) *Server {
 			exclusive: k == Daraja,
 			singleUse: k == MPay,
 			tokens:    make(map[string]time.Time),
+			creds:     make(map[string]string),
+			current:   make(map[string]string),
+			byCred:    make(map[string]*credStats),
 		}
 	}
 	s.registerDaraja()
@@ -269,7 +292,9 @@ func (s *Server) Reset() {
 	defer s.mu.Unlock()
 	for _, st := range s.kinds {
 		st.faults, st.stats = Faults{}, Stats{}
+		clear(st.byCred)
 	}
+	s.peak.Store(s.inFlight.Load())
 	s.log, s.logNext = nil, 0
 }
 
@@ -282,11 +307,22 @@ func (s *Server) record(k Kind, r *http.Request, rep reply) {
 	defer s.mu.Unlock()
 	st := s.kinds[k]
 	st.stats.TokenRequests++
+	var cs *credStats
+	if rep.cred != "" {
+		if cs = st.byCred[rep.cred]; cs == nil {
+			cs = &credStats{}
+			st.byCred[rep.cred] = cs
+		}
+		cs.requests++
+	}
 	if rep.token == "" {
 		st.stats.TokenErrors++
 	} else {
 		st.stats.TokensIssued++
-		st.add(rep.token, now.Add(rep.ttl), now)
+		if cs != nil {
+			cs.issued++
+		}
+		st.add(rep.cred, rep.token, now.Add(rep.ttl), now)
 	}
 	e := Entry{Time: now, Kind: k, Status: rep.status, UserAgent: r.UserAgent(), Token: rep.token}
 	if len(s.log) < s.cfg.LogLimit {
@@ -316,9 +352,13 @@ func (s *Server) use(k Kind, token string) bool {
 	return ok
 }
 
-func (st *kindState) add(token string, expiry, now time.Time) {
+func (st *kindState) add(cred, token string, expiry, now time.Time) {
 	if st.exclusive {
-		clear(st.tokens)
+		// One valid token per credential: a new one kills the previous.
+		if old, ok := st.current[cred]; ok {
+			delete(st.tokens, old)
+		}
+		st.current[cred] = token
 	}
 	if len(st.tokens) >= st.sweepAt {
 		for t, exp := range st.tokens {

@@ -116,11 +116,11 @@ func TestParseKind(t *testing.T) {
 func TestRoutes(t *testing.T) {
 	h := newHarness(t, Config{})
 	routes := h.Routes()
-	if len(routes) != 15 {
+	if len(routes) != 18 {
 		t.Errorf("%d routes", len(routes))
 	}
 	for _, r := range routes {
-		path := strings.ReplaceAll(r.Path, "{kind}", "mpay")
+		path := strings.ReplaceAll(strings.ReplaceAll(r.Path, "{kind}", "mpay"), "{id}", "x")
 		resp := h.do(t, request{method: r.Method, path: path})
 		if resp.status == http.StatusNotFound || resp.status == http.StatusMethodNotAllowed || r.Doc == "" {
 			t.Errorf("%s %s: status %d, doc %q", r.Method, path, resp.status, r.Doc)

@@ -17,6 +17,12 @@ var (
 	ErrNoToken = errors.New("refresher: no valid token available")
 	// ErrBadRequest is returned for a request that cannot be understood.
 	ErrBadRequest = errors.New("refresher: bad request")
+	// ErrConflict is returned for a runtime provider put whose name belongs
+	// to a config-file provider (409).
+	ErrConflict = errors.New("refresher: conflict")
+	// ErrRuntimeOff is returned by the runtime provider endpoints when no
+	// sealing key is configured (503).
+	ErrRuntimeOff = errors.New("refresher: runtime providers are off")
 )
 
 // Kind says what to do about a failed token request.

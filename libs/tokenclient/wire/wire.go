@@ -6,6 +6,7 @@ package wire
 
 import (
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -106,6 +107,8 @@ const (
 	CodeProviderFailed = 502
 	// CodeUnavailable: no valid token is available yet, or any more.
 	CodeUnavailable = 503
+	// CodeConflict: a runtime provider put names a config-file provider (SPEC §8).
+	CodeConflict = 409
 )
 
 // Header names of the NATS micro error convention.
@@ -142,9 +145,142 @@ type Status struct {
 	LeaderInstance string `json:"leader_instance,omitempty"`
 	// Term is the lease term this replica last saw.
 	Term uint64 `json:"term,omitempty"`
-	// Providers lists every configured provider, in configuration order.
+	// Summary counts every provider this replica serves, by state; it is
+	// always present, whatever the filter or page.
+	Summary *StatusSummary `json:"summary,omitempty"`
+	// Providers lists the providers of the requested page: config-file
+	// providers in configuration order, then runtime providers by name. With
+	// no request, the first page (at most StatusPageMax).
 	Providers []ProviderStatus `json:"providers"`
+	// Next, when not empty, is the "after" of the next page.
+	Next string `json:"next,omitempty"`
 }
+
+// StatusSummary counts providers by state.
+type StatusSummary struct {
+	// Total is the number of providers the replica serves.
+	Total int `json:"total"`
+	// States counts them by ProviderStatus.State.
+	States map[string]int `json:"states"`
+}
+
+// StatusRequest is the optional body of a token.status request: a filter
+// and a page. The zero value asks for the first page of every provider.
+type StatusRequest struct {
+	// Provider, if set, asks for that one provider only.
+	Provider string `json:"provider,omitempty"`
+	// State, if set, keeps the providers in that state (e.g. "failing").
+	State string `json:"state,omitempty"`
+	// Search, if set, keeps the providers whose name contains it.
+	Search string `json:"search,omitempty"`
+	// After is the Next of the previous page.
+	After string `json:"after,omitempty"`
+	// Limit is the page size: default and maximum StatusPageMax.
+	Limit int `json:"limit,omitempty"`
+}
+
+// StatusPageMax is the default and largest page of token.status and of
+// tokenbus.providers.list.
+const StatusPageMax = 1000
+
+// Page returns st with its summary computed over every provider and its
+// Providers cut to the page q asks for. st.Providers must be in the order
+// pages follow (config-file providers, then runtime ones by name); Page
+// finds After by name, so a page boundary survives a provider's removal
+// only if it is a runtime one (an absent After starts from the beginning).
+func (st Status) Page(q StatusRequest) Status {
+	sum := &StatusSummary{Total: len(st.Providers), States: map[string]int{}}
+	for _, p := range st.Providers {
+		sum.States[p.State]++
+	}
+	all := st.Providers
+	st.Summary, st.Providers, st.Next = sum, nil, ""
+	limit := q.Limit
+	if limit <= 0 || limit > StatusPageMax {
+		limit = StatusPageMax
+	}
+	start := 0
+	if q.After != "" {
+		for i, p := range all {
+			if p.Name == q.After {
+				start = i + 1
+				break
+			}
+		}
+	}
+	st.Providers = []ProviderStatus{}
+	for i := start; i < len(all); i++ {
+		p := all[i]
+		if q.Provider != "" && p.Name != q.Provider || q.State != "" && p.State != q.State || q.Search != "" && !strings.Contains(p.Name, q.Search) {
+			continue
+		}
+		if len(st.Providers) == limit {
+			st.Next = st.Providers[limit-1].Name
+			break
+		}
+		st.Providers = append(st.Providers, p)
+	}
+	return st
+}
+
+// Runtime providers (SPEC §8): subjects of the endpoints that add, replace,
+// remove and list them.
+const (
+	ProvidersPutSubject    = "tokenbus.providers.put"
+	ProvidersDeleteSubject = "tokenbus.providers.delete"
+	ProvidersListSubject   = "tokenbus.providers.list"
+)
+
+// ProviderPutReply answers tokenbus.providers.put once the provider is
+// stored durably.
+type ProviderPutReply struct {
+	Name     string `json:"name"`
+	Kind     string `json:"kind"`
+	Revision uint64 `json:"revision"`
+}
+
+// ProviderDeleteRequest is the body of tokenbus.providers.delete.
+type ProviderDeleteRequest struct {
+	Name string `json:"name"`
+}
+
+// ProviderDeleteReply answers tokenbus.providers.delete.
+type ProviderDeleteReply struct {
+	Name    string `json:"name"`
+	Deleted bool   `json:"deleted"`
+}
+
+// ProviderListRequest is the optional body of tokenbus.providers.list.
+type ProviderListRequest struct {
+	// After is the Next of the previous page.
+	After string `json:"after,omitempty"`
+	// Limit is the page size: default and maximum StatusPageMax.
+	Limit int `json:"limit,omitempty"`
+}
+
+// ProviderListReply answers tokenbus.providers.list: providers sorted by
+// name, no secret and no token.
+type ProviderListReply struct {
+	Providers []ProviderInfo `json:"providers"`
+	// Next is the After of the next page, empty on the last.
+	Next string `json:"next"`
+}
+
+// ProviderInfo is one provider in a ProviderListReply.
+type ProviderInfo struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+	// Source is SourceConfig or SourceRuntime.
+	Source string `json:"source"`
+	// State is the provider's state as in ProviderStatus.
+	State string `json:"state"`
+}
+
+// Provider sources in ProviderInfo.Source.
+const (
+	SourceConfig  = "config"
+	SourceRuntime = "runtime"
+)
 
 // Provider states reported in ProviderStatus.State.
 const (

@@ -80,6 +80,7 @@ func startAuthReplica(t *testing.T, i int, urls, simURL string) *replica {
 	body := fmt.Sprintf(`nats: {url: %q, replicas: 3, user: tokenbus-refresher, password: "${TOKENBUS_REFRESHER_PASSWORD}"}
 lease: {ttl: %s, retry_period: 200ms}
 http: {listen: "127.0.0.1:0"}
+credentials: {keys: [{id: k1, key: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}]}
 providers:
   - {name: daraja-sandbox, kind: daraja, base_url: %q, consumer_key: sim-consumer-key, consumer_secret: sim-consumer-secret, refresh_before: 8s}
   - {name: airtel-other, kind: airtel, base_url: %q, client_id: sim-airtel-id, client_secret: sim-airtel-secret}
@@ -285,6 +286,42 @@ func TestLeastPrivilege(t *testing.T) {
 	if e, err := kv.Get(t.Context(), "airtel-other"); err == nil && e.Value() != nil && !strings.Contains(string(e.Value()), `"provider":"airtel-other"`) {
 		t.Fatalf("a reply was written into the bucket: %s", e.Value())
 	}
+
+	// The admin role onboards a merchant (the refresher role covers the
+	// credential bucket); the admin cannot read the token it made, nor can the
+	// reader of another provider.
+	ad := make(chan error, 4)
+	onboard := roleConn(t, urls, "onboarding", "TOKENBUS_ADMIN_PASSWORD", "_INBOX_onboarding", ad)
+	put := `{"name":"merchant-0001","kind":"daraja","base_url":"` + hs.URL + `","consumer_key":"merchant-0001","consumer_secret":"` + simulator.DerivedSecret("merchant-0001") + `"}`
+	msg, err = onboard.Request(wire.ProvidersPutSubject, []byte(put), 10*time.Second)
+	if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "" {
+		t.Fatalf("providers.put as the admin: %v %v", err, msg)
+	}
+	testutil.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		msg, err := onboard.Request(wire.ProvidersListSubject, nil, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(msg.Data), `"merchant-0001"`) || !strings.Contains(string(msg.Data), `"runtime"`) {
+			return fmt.Errorf("list: %s", msg.Data)
+		}
+		return nil
+	})
+	if err := onboard.Publish(wire.GetSubject("merchant-0001"), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ad:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the admin could ask for a token")
+	}
+	if err := reader.Publish(wire.GetSubject("merchant-0001"), nil); err != nil {
+		t.Fatal(err)
+	}
+	expectDenied("publish token.get.merchant-0001")
 
 	// The observer sees status but no token; the admin reaches the admin API
 	// only.

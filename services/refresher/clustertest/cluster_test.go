@@ -70,7 +70,37 @@ type replica struct {
 	instance string
 }
 
-func startReplica(t *testing.T, i int, urls, simURL string) *replica {
+// darajaApps is how many Daraja providers, each with its own consumer key
+// (its own Daraja app), every replica runs.
+const darajaApps = 8
+
+// addDarajaApps makes sim accept their consumer keys app-<i> (each with its
+// own one valid token) and returns the keys.
+func addDarajaApps(sim *simulator.Server) []string {
+	var keys []string
+	for i := range darajaApps {
+		key := fmt.Sprint("app-", i)
+		sim.AddCredential(simulator.Daraja, key, fmt.Sprint("secret-", i))
+		keys = append(keys, key)
+	}
+	return keys
+}
+
+// darajaProviders returns the names of the Daraja providers and their
+// configuration lines.
+func darajaProviders(simURL, refreshBefore string) ([]string, string) {
+	var names []string
+	var b strings.Builder
+	for i := range darajaApps {
+		name := fmt.Sprint("daraja-", i)
+		names = append(names, name)
+		fmt.Fprintf(&b, "  - {name: %s, kind: daraja, base_url: %q, consumer_key: app-%d, consumer_secret: secret-%d, refresh_before: %s}\n", name, simURL, i, i, refreshBefore)
+	}
+	return names, b.String()
+}
+
+// startReplica runs refresher i with the given providers lines.
+func startReplica(t *testing.T, i int, urls, providers string) *replica {
 	t.Helper()
 	conf := filepath.Join(t.TempDir(), "refresher.yaml")
 	body := fmt.Sprintf(`nats: {url: %q, replicas: 3}
@@ -78,9 +108,7 @@ lease: {ttl: %s, retry_period: 200ms}
 http: {listen: "127.0.0.1:0"}
 log: {level: debug}
 providers:
-  - {name: daraja-test, kind: daraja, base_url: %q, consumer_key: sim-consumer-key, consumer_secret: sim-consumer-secret, refresh_before: 8s}
-  - {name: mpay-test, kind: mpay, base_url: %q, username: sim-user, password: sim-pass, pool: 4}
-`, urls, leaseTTL, simURL, simURL)
+%s`, urls, leaseTTL, providers)
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +166,7 @@ type load struct {
 	done              chan struct{}
 }
 
-func startLoad(t *testing.T, urls string) *load {
+func startLoad(t *testing.T, urls string, providers []string) *load {
 	t.Helper()
 	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
@@ -155,8 +183,9 @@ func startLoad(t *testing.T, urls string) *load {
 			case <-time.After(2 * time.Millisecond):
 			}
 			good, why := false, ""
+			provider := providers[int(l.ok.Load()+l.fail.Load())%len(providers)]
 			for range 10 {
-				msg, err := nc.Request(wire.GetSubject("daraja-test"), nil, 200*time.Millisecond)
+				msg, err := nc.Request(wire.GetSubject(provider), nil, 200*time.Millisecond)
 				if err != nil {
 					why = err.Error()
 					// No responders comes back at once, e.g. from a NATS node
@@ -239,6 +268,7 @@ func (c *claims) finish() { close(c.stop); <-c.done }
 // write is a token or lease write as stored in the KV stream.
 type write struct {
 	subject, writer string
+	token           string // token writes: the access token
 	term            uint64
 	holder          string // lease writes: the holder ("" for a release)
 	at              time.Time
@@ -268,6 +298,10 @@ func recordWrites(t *testing.T, js jetstream.JetStream) func() []write {
 				var rec struct{ Holder string }
 				_ = json.Unmarshal(m.Data(), &rec)
 				w.holder = rec.Holder
+			} else {
+				var tok wire.Token
+				_ = json.Unmarshal(m.Data(), &tok)
+				w.token = tok.AccessToken
 			}
 			mu.Lock()
 			writes = append(writes, w)
@@ -314,8 +348,11 @@ func TestFailover(t *testing.T) {
 	// and still outlive a failover: refresh_before (8 s) is well above the
 	// takeover time, as it is in production (Daraja: 1 h tokens, 5 min).
 	sim := simulator.New(simulator.Config{DarajaTTL: 10 * time.Second})
+	addDarajaApps(sim)
 	simSrv := httptest.NewServer(sim)
 	defer simSrv.Close()
+	names, providers := darajaProviders(simSrv.URL, "8s")
+	providers += fmt.Sprintf("  - {name: mpay-test, kind: mpay, base_url: %q, username: sim-user, password: sim-pass, pool: 4}\n", simSrv.URL)
 
 	nodes, urls := startCluster(t)
 	var nc *nats.Conn
@@ -332,14 +369,14 @@ func TestFailover(t *testing.T) {
 
 	var reps []*replica
 	for i := range 3 {
-		reps = append(reps, startReplica(t, i, urls, simSrv.URL))
+		reps = append(reps, startReplica(t, i, urls, providers))
 	}
 	started := time.Now()
 	testutil.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		st := statuses(nc)
 		for _, r := range reps {
 			s := st[r.instance]
-			if len(s.Providers) != 2 {
+			if len(s.Providers) != darajaApps+1 {
 				return fmt.Errorf("replica %s not up yet: %+v", r.instance, s)
 			}
 			for _, p := range s.Providers {
@@ -354,7 +391,7 @@ func TestFailover(t *testing.T) {
 	t.Logf("3 replicas serving tokens %v after start", time.Since(started))
 	writes := recordWrites(t, js)
 	recording := time.Now()
-	ld := startLoad(t, urls)
+	ld := startLoad(t, urls, names)
 	cl := startClaims(t, urls)
 
 	// 1. kill -9 the leader: a standby takes over within lease.ttl + 1 s.

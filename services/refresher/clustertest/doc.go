@@ -1,6 +1,9 @@
-// Package clustertest holds the refresher's failover tests with real
+// Package clustertest holds the refresher's cluster tests with real
 // processes: a three-node nats-server cluster on loopback and three refresher
-// replicas, built from source by the test setup, under kill -9, SIGSTOP and
-// SIGCONT, a NATS node restart and a KV stream leader step-down. It has no
+// replicas with eight Daraja providers each, built from source by the test
+// setup. TestFailover runs them under kill -9, SIGSTOP and SIGCONT, a NATS
+// node restart and a KV stream leader step-down; TestSteadyManyProviders runs
+// them with no failure (30 s, or 60 s with TOKENBUS_CLUSTER_LONG=1);
+// TestFencedWritesOnR3 shows why token writes are serialised. It has no
 // non-test code.
 package clustertest

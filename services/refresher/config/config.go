@@ -49,8 +49,33 @@ type Config struct {
 	HTTP HTTP `yaml:"http"`
 	// Log configures the refresher's log (an extension of SPEC §2).
 	Log Log `yaml:"log"`
-	// Providers lists the token providers; at least one.
+	// Providers lists the token providers; at least one unless runtime
+	// providers are on (credentials.keys).
 	Providers []Provider `yaml:"providers"`
+	// Credentials configures runtime providers (SPEC §8).
+	Credentials Credentials `yaml:"credentials"`
+	// FetchConcurrency bounds the token requests in flight at once, per
+	// refresher; default 16, 1 to 1024 (SPEC §8).
+	FetchConcurrency int `yaml:"fetch_concurrency"`
+}
+
+// Credentials configures the sealed store of runtime providers (SPEC §8).
+type Credentials struct {
+	// Bucket is the KV bucket of runtime providers; default
+	// "tokenbus-credentials". Its replicas are nats.replicas.
+	Bucket string `yaml:"bucket"`
+	// Keys seal and open the secret fields: the first seals, every one opens.
+	// Without keys runtime providers are off.
+	Keys []CredentialKey `yaml:"keys"`
+}
+
+// CredentialKey is one sealing key.
+type CredentialKey struct {
+	// ID is stored with every value the key seals: 1 to 32 letters, digits,
+	// _ or -.
+	ID string `yaml:"id"`
+	// Key is the base64 of 32 random bytes (openssl rand -base64 32).
+	Key refresher.Secret `yaml:"key"`
 }
 
 // NATS says which NATS server to use: an external one at URL, or, when URL is
@@ -258,10 +283,11 @@ func parseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// maxFileSize is the largest configuration file Load reads.
-const maxFileSize = 1 << 20
+// maxFileSize is the largest configuration file Load reads: room for tens of
+// thousands of providers (10,000 take about 1.5 MiB).
+const maxFileSize = 16 << 20
 
-// Load reads the configuration file at path (at most 1 MiB) and parses it as
+// Load reads the configuration file at path (at most 16 MiB) and parses it as
 // Parse does. lookup returns an environment variable's value and whether it
 // is set; os.LookupEnv fits, and nil means no variable is set. Every error
 // names the file.
@@ -276,7 +302,7 @@ func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("config: %s: larger than 1 MiB", path)
+		return nil, fmt.Errorf("config: %s: larger than 16 MiB", path)
 	}
 	return parse(data, lookup, path)
 }
@@ -340,15 +366,21 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.HTTP.Listen, "127.0.0.1:8080")
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "text")
+	setDefault(&c.Credentials.Bucket, "tokenbus-credentials")
+	setDefault(&c.FetchConcurrency, 16)
 	for i := range c.Providers {
-		p := &c.Providers[i]
-		setDefault(&p.Timeout, Duration(10*time.Second))
-		switch p.Kind {
-		case KindMPay:
-			setDefault(&p.Pool, 4)
-		case KindOAuth2:
-			setDefault(&p.AuthStyle, "header")
-		}
+		c.Providers[i].SetDefaults()
+	}
+}
+
+// SetDefaults fills in the default of every unset field of p that has one.
+func (p *Provider) SetDefaults() {
+	setDefault(&p.Timeout, Duration(10*time.Second))
+	switch p.Kind {
+	case KindMPay:
+		setDefault(&p.Pool, 4)
+	case KindOAuth2:
+		setDefault(&p.AuthStyle, "header")
 	}
 }
 
@@ -400,6 +432,9 @@ type problems struct {
 	// fromEnv holds the paths (as in lines) whose value uses ${NAME}: such a
 	// value is never shown, not even a provider name.
 	fromEnv map[string]bool
+	// noLines drops line numbers: a JSON provider (ParseProvider) has none
+	// worth showing, its messages name the field.
+	noLines bool
 }
 
 // pathKey is path without the provider names that itemPath adds, so that a
@@ -407,6 +442,22 @@ type problems struct {
 func pathKey(path string) string { return namePart.ReplaceAllString(path, "") }
 
 var namePart = regexp.MustCompile(` \([^)]*\)`)
+
+// setLine records that line sets path.
+func (ps *problems) setLine(path string, line int) {
+	if ps.lines == nil {
+		ps.lines = map[string]int{}
+	}
+	ps.lines[pathKey(path)] = line
+}
+
+// markFromEnv records that path's value uses ${NAME}.
+func (ps *problems) markFromEnv(path string) {
+	if ps.fromEnv == nil {
+		ps.fromEnv = map[string]bool{}
+	}
+	ps.fromEnv[pathKey(path)] = true
+}
 
 // lineOf returns the line that sets path or, if it is not set there, the
 // nearest enclosing field or list item that is (a missing field is reported
@@ -443,6 +494,9 @@ func (ps *problems) add(line int, path, format string, args ...any) {
 	}
 	if line == 0 {
 		line = ps.lineOf(path)
+	}
+	if ps.noLines {
+		line = 0
 	}
 	var b strings.Builder
 	b.WriteString("config: ")

@@ -80,6 +80,8 @@ func TestLoadSpecExample(t *testing.T) {
 			ClientID: "ai-4Vg7-client-id", ClientSecret: "as-6Jx5-client-secret",
 			Timeout: Duration(10 * time.Second),
 		}},
+		Credentials:      Credentials{Bucket: "tokenbus-credentials"},
+		FetchConcurrency: 16,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %#v\nwant %#v", *c, *want)
@@ -468,12 +470,12 @@ func TestLoad(t *testing.T) {
 	}
 
 	big := write("big.yaml", "providers:"+daraja+strings.Repeat("#", maxFileSize))
-	if _, err := Load(big, lookup); err == nil || err.Error() != "config: "+big+": larger than 1 MiB" {
+	if _, err := Load(big, lookup); err == nil || err.Error() != "config: "+big+": larger than 16 MiB" {
 		t.Errorf("big file: %v", err)
 	}
 	exact := write("exact.yaml", "providers:"+daraja+strings.Repeat("#", maxFileSize-len("providers:"+daraja)))
 	if _, err := Load(exact, lookup); err != nil {
-		t.Errorf("1 MiB file: %v", err)
+		t.Errorf("16 MiB file: %v", err)
 	}
 
 	bad := write("bad.yaml", "providers:"+daraja+"    wat: 1\n")

@@ -19,11 +19,14 @@ import (
 type decoder struct {
 	*problems
 	lookup func(string) (string, bool)
-	visits int // decode calls so far, bounded by maxVisits against alias bombs
+	// literal turns ${NAME} expansion off (a provider put over NATS: a
+	// caller must not be able to read the refresher's environment).
+	literal bool
+	visits  int // decode calls so far, bounded by maxVisits against alias bombs
 }
 
 // maxVisits bounds the nodes decoded, counting each use of an alias afresh:
-// a 1 MiB file has fewer nodes, so only aliases can exceed it.
+// 100,000 providers in a file take about 600,000, so only aliases exceed it.
 const maxVisits = 1 << 20
 
 var durationType = reflect.TypeFor[Duration]()
@@ -87,7 +90,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, e := range n.Content {
 			ep := elemPath(path, i, e)
-			d.lines[pathKey(ep)] = e.Line
+			d.setLine(ep, e.Line)
 			d.decode(e, s.Index(i), ep)
 		}
 		v.Set(s)
@@ -111,7 +114,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 				d.add(k.Line, path, "unknown field %q%s", k.Value, hint)
 				return
 			}
-			d.lines[pathKey(join(path, k.Value))] = k.Line
+			d.setLine(join(path, k.Value), k.Line)
 			keys = append(keys, k)
 			d.decode(val, v.FieldByIndex(f.Index), join(path, k.Value))
 		})
@@ -157,8 +160,11 @@ func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
 		d.add(n.Line, path, "want %s, not %s", want, describe(n))
 		return "", false
 	}
+	if d.literal {
+		return n.Value, true
+	}
 	if strings.Contains(n.Value, "${") {
-		d.fromEnv[pathKey(path)] = true
+		d.markFromEnv(path)
 	}
 	s, errs := expand(n.Value, d.lookup)
 	for _, e := range errs {

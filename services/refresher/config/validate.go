@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/seal"
 )
 
 var bucketRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -62,9 +63,10 @@ func (c *Config) validate(ps *problems) {
 	checkOneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	checkOneOf(ps, "log.format", c.Log.Format, "text", "json")
 
-	if len(c.Providers) == 0 {
-		ps.add(0, "providers", "at least one provider is required")
+	if len(c.Providers) == 0 && len(c.Credentials.Keys) == 0 {
+		ps.add(0, "providers", "at least one provider is required (or credentials.keys, for runtime providers only)")
 	}
+	c.validateCredentials(ps)
 	first := make(map[string]int) // provider name → index of its first use
 	for i := range c.Providers {
 		p := &c.Providers[i]
@@ -78,8 +80,45 @@ func (c *Config) validate(ps *problems) {
 	}
 }
 
+func (c *Config) validateCredentials(ps *problems) {
+	if !bucketRE.MatchString(c.Credentials.Bucket) {
+		ps.add(0, "credentials.bucket", "want a KV bucket name: letters, digits, _ and -")
+	} else if c.Credentials.Bucket == c.Bucket || c.Credentials.Bucket == c.Bucket+"-lease" {
+		ps.add(0, "credentials.bucket", "must differ from bucket and from the lease bucket (bucket-lease)")
+	}
+	ids := make(map[string]int)
+	for i, k := range c.Credentials.Keys {
+		path := itemPath("credentials.keys", i, "")
+		switch {
+		case k.ID == "":
+			ps.add(0, path+".id", "missing or empty")
+		case !validKeyID(k.ID):
+			ps.add(0, path+".id", "want 1 to 32 letters, digits, _ or -")
+		}
+		if k.Key == "" {
+			ps.add(0, path+".key", "missing or empty; want the base64 of 32 random bytes (openssl rand -base64 32)")
+		} else if _, err := seal.ParseKey("k", k.Key.Reveal()); err != nil {
+			ps.add(0, path+".key", "%s", strings.TrimPrefix(err.Error(), "seal: key: "))
+		}
+		if j, dup := ids[k.ID]; dup && k.ID != "" {
+			ps.add(0, path+".id", "duplicate: credentials.keys[%d] has the same id", j)
+		} else if !dup {
+			ids[k.ID] = i
+		}
+	}
+	if c.FetchConcurrency < 1 || c.FetchConcurrency > 1024 {
+		ps.add(0, "fetch_concurrency", "must be from 1 to 1024")
+	}
+}
+
+// validKeyID reports whether id is a valid sealing key id.
+func validKeyID(id string) bool {
+	_, err := seal.ParseKey(id, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+	return err == nil
+}
+
 func (p *Provider) validate(ps *problems, path string) {
-	at := func(field string) string { return path + "." + field }
+	at := func(field string) string { return join(path, field) }
 	required := func(field string, empty bool) {
 		if empty {
 			ps.add(0, at(field), "missing or empty; kind %s needs it", p.Kind)
@@ -257,9 +296,10 @@ func editDistance(a, b string) int {
 // from an environment variable. Names and kinds are public (a name is a NATS
 // subject token and a KV key), so echoing one written in the file helps and
 // reveals nothing; a value from ${NAME} may be a secret put in the wrong
-// variable, and is never shown.
+// variable, and is never shown; nor is a value of a provider put over NATS
+// (ParseProvider), which arrives together with its secrets.
 func (ps *problems) shown(path, s, suffix string) string {
-	if ps.fromEnv[pathKey(path)] {
+	if ps.fromEnv[pathKey(path)] || ps.noLines {
 		return ""
 	}
 	if len(s) > 64 {

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"io/fs"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -57,6 +58,22 @@ type StatusJSON struct {
 	NotReady string `json:"not_ready,omitempty"`
 }
 
+// DefaultPage is how many providers /status.json lists unless ?limit= says
+// otherwise (at most wire.StatusPageMax): the page stays fast with 10,000.
+const DefaultPage = 100
+
+// statusQuery reads the filter and page of a /status.json request:
+// ?provider=, ?state=, ?search=, ?after= and ?limit=. The reply always
+// carries the summary of every provider by state.
+func statusQuery(r *http.Request) wire.StatusRequest {
+	q := r.URL.Query()
+	limit, err := strconv.Atoi(q.Get("limit"))
+	if err != nil || limit <= 0 {
+		limit = DefaultPage
+	}
+	return wire.StatusRequest{Provider: q.Get("provider"), State: q.Get("state"), Search: q.Get("search"), After: q.Get("after"), Limit: limit}
+}
+
 // Handler returns the mux with /healthz and /readyz only.
 func Handler(ready Checker) *http.ServeMux { return New(Config{Ready: ready}) }
 
@@ -87,7 +104,7 @@ func New(cfg Config) *http.ServeMux {
 	}
 	if cfg.Status != nil {
 		mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
-			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status(), History: []Attempt{}, Ready: true}
+			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status().Page(statusQuery(r)), History: []Attempt{}, Ready: true}
 			if cfg.History != nil {
 				if h := cfg.History.Recent(); h != nil {
 					body.History = h

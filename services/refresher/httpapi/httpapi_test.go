@@ -152,3 +152,44 @@ func TestHistoryStartsEmpty(t *testing.T) {
 		t.Fatal(len(r))
 	}
 }
+
+// status.json summarises every provider and pages, searches and filters
+// them, so the page stays fast with thousands.
+func TestStatusJSONPagesAndFilters(t *testing.T) {
+	var all []wire.ProviderStatus
+	for i := range 250 {
+		state := wire.StateOK
+		if i%50 == 7 {
+			state = wire.StateFailing
+		}
+		all = append(all, wire.ProviderStatus{Name: fmt.Sprintf("m-%04d", i), Kind: "daraja", State: state})
+	}
+	srv := httptest.NewServer(httpapi.New(httpapi.Config{Ready: httpapi.CheckFunc(func(context.Context) error { return nil }),
+		Status: func() wire.Status { return wire.Status{Instance: "i", Providers: all} }}))
+	defer srv.Close()
+	read := func(query string) wire.Status {
+		t.Helper()
+		_, body, _ := get(t, srv.URL+"/status.json"+query)
+		var js httpapi.StatusJSON
+		if err := json.Unmarshal([]byte(body), &js); err != nil {
+			t.Fatal(err)
+		}
+		return js.Status
+	}
+	st := read("")
+	if st.Summary.Total != 250 || st.Summary.States["failing"] != 5 || len(st.Providers) != httpapi.DefaultPage || st.Next != "m-0099" {
+		t.Fatalf("first page: %+v, %d providers, next %q", st.Summary, len(st.Providers), st.Next)
+	}
+	if st = read("?after=m-0199"); len(st.Providers) != 50 || st.Next != "" || st.Providers[0].Name != "m-0200" {
+		t.Fatalf("last page: %d providers, next %q", len(st.Providers), st.Next)
+	}
+	if st = read("?state=failing"); len(st.Providers) != 5 || st.Providers[0].Name != "m-0007" {
+		t.Fatalf("failing: %+v", st.Providers)
+	}
+	if st = read("?search=m-012"); len(st.Providers) != 10 {
+		t.Fatalf("search: %d", len(st.Providers))
+	}
+	if st = read("?provider=m-0042"); len(st.Providers) != 1 || st.Summary.Total != 250 {
+		t.Fatalf("one provider: %+v", st)
+	}
+}

@@ -222,6 +222,7 @@ func (l *Leader) lead(ctx context.Context) {
 		l.log.Error("leader: cannot serve forwarded refreshes", slog.String("error", err.Error()))
 	}
 	l.sweep(ctx)
+	l.checkInherited(ctx)
 	<-ctx.Done()
 	if sub != nil {
 		_ = sub.Unsubscribe()
@@ -262,6 +263,43 @@ func (l *Leader) sweep(ctx context.Context) {
 			continue
 		}
 		l.log.Info("deleted the token of a provider no longer configured", slog.String("provider", k))
+	}
+}
+
+// checkInherited looks at the token each keeper inherits from before this
+// term: one that no leader wrote (no writer header: a `nats kv put` while no
+// replica led) is counted and replaced by a fresh token.
+func (l *Leader) checkInherited(ctx context.Context) {
+	stream, err := l.cfg.JetStream.Stream(ctx, "KV_"+l.cfg.Tokens.Bucket())
+	if err != nil {
+		return
+	}
+	l.mu.Lock()
+	keepers := map[string]Refresher{}
+	for name, loop := range l.loops {
+		if r, ok := loop.(Refresher); ok {
+			if _, ok := loop.(Keeper); ok {
+				keepers[name] = r
+			}
+		}
+	}
+	l.mu.Unlock()
+	for name, r := range keepers {
+		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
+		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
+			continue
+		}
+		var tok wire.Token
+		if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
+			continue
+		}
+		l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
+		l.foreign(name)
+		l.wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
+			defer cancel()
+			_, _ = r.Refresh(rctx, tok.AccessToken)
+		})
 	}
 }
 

@@ -16,13 +16,37 @@ import (
 // can never be a provider name.
 const LeaseKey = "_lease"
 
-// KV is what the lease needs of its bucket; jetstream.KeyValue has it.
+// KV is what the lease needs of its bucket. LeaseBucket adapts a
+// jetstream.KeyValue; tests use an in-memory one.
 type KV interface {
 	Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error)
-	Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error)
+	Create(ctx context.Context, key string, value []byte) (uint64, error)
 	Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error)
-	Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error
-	Watch(ctx context.Context, keys string, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error)
+	// Delete deletes key if its last revision is still revision.
+	Delete(ctx context.Context, key string, revision uint64) error
+	// Watch reports changes of key from now on.
+	Watch(ctx context.Context, key string) (jetstream.KeyWatcher, error)
+}
+
+// LeaseBucket adapts a JetStream KV bucket (<bucket>-lease) to KV.
+func LeaseBucket(kv jetstream.KeyValue) KV { return jsKV{kv} }
+
+type jsKV struct{ kv jetstream.KeyValue }
+
+func (b jsKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	return b.kv.Get(ctx, key)
+}
+func (b jsKV) Create(ctx context.Context, key string, value []byte) (uint64, error) {
+	return b.kv.Create(ctx, key, value)
+}
+func (b jsKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	return b.kv.Update(ctx, key, value, rev)
+}
+func (b jsKV) Delete(ctx context.Context, key string, rev uint64) error {
+	return b.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+}
+func (b jsKV) Watch(ctx context.Context, key string) (jetstream.KeyWatcher, error) {
+	return b.kv.Watch(ctx, key, jetstream.UpdatesOnly())
 }
 
 // Clock tells the time; the lease's timing runs on it. Tests inject their own
@@ -265,7 +289,7 @@ func (l *Lease) campaign(ctx context.Context) bool {
 func (l *Lease) watch(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	go func() {
-		w, err := l.cfg.KV.Watch(ctx, LeaseKey, jetstream.UpdatesOnly())
+		w, err := l.cfg.KV.Watch(ctx, LeaseKey)
 		if err != nil {
 			return
 		}
@@ -358,6 +382,13 @@ func (l *Lease) hold(ctx context.Context) {
 			l.mu.Lock()
 			l.rev, l.deadline = newRev, sent.Add(l.cfg.RenewDeadline)
 			l.mu.Unlock()
+		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) && l.ours(ctx, term):
+			// A renewal of ours landed but its reply was lost: carry on from
+			// the revision it wrote (the deadline stays that of the last
+			// renewal confirmed).
+			if l.cfg.OnRenewFailure != nil {
+				l.cfg.OnRenewFailure(err)
+			}
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
 			if l.cfg.OnRenewFailure != nil {
 				l.cfg.OnRenewFailure(err)
@@ -371,6 +402,22 @@ func (l *Lease) hold(ctx context.Context) {
 			l.cfg.Logger.Warn("leader: lease renewal failed; retrying until the deadline", slog.String("error", err.Error()), slog.Duration("left", deadline.Sub(l.clock.Now())))
 		}
 	}
+}
+
+// ours reads the lease record and, if it names this replica in term, takes
+// its revision as our last write.
+func (l *Lease) ours(ctx context.Context, term uint64) bool {
+	e, err := l.get(context.WithoutCancel(ctx))
+	if err != nil {
+		return false
+	}
+	if rec, _ := decode(e); rec.Holder != l.cfg.Holder || recordTerm(rec, e) != term {
+		return false
+	}
+	l.mu.Lock()
+	l.rev = e.Revision()
+	l.mu.Unlock()
+	return true
 }
 
 func (l *Lease) lost(why string) {
@@ -394,11 +441,11 @@ func (l *Lease) release() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := l.cfg.KV.Delete(ctx, LeaseKey, jetstream.LastRevision(rev))
+	err := l.cfg.KV.Delete(ctx, LeaseKey, rev)
 	if err != nil {
 		if e, gerr := l.cfg.KV.Get(ctx, LeaseKey); gerr == nil {
 			if rec, _ := decode(e); rec.Holder == l.cfg.Holder && recordTerm(rec, e) == term {
-				err = l.cfg.KV.Delete(ctx, LeaseKey, jetstream.LastRevision(e.Revision()))
+				err = l.cfg.KV.Delete(ctx, LeaseKey, e.Revision())
 			}
 		}
 	}

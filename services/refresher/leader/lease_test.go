@@ -44,7 +44,7 @@ func setup(t *testing.T) env {
 func newLeader(t *testing.T, e env, holder string) *leader.Leader {
 	t.Helper()
 	l, err := leader.New(leader.Config{
-		Lease:     leader.LeaseConfig{KV: e.st.Lease(), Holder: holder, TTL: ttl, RetryPeriod: 100 * time.Millisecond, AcquireDelay: 10 * time.Millisecond},
+		Lease:     leader.LeaseConfig{KV: leader.LeaseBucket(e.st.Lease()), Holder: holder, TTL: ttl, RetryPeriod: 100 * time.Millisecond, AcquireDelay: 10 * time.Millisecond},
 		JetStream: e.st.JetStream(), Tokens: e.st.KV(), Conn: e.nc,
 	})
 	if err != nil {
@@ -226,9 +226,9 @@ func TestDeposedLeaderStopsAndItsWritesAreFenced(t *testing.T) {
 func TestTimingValidation(t *testing.T) {
 	e := setup(t)
 	for _, c := range []leader.LeaseConfig{
-		{KV: e.st.Lease(), Holder: "x", TTL: time.Second, RenewDeadline: time.Second},
-		{KV: e.st.Lease(), Holder: "x", TTL: time.Second, RenewDeadline: 500 * time.Millisecond, RetryPeriod: 600 * time.Millisecond},
-		{KV: e.st.Lease(), Holder: "x"},
+		{KV: leader.LeaseBucket(e.st.Lease()), Holder: "x", TTL: time.Second, RenewDeadline: time.Second},
+		{KV: leader.LeaseBucket(e.st.Lease()), Holder: "x", TTL: time.Second, RenewDeadline: 500 * time.Millisecond, RetryPeriod: 600 * time.Millisecond},
+		{KV: leader.LeaseBucket(e.st.Lease()), Holder: "x"},
 		{Holder: "x", TTL: time.Second},
 	} {
 		if _, err := leader.NewLease(c); err == nil {
@@ -259,4 +259,8 @@ func TestNoOverlapUnderChurn(t *testing.T) {
 	if overlap.Load() {
 		t.Fatal("leader work overlapped")
 	}
+}
+
+func jsonToken(provider string) ([]byte, error) {
+	return json.Marshal(wire.Token{Provider: provider, AccessToken: "t-" + provider, ExpiresAt: time.Now().Add(time.Hour)})
 }

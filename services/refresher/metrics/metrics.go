@@ -13,6 +13,14 @@
 //	tokenbus_leader                                     1 while this replica holds the lease, else 0
 //	tokenbus_lease_renewal_failures_total               failed lease renewals
 //	tokenbus_foreign_writes_total{provider}             token writes the leader did not make (replaced at once)
+//	tokenbus_providers{state}                           providers served, by state (ok, failing, no_token)
+//
+// Series per provider are bounded (docs/observability.md): the first
+// MaxProviderSeries config-file providers have their own provider label;
+// every other served provider (the rest of a large file, and every runtime
+// provider) is counted under provider="_other", and has no expiry or pool
+// gauge of its own. tokenbus_providers{state} and token.status
+// {"state":"failing"} find the ones in trouble.
 //
 // Recording is cheap on the request path: attribute sets and options are built
 // once per provider, endpoint and code, so a request costs a map lookup and
@@ -64,9 +72,15 @@ const (
 	// so that callers cannot create label values at will. It is not a valid
 	// provider name.
 	UnknownProvider = "_unknown"
+	// OtherProviders labels the providers served past MaxProviderSeries and
+	// every runtime provider. It is not a valid provider name.
+	OtherProviders = "_other"
 	// CodeOK is the code label of a successful request.
 	CodeOK = 200
 )
+
+// MaxProviderSeries is how many providers have series of their own.
+const MaxProviderSeries = 100
 
 // codes are the wire codes a request can end with, in label order.
 var codes = [...]int{CodeOK, wire.CodeBadRequest, wire.CodeUnknownProvider, wire.CodeProviderFailed, wire.CodeUnavailable}
@@ -93,7 +107,11 @@ type Metrics struct {
 
 	providers map[string]*providerOpts
 	unknown   *providerOpts
+	other     *providerOpts
+	known     atomic.Pointer[func(string) bool]
 	noAttrs   metric.AddOption
+	states    atomic.Pointer[func() map[string]int]
+	gStates   metric.Int64ObservableGauge
 
 	mu      sync.Mutex
 	expiry  []expirySource
@@ -147,8 +165,9 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 		mp = noop.NewMeterProvider()
 	}
 	meter := mp.Meter(ScopeName)
-	m := &Metrics{providers: make(map[string]*providerOpts, len(providers)), unknown: newProviderOpts(UnknownProvider)}
-	for _, p := range providers {
+	m := &Metrics{providers: make(map[string]*providerOpts, min(len(providers), MaxProviderSeries)),
+		unknown: newProviderOpts(UnknownProvider), other: newProviderOpts(OtherProviders)}
+	for _, p := range providers[:min(len(providers), MaxProviderSeries)] {
 		m.providers[p] = newProviderOpts(p)
 	}
 	m.noAttrs = metric.WithAttributeSet(*attribute.EmptySet())
@@ -192,10 +211,13 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	m.gPool, e = meter.Int64ObservableGauge("tokenbus.pool.size", metric.WithUnit("{token}"),
 		metric.WithDescription("Single-use tokens ready to hand out, by provider."))
 	mk(e)
+	m.gStates, e = meter.Int64ObservableGauge("tokenbus.providers", metric.WithUnit("{provider}"),
+		metric.WithDescription("Providers served by this replica, by state (ok, failing, no_token)."))
+	mk(e)
 	if err != nil {
 		return nil, err
 	}
-	reg, err := meter.RegisterCallback(m.observe, m.gExpiry, m.gPool)
+	reg, err := meter.RegisterCallback(m.observe, m.gExpiry, m.gPool, m.gStates)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
@@ -218,20 +240,56 @@ func (m *Metrics) observe(_ context.Context, o metric.Observer) error {
 	for _, s := range pools {
 		o.ObserveInt64(m.gPool, int64(s.fn()), s.attrs)
 	}
+	if fn := m.states.Load(); fn != nil {
+		for _, st := range [...]string{wire.StateOK, wire.StateFailing, wire.StateNoToken} {
+			o.ObserveInt64(m.gStates, int64((*fn)()[st]), metric.WithAttributes(keyState.String(st)))
+		}
+	}
 	return nil
 }
+
+// keyState labels tokenbus_providers.
+var keyState = attribute.Key("state")
 
 func (m *Metrics) opts(provider string) *providerOpts {
 	if p, ok := m.providers[provider]; ok {
 		return p
 	}
+	if fn := m.known.Load(); fn != nil && (*fn)(provider) {
+		return m.other
+	}
 	return m.unknown
+}
+
+// SetKnown tells the metrics which provider names are served besides those
+// given to New (runtime providers): they are labelled OtherProviders, and
+// any other name UnknownProvider. known is called on the request path.
+func (m *Metrics) SetKnown(known func(string) bool) {
+	if m == nil {
+		return
+	}
+	m.known.Store(&known)
+}
+
+// RegisterStates reports tokenbus_providers{state} on every collection: fn
+// counts the providers served by state.
+func (m *Metrics) RegisterStates(fn func() map[string]int) {
+	if m == nil {
+		return
+	}
+	m.states.Store(&fn)
+}
+
+// hasSeries reports whether provider has series of its own.
+func (m *Metrics) hasSeries(provider string) bool {
+	_, ok := m.providers[provider]
+	return ok
 }
 
 // TrackExpiry reports provider's token expiry on every collection: fn returns
 // the current token's expiry, or false when there is none.
 func (m *Metrics) TrackExpiry(provider string, fn func() (expiresAt time.Time, ok bool)) {
-	if m == nil {
+	if m == nil || !m.hasSeries(provider) {
 		return
 	}
 	m.mu.Lock()
@@ -242,7 +300,7 @@ func (m *Metrics) TrackExpiry(provider string, fn func() (expiresAt time.Time, o
 // RegisterPool reports provider's single-use pool size on every collection:
 // fn returns the number of tokens ready to hand out.
 func (m *Metrics) RegisterPool(provider string, fn func() int) {
-	if m == nil {
+	if m == nil || !m.hasSeries(provider) {
 		return
 	}
 	m.mu.Lock()

@@ -107,13 +107,16 @@ func (s *Store) Publish(ctx context.Context, tok wire.Token) (uint64, error) {
 
 // Watch keeps fn fed with every token in the bucket, from now on and from
 // the latest value of each key, until ctx ends. Keys that are not provider
-// names (the lease, "_…") are skipped. The watcher is rebuilt whenever its
-// channel closes or the connection reconnects, so the copy is current again
-// soon after a server restart (a stock watcher can sit stale; nats.go #1777).
+// names (the term record, "_…") are skipped. The watcher is rebuilt whenever
+// its channel closes, the connection reconnects, or the bucket turns out to
+// have been deleted and created again (checked every bucketCheck), so the
+// copy is current again soon after a server restart (a stock watcher can sit
+// stale; nats.go #1777) or a recreated bucket.
 func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token, rev uint64)) {
 	reconnected := nc.StatusChanged(nats.CONNECTED) // after the first connect: reconnects
 	defer nc.RemoveStatusListener(reconnected)
 	for ctx.Err() == nil {
+		created := s.created(ctx)
 		w, err := s.kv.WatchAll(ctx)
 		if err != nil {
 			select {
@@ -123,18 +126,41 @@ func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token
 				continue
 			}
 		}
-		s.drain(ctx, w, reconnected, fn)
+		s.drain(ctx, w, reconnected, created, fn)
 		_ = w.Stop()
 	}
 }
 
-func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status, fn func(wire.Token, uint64)) {
+// bucketCheck is how often Watch checks whether the bucket was recreated.
+const bucketCheck = 2 * time.Second
+
+// created returns when the bucket's stream was created (zero if unknown).
+func (s *Store) created(ctx context.Context) time.Time {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return time.Time{}
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		return bs.StreamInfo().Created
+	}
+	return time.Time{}
+}
+
+func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status, created time.Time, fn func(wire.Token, uint64)) {
+	check := time.NewTicker(bucketCheck)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-reconnected:
 			return
+		case <-check.C:
+			if c := s.created(ctx); !c.IsZero() && !c.Equal(created) {
+				return // the bucket was deleted and created again
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return

@@ -247,18 +247,14 @@ func Connect(cfg ConnectConfig) (*nats.Conn, error) {
 		return nil, fmt.Errorf("natsx: connect to the embedded server: %w (if nats.embedded.config sets authorization, the refresher's own user goes in nats.user and nats.password, nats.nkey_seed_file or nats.creds)", err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("natsx: connect %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("natsx: connect %s: %w", RedactURL(url), err)
 	}
 	log.Info("nats connected", slog.String("server", nc.ConnectedUrlRedacted()))
 	return nc, nil
 }
 
-// RedactURL hides any user:password in a comma-separated NATS URL list, for
-// logs and errors.
-func RedactURL(list string) string { return redactURL(list) }
-
-// redactURL hides any user:password in a comma-separated NATS URL list.
-func redactURL(list string) string {
+// RedactURL hides any user:password in a comma-separated NATS URL list.
+func RedactURL(list string) string {
 	parts := strings.Split(list, ",")
 	for i, p := range parts {
 		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {

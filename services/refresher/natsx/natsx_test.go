@@ -15,7 +15,7 @@ import (
 )
 
 func TestRedactURL(t *testing.T) {
-	got := redactURL("nats://alice:hunter2@a:4222,nats://b:4222")
+	got := RedactURL("nats://alice:hunter2@a:4222,nats://b:4222")
 	if strings.Contains(got, "hunter2") || strings.Contains(got, "alice") || !strings.Contains(got, "b:4222") {
 		t.Fatalf("redactURL = %q", got)
 	}

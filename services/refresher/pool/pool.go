@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,6 +47,11 @@ const (
 	// fillerQueue is the queue group of the fillers' demand subscriptions.
 	fillerQueue = "tokenbus-pool"
 )
+
+// DefaultWait is how long a claim waits for a refill by default: shorter
+// than a client's default request timeout (tokenclient.DefaultTimeout, 5 s),
+// so that the client gets the pool's 503 rather than a timeout of its own.
+const DefaultWait = 4 * time.Second
 
 // Errors of the pool.
 var (
@@ -142,7 +148,7 @@ type Config struct {
 	// means a quarter of the token's lifetime (30 s of mPay's 2 minutes).
 	Margin time.Duration
 	// Wait bounds how long a claim waits for a refill while the filler says
-	// one is coming; 5s if zero. When the filler is failing or absent, an
+	// one is coming; DefaultWait if zero. When the filler is failing or absent, an
 	// empty pool answers at once.
 	Wait time.Duration
 	// Logger receives warnings about dropped tokens.
@@ -176,6 +182,10 @@ type Pool struct {
 	// readyGen counts claims and mints: a count taken across one of them is
 	// not shared, as it may predate it.
 	readyGen uint64
+	// counted: ready holds a count (however old); recounting: a background
+	// recount for Status is under way.
+	counted    bool
+	recounting atomic.Bool
 }
 
 // Pool creates or updates the durable consumer of provider cfg.Name and
@@ -185,7 +195,7 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
 	}
 	if cfg.Wait <= 0 {
-		cfg.Wait = 5 * time.Second
+		cfg.Wait = DefaultWait
 	}
 	if cfg.ackWait <= 0 {
 		cfg.ackWait = AckWait
@@ -253,6 +263,25 @@ func (p *Pool) Ready(ctx context.Context) (int, error) {
 	return ready, err
 }
 
+// lastCount returns the last count of ready tokens without waiting on
+// JetStream (token.status answers on the endpoint's goroutine); if it is
+// older than readyMaxAge it starts one recount in the background.
+func (p *Pool) lastCount() (int, bool) {
+	p.mu.Lock()
+	n, counted := p.ready, p.counted
+	stale := p.readyAt.IsZero() || time.Since(p.readyAt) >= readyMaxAge
+	p.mu.Unlock()
+	if stale && p.recounting.CompareAndSwap(false, true) {
+		go func() {
+			defer p.recounting.Store(false)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, _, _ = p.counts(ctx)
+		}()
+	}
+	return n, counted
+}
+
 // forgetReady drops the shared count, so that a change this replica made is
 // seen by its next reader at once (other replicas' at most readyMaxAge late).
 func (p *Pool) forgetReady() {
@@ -276,7 +305,7 @@ func (p *Pool) counts(ctx context.Context) (ready, waiting int, err error) {
 	}
 	p.mu.Lock()
 	if p.readyGen == gen {
-		p.ready, p.readyAt = int(info.NumPending), time.Now()
+		p.ready, p.readyAt, p.counted = int(info.NumPending), time.Now(), true
 	}
 	p.mu.Unlock()
 	return int(info.NumPending), info.NumWaiting, nil
@@ -445,9 +474,7 @@ func (p *Pool) claimed() { _ = p.store.nc.Publish(p.demand, nil) }
 // on the replica that fills it, the last failure and the last token minted.
 func (p *Pool) Status() wire.ProviderStatus {
 	st := wire.ProviderStatus{Name: p.cfg.Name, Kind: p.cfg.Kind, State: wire.StateNoToken}
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	if n, err := p.Ready(ctx); err == nil {
+	if n, ok := p.lastCount(); ok {
 		st.Pool = &n
 		if n > 0 {
 			st.State = wire.StateOK

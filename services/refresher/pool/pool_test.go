@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
+	"github.com/tokenbus/tokenbus/libs/tokenclient"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
@@ -300,19 +301,25 @@ func TestOutageEmptiesThePoolIntoQuick503sThenRefills(t *testing.T) {
 	if slowest > 500*time.Millisecond {
 		t.Fatalf("a 503 took %v", slowest)
 	}
-	st := r.pool.Status()
-	if st.State != wire.StateNoToken || st.Pool == nil || *st.Pool != 0 || !strings.Contains(st.LastError, "HTTP 503") {
-		t.Fatalf("status %+v", st)
-	}
+	// Status reports the last count and recounts in the background.
+	testutil.CheckFor(t, 3*time.Second, 20*time.Millisecond, func() error {
+		if st := r.pool.Status(); st.State != wire.StateNoToken || st.Pool == nil || *st.Pool != 0 || !strings.Contains(st.LastError, "HTTP 503") {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
 	// The provider is back: the pool refills and tokens flow again.
 	e.sim.SetFaults(simulator.MPay, simulator.Faults{})
 	waitReady(t, r.pool, size)
 	if _, msg := get(t, e.nc); msg != "" {
 		t.Fatal(msg)
 	}
-	if st := r.pool.Status(); st.State != wire.StateOK || st.LastError != "" || st.LastRefresh == nil {
-		t.Fatalf("status %+v", st)
-	}
+	testutil.CheckFor(t, 3*time.Second, 20*time.Millisecond, func() error {
+		if st := r.pool.Status(); st.State != wire.StateOK || st.LastError != "" || st.LastRefresh == nil {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
 }
 
 func TestBadCredentialsGive502AtOnce(t *testing.T) {
@@ -451,4 +458,66 @@ func TestReadyReadersShareOneCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	requests(2)
+}
+
+// TestGetWithoutReplySubjectClaimsNothing: a token.get published without a
+// reply subject would lose the single-use token it claimed.
+func TestGetWithoutReplySubjectClaimsNothing(t *testing.T) {
+	e := newEnv(t, 2*time.Minute)
+	filler := e.replica(t, testutil.Connect(t, e.ns), pool.Config{Size: 3}, true, 0, password)
+	waitReady(t, filler.pool, 3)
+	filler.stop()
+	r := e.replica(t, testutil.Connect(t, e.ns), pool.Config{Size: 3}, false, 0, "")
+	nc := testutil.Connect(t, e.ns)
+	for range 3 {
+		if err := nc.Publish(wire.GetSubject("mpay"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a claim would have happened by now
+	if n, err := r.pool.Ready(context.Background()); err != nil || n != 3 {
+		t.Fatalf("ready %d (%v) after gets without a reply subject, want 3", n, err)
+	}
+	if tok, e := get(t, nc); e != "" || tok.AccessToken == "" {
+		t.Fatalf("a get with a reply subject still works: %s", e)
+	}
+}
+
+// TestPoolWaitIsShorterThanTheClientTimeout: a claimer that waits for a
+// refill gets the pool's answer before its own request times out.
+func TestPoolWaitIsShorterThanTheClientTimeout(t *testing.T) {
+	if pool.DefaultWait >= tokenclient.DefaultTimeout {
+		t.Fatalf("pool wait %v, client timeout %v", pool.DefaultWait, tokenclient.DefaultTimeout)
+	}
+}
+
+// TestStatusDoesNotWaitOnJetStream: token.status answers on the endpoint's
+// goroutine, so a pool's status never makes a JetStream request there.
+func TestStatusDoesNotWaitOnJetStream(t *testing.T) {
+	e := newEnv(t, 2*time.Minute)
+	// A connection that waits for the server to come back, as the
+	// refresher's does: a request made now would wait for its timeout.
+	nc, err := nats.Connect(e.ns.ClientURL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	filler := e.replica(t, testutil.Connect(t, e.ns), pool.Config{Size: 2}, true, 0, password)
+	waitReady(t, filler.pool, 2)
+	filler.stop()
+	r := e.replica(t, nc, pool.Config{Size: 2}, false, 0, "")
+	waitReady(t, r.pool, 2)
+	time.Sleep(1100 * time.Millisecond) // the count is stale
+	e.ns.Shutdown()                     // and JetStream unreachable
+	start := time.Now()
+	st := r.pool.Status()
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Fatalf("Status took %v: it waited on JetStream", took)
+	}
+	if st.Pool == nil || *st.Pool < 2 {
+		t.Fatalf("status %+v: want the last count", st)
+	}
 }

@@ -44,11 +44,23 @@ func newSlot() *Slot { return &Slot{changed: make(chan struct{})} }
 // Load returns the current entry, or nil.
 func (s *Slot) Load() *Entry { return s.cur.Load() }
 
-// Valid returns the current entry if it has not expired at now. Otherwise it
-// returns ErrNoToken, or the last failure wrapped in it when it was a
-// permanent provider error, so that the edge can say why.
+// ExpiryMargin is how long before its expiry a token of lifetime life stops
+// being served: a tenth of the lifetime, at most 1 s. The caller still has to
+// use the token, and the provider's clock may run a little ahead of ours
+// (docs/leadership.md states the assumption).
+func ExpiryMargin(life time.Duration) time.Duration { return min(time.Second, life/10) }
+
+// servable reports whether tok may be handed out at now: not within
+// ExpiryMargin of its expiry.
+func servable(tok wire.Token, now time.Time) bool {
+	return !tok.Expired(now.Add(ExpiryMargin(tok.ExpiresAt.Sub(tok.IssuedAt))))
+}
+
+// Valid returns the current entry if it is servable at now (not within
+// ExpiryMargin of its expiry). Otherwise it returns ErrNoToken, or the last
+// failure wrapped in it, so that the edge can say why.
 func (s *Slot) Valid(now time.Time) (*Entry, error) {
-	if e := s.cur.Load(); e != nil && !e.Token.Expired(now) {
+	if e := s.cur.Load(); e != nil && servable(e.Token, now) {
 		return e, nil
 	}
 	return nil, s.noToken()

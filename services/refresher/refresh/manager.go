@@ -65,6 +65,16 @@ type Config struct {
 	// Recorder is told about every upstream attempt (metrics, the status
 	// page's history); nil records nothing.
 	Recorder refresher.Recorder
+	// Admit, if set, bounds the provider calls in flight across managers
+	// (fetch_concurrency): Run calls it before each attempt and waits for
+	// it, and the attempt calls release as soon as its provider call
+	// returns (or at its end if it makes none), so that only the call holds
+	// the slot. It returns an error only when ctx ends.
+	Admit func(ctx context.Context) (release func(), err error)
+	// StaleBefore, if set, marks a token issued before it as fetched with
+	// replaced credentials: Run fetches at once instead of keeping it (a
+	// runtime provider put with new credentials, SPEC §8).
+	StaleBefore time.Time
 }
 
 // Manager keeps one provider's token fresh. Create it with NewManager, run it
@@ -77,6 +87,9 @@ type Manager struct {
 	kick   chan kick
 	repair chan struct{}
 	tr     trace.Tracer
+	// release gives back the fetch slot of the attempt in progress (Admit);
+	// set by Run before each step, used only by Run's own steps.
+	release func()
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
 }
@@ -84,7 +97,7 @@ type Manager struct {
 // NewManager returns a manager for cfg.Provider.
 func NewManager(cfg Config) *Manager {
 	cfg.Backoff = cfg.Backoff.WithDefaults()
-	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 16), repair: make(chan struct{}, 1), tr: cfg.Tracer}
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 4), repair: make(chan struct{}, 1), tr: cfg.Tracer}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -105,7 +118,7 @@ func (m *Manager) Status() wire.ProviderStatus {
 	if e := m.slot.Load(); e != nil {
 		exp, iss := e.Token.ExpiresAt, e.Token.IssuedAt
 		st.ExpiresAt, st.LastRefresh = &exp, &iss
-		if !e.Token.Expired(now) {
+		if servable(e.Token, now) {
 			st.State = wire.StateOK
 		}
 	}
@@ -228,61 +241,107 @@ func (m *Manager) Run(ctx context.Context) error {
 			pending = nil
 		}
 
-		var sctx context.Context
-		if span == nil {
-			// A refresh asked for by token.refresh links to that request's span.
-			sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
-				trace.WithLinks(trace.Link{SpanContext: link}))
-			link = trace.SpanContext{}
-		} else {
-			sctx = trace.ContextWithSpan(ctx, span)
+		step := func() bool {
+			var sctx context.Context
+			if span == nil {
+				// A refresh asked for by token.refresh links to that request's span.
+				sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
+					trace.WithLinks(trace.Link{SpanContext: link}))
+				link = trace.SpanContext{}
+			} else {
+				sctx = trace.ContextWithSpan(ctx, span)
+			}
+			attempts++
+			tok, err := m.attempt(sctx, attempts, &pending)
+			if ctx.Err() != nil {
+				return true
+			}
+			if err == nil {
+				transient.Reset()
+				permanent.Reset()
+				endSpan("ok", nil)
+				next := m.refreshAt(tok)
+				m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
+				timer.Reset(max(next.Sub(m.now()), 0))
+				return false
+			}
+			if errors.Is(err, refresher.ErrNotAllowed) {
+				// Lost the lease (or the write was fenced off): not a provider
+				// failure. Leader work is about to be cancelled; wait quietly.
+				m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
+				timer.Reset(m.cfg.Backoff.Initial)
+				return false
+			}
+			if pending != nil {
+				// The provider answered; only the publish failed. Retry the
+				// publish alone, on the transient schedule.
+				wait := transient.NextBackOff()
+				m.log.WarnContext(sctx, "token publish failed; serving the token from this replica and retrying the publish", slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+				timer.Reset(wait)
+				return false
+			}
+			m.slot.Fail(err, m.now())
+			kind := refresher.Classify(err)
+			var wait time.Duration
+			if kind == refresher.Permanent {
+				wait = permanent.NextBackOff()
+				endSpan("failed", err)
+				transient.Reset()
+			} else {
+				wait = transient.NextBackOff()
+			}
+			var pe *refresher.ProviderError
+			if errors.As(err, &pe) && pe.RetryAfter > wait {
+				wait = pe.RetryAfter
+			}
+			m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+			timer.Reset(wait)
+			return false
 		}
-		attempts++
-		tok, err := m.attempt(sctx, attempts, &pending)
-		if ctx.Err() != nil {
+		// One step (the attempt, its span and logs) runs on a short-lived
+		// goroutine: its deep stack (HTTP, JSON, tracing, the KV write) is
+		// freed when it ends, so the goroutine that waits here between
+		// refreshes stays small. With thousands of providers that is most of
+		// the memory each one costs.
+		release := func() {}
+		if m.cfg.Admit != nil && pending == nil {
+			// Wait for a fetch slot here, on this small goroutine, rather
+			// than on thousands of step goroutines at a start.
+			r, err := m.cfg.Admit(ctx)
+			if err != nil {
+				return nil
+			}
+			release = onceFunc(r)
+		}
+		m.release = release
+		var stop bool
+		offload(func() { stop = step() })
+		release()
+		if stop {
 			return nil
 		}
-		if err == nil {
-			transient.Reset()
-			permanent.Reset()
-			endSpan("ok", nil)
-			next := m.refreshAt(tok)
-			m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
-			timer.Reset(max(next.Sub(m.now()), 0))
-			continue
-		}
-		if errors.Is(err, refresher.ErrNotAllowed) {
-			// Lost the lease (or the write was fenced off): not a provider
-			// failure. Leader work is about to be cancelled; wait quietly.
-			m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
-			timer.Reset(m.cfg.Backoff.Initial)
-			continue
-		}
-		if pending != nil {
-			// The provider answered; only the publish failed. Retry the
-			// publish alone, on the transient schedule.
-			wait := transient.NextBackOff()
-			m.log.WarnContext(sctx, "token publish failed; serving the token from this replica and retrying the publish", slog.String("error", err.Error()), slog.Duration("retry_in", wait))
-			timer.Reset(wait)
-			continue
-		}
-		m.slot.Fail(err, m.now())
-		kind := refresher.Classify(err)
-		var wait time.Duration
-		if kind == refresher.Permanent {
-			wait = permanent.NextBackOff()
-			endSpan("failed", err)
-			transient.Reset()
-		} else {
-			wait = transient.NextBackOff()
-		}
-		var pe *refresher.ProviderError
-		if errors.As(err, &pe) && pe.RetryAfter > wait {
-			wait = pe.RetryAfter
-		}
-		m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
-		timer.Reset(wait)
 	}
+}
+
+// onceFunc returns a function that calls f the first time only.
+func onceFunc(f func()) func() {
+	done := false
+	return func() {
+		if !done {
+			done = true
+			f()
+		}
+	}
+}
+
+// offload runs fn on its own goroutine and waits for it.
+func offload(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
 }
 
 // firstRefresh returns how long Run waits before its first call: at once,
@@ -291,7 +350,7 @@ func (m *Manager) Run(ctx context.Context) error {
 // does not replace a fresh Daraja token, which would invalidate it fleet-wide.
 func (m *Manager) firstRefresh() time.Duration {
 	e := m.slot.Load()
-	if e == nil || e.Token.Expired(m.now()) {
+	if e == nil || e.Token.Expired(m.now()) || e.Token.IssuedAt.Before(m.cfg.StaleBefore) {
 		return 0
 	}
 	at := m.refreshAt(refresher.Token{IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt})
@@ -319,6 +378,9 @@ func (m *Manager) attempt(ctx context.Context, n int, pending **refresher.Token)
 	start := time.Now()
 	tok, err := m.cfg.Provider.Token(ctx)
 	took := time.Since(start)
+	if m.release != nil {
+		m.release() // the fetch slot covers the provider call only
+	}
 	if err == nil {
 		// Serve it at once, whatever happens to the publish.
 		*pending = &tok
@@ -367,8 +429,8 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 // this manager's token: rev is not newer than its last publish, or tok is
 // the token it holds (published, or issued and about to be).
 func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
-	if rev <= m.published.Load() {
-		return true
+	if rev <= max(m.published.Load(), m.slot.revision()) {
+		return true // not newer than what it holds: old news, not a replacement
 	}
 	e := m.slot.Load()
 	return e != nil && e.Token.AccessToken == tok.AccessToken
@@ -419,8 +481,13 @@ func (m *Manager) Refresh(ctx context.Context, invalid string) ([]byte, error) {
 
 func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 	changed := m.slot.Changed()
-	if !m.stale(invalid) || m.failing() {
+	if !m.stale(invalid) {
 		return m.Current()
+	}
+	if _, err := m.slot.LastError(); err != nil {
+		// Retrying on its own schedule: no extra upstream call, and never
+		// the token the caller was told is rejected.
+		return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
 	}
 	select {
 	case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:

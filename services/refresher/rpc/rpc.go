@@ -64,9 +64,19 @@ type Config struct {
 	Version string
 	// Sources maps provider names to their sources.
 	Sources map[string]Source
-	// Status reports this replica's view for token.status; the endpoint is
-	// not registered when nil.
+	// Lookup, if set, finds a provider's source instead of Sources: the set
+	// of providers changes while the service runs (runtime providers). It
+	// is called on the request path and must be cheap and safe for
+	// concurrent use.
+	Lookup func(name string) (Source, bool)
+	// Status reports this replica's view for token.status, every provider
+	// in page order; the endpoint is not registered when nil. The service
+	// summarises, filters and pages it (wire.Status.Page) and keeps the
+	// reply within one NATS message.
 	Status func() wire.Status
+	// Registry serves tokenbus.providers.*; nil answers them 503 with a
+	// how-to (runtime providers are off).
+	Registry Registry
 	// Timeout bounds a blocking request (refresh, single-use claim); 15s if zero.
 	Timeout time.Duration
 	// MaxInFlight bounds concurrent blocking requests; 1024 if zero. Past it,
@@ -158,8 +168,12 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		_ = svc.Stop()
 		return nil, fmt.Errorf("rpc: add endpoint refresh: %w", err)
 	}
+	if err := s.addProviders(); err != nil {
+		_ = svc.Stop()
+		return nil, err
+	}
 	if cfg.Status != nil {
-		err := svc.AddEndpoint("status", s.inboxOnly(func(req micro.Request) { _ = req.RespondJSON(cfg.Status()) }),
+		err := svc.AddEndpoint("status", s.inboxOnly(s.handleStatus),
 			micro.WithEndpointSubject(wire.StatusSubject), micro.WithEndpointQueueGroupDisabled(),
 			micro.WithEndpointMetadata(map[string]string{"subject": wire.StatusSubject}))
 		if err != nil {
@@ -181,9 +195,18 @@ func (s *Service) Stop() error {
 	return err
 }
 
+// lookup finds name's source.
+func (s *Service) lookup(name string) (Source, bool) {
+	if s.cfg.Lookup != nil {
+		return s.cfg.Lookup(name)
+	}
+	src, ok := s.cfg.Sources[name]
+	return src, ok
+}
+
 func (s *Service) handleGet(req micro.Request) {
 	c := s.begin(req, EndpointGet, wire.GetPrefix)
-	src, ok := s.cfg.Sources[c.provider]
+	src, ok := s.lookup(c.provider)
 	if !ok {
 		s.fail(c, req.Reply(), req, refresher.ErrUnknownProvider)
 		return
@@ -193,6 +216,12 @@ func (s *Service) handleGet(req micro.Request) {
 		return
 	}
 	if b, ok := src.(Blocking); ok && b.Blocking() {
+		if req.Reply() == "" {
+			// No one would receive it: a single-use token claimed now
+			// would be lost.
+			s.end(c, wire.CodeBadRequest)
+			return
+		}
 		s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
 		return
 	}
@@ -220,7 +249,7 @@ func (s *Service) handleGet(req micro.Request) {
 
 func (s *Service) handleRefresh(req micro.Request) {
 	c := s.begin(req, EndpointRefresh, wire.RefreshPrefix)
-	src, ok := s.cfg.Sources[c.provider]
+	src, ok := s.lookup(c.provider)
 	if !ok {
 		s.fail(c, req.Reply(), req, refresher.ErrUnknownProvider)
 		return
@@ -306,7 +335,8 @@ func (s *Service) begin(req micro.Request, endpoint, prefix string) call {
 // end ends c's span and records it.
 func (s *Service) end(c call, code int) {
 	c.span.End()
-	if s.cfg.Recorder != nil {
+	// The providers endpoints are counted by micro's $SRV.STATS only.
+	if s.cfg.Recorder != nil && (c.endpoint == EndpointGet || c.endpoint == EndpointRefresh) {
 		s.cfg.Recorder.RecordRequest(c.endpoint, c.provider, code, time.Since(c.start))
 	}
 }
@@ -347,6 +377,10 @@ func Code(provider string, err error) (int, string) {
 		return wire.CodeUnknownProvider, fmt.Sprintf("unknown provider %q", provider)
 	case errors.Is(err, refresher.ErrBadRequest):
 		return wire.CodeBadRequest, strings.TrimPrefix(err.Error(), "refresher: ")
+	case errors.Is(err, refresher.ErrConflict):
+		return wire.CodeConflict, strings.TrimPrefix(err.Error(), "refresher: ")
+	case errors.Is(err, refresher.ErrRuntimeOff):
+		return wire.CodeUnavailable, strings.TrimPrefix(err.Error(), "refresher: ")
 	case errors.As(err, &pe) && pe.Kind == refresher.Permanent:
 		return wire.CodeProviderFailed, fmt.Sprintf("%s: %s", provider, pe.Error())
 	case errors.As(err, &pe):

@@ -171,14 +171,18 @@ func TestExpiredTokenIsNeverServed(t *testing.T) {
 	tok := waitToken(t, f)
 	// The provider goes down; the clock passes the expiry.
 	p.setFail(&refresher.ProviderError{Kind: refresher.Transient, StatusCode: 503, Message: "down"})
-	clk.set(tok.ExpiresAt.Add(-time.Millisecond))
+	// It is served until its safety margin before expiry, never within it.
+	margin := refresh.ExpiryMargin(tok.ExpiresAt.Sub(tok.IssuedAt))
+	clk.set(tok.ExpiresAt.Add(-margin - time.Millisecond))
 	if _, code, _ := request(t, f.nc, wire.GetSubject("p1"), nil); code != 0 {
 		t.Fatalf("token still valid, got code %d", code)
 	}
-	clk.set(tok.ExpiresAt)
-	_, code, msg := request(t, f.nc, wire.GetSubject("p1"), nil)
-	if code != 503 {
-		t.Fatalf("expired token: got %d %q, want 503", code, msg)
+	for _, at := range []time.Time{tok.ExpiresAt.Add(-margin), tok.ExpiresAt} {
+		clk.set(at)
+		_, code, msg := request(t, f.nc, wire.GetSubject("p1"), nil)
+		if code != 503 {
+			t.Fatalf("token %v before expiry: got %d %q, want 503", tok.ExpiresAt.Sub(at), code, msg)
+		}
 	}
 }
 
@@ -289,8 +293,22 @@ func TestServiceIsDiscoverable(t *testing.T) {
 	if err := json.Unmarshal(msg.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.Name != "tokenbus" || len(info.Endpoints) != 2 || info.Endpoints[0].Subject != "token.get.*" || info.Endpoints[1].Subject != "token.refresh.*" || info.Endpoints[0].QueueGroup != "tokenbus" {
+	if info.Name != "tokenbus" || len(info.Endpoints) != 5 || info.Endpoints[0].Subject != "token.get.*" || info.Endpoints[1].Subject != "token.refresh.*" || info.Endpoints[0].QueueGroup != "tokenbus" {
 		t.Fatalf("info: %s", msg.Data)
+	}
+	// The runtime provider endpoints answer in the same queue group (SPEC §8).
+	for i, want := range []string{"tokenbus.providers.put", "tokenbus.providers.delete", "tokenbus.providers.list"} {
+		if e := info.Endpoints[2+i]; e.Subject != want || e.QueueGroup != "tokenbus" {
+			t.Fatalf("info: %s", msg.Data)
+		}
+	}
+	// With no registry (no sealing key) they answer 503 with a how-to.
+	reply, err := f.nc.Request("tokenbus.providers.list", nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply.Header.Get("Nats-Service-Error-Code") != "503" || !strings.Contains(string(reply.Data), "credentials.keys") {
+		t.Fatalf("list without keys: %v %s", reply.Header, reply.Data)
 	}
 }
 

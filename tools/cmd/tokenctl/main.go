@@ -15,6 +15,16 @@
 //	permissions <role> [provider…]
 //	                      print the nats-server permissions of a role: reader (of the
 //	                      providers named), admin or observer (SPEC §10); --user names the user
+//	providers put <name> --kind K [fields]   add or replace a runtime provider (SPEC §8)
+//	providers put -       add or replace every JSON provider read from stdin
+//	providers list        every provider, config-file and runtime, by name
+//	providers delete <name>                  remove a runtime provider
+//
+// Secrets never come from the command line (ps shows it): providers put
+// reads the provider's secret from $TOKENBUS_CONSUMER_SECRET (daraja),
+// $TOKENBUS_PASSWORD (mpay) or $TOKENBUS_CLIENT_SECRET (oauth2, airtel), or
+// with --secret-stdin from the first line of stdin; "providers put -" reads
+// whole JSON providers, secrets included, from stdin.
 //
 // Output is for people by default; --json prints JSON (one object per line
 // for watch). Flags may come before or after the command. The exit status is
@@ -70,6 +80,12 @@ commands:
   permissions <role> [provider...]
                         print a nats-server user block with the permissions of a role:
                         reader (of the providers named), admin or observer; --user names the user
+  providers put <name> --kind K [--base-url U --consumer-key K | --username U | --token-url U --client-id C | ...]
+                        add or replace a runtime provider; its secret from $TOKENBUS_CONSUMER_SECRET,
+                        $TOKENBUS_PASSWORD or $TOKENBUS_CLIENT_SECRET, or --secret-stdin (never an argument)
+  providers put -       add or replace every JSON provider read from stdin
+  providers list        every provider by name (--after, --limit, --all)
+  providers delete <name>  remove a runtime provider
 
 flags (before or after the command):
 `
@@ -87,6 +103,7 @@ type config struct {
 	token   string
 	count   int
 	version bool
+	prov    providerFlags
 }
 
 // Version is set at build time with -ldflags "-X main.Version=…".
@@ -119,6 +136,21 @@ func parse(args []string, stderr io.Writer) (config, []string, error) {
 	fs.StringVar(&cfg.token, "token", "", "refresh: the rejected access token (default: the current one)")
 	fs.IntVar(&cfg.count, "count", 0, "watch: exit after this many tokens (0: run until interrupted)")
 	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
+	fs.StringVar(&cfg.prov.kind, "kind", "", "providers put: daraja, mpay, oauth2 or airtel")
+	fs.StringVar(&cfg.prov.baseURL, "base-url", "", "providers put: base_url (daraja, mpay, airtel)")
+	fs.StringVar(&cfg.prov.consumerKey, "consumer-key", "", "providers put: consumer_key (daraja)")
+	fs.StringVar(&cfg.prov.username, "username", "", "providers put: username (mpay)")
+	fs.StringVar(&cfg.prov.tokenURL, "token-url", "", "providers put: token_url (oauth2)")
+	fs.StringVar(&cfg.prov.clientID, "client-id", "", "providers put: client_id (oauth2, airtel)")
+	fs.StringVar(&cfg.prov.authStyle, "auth-style", "", "providers put: auth_style, header or params (oauth2)")
+	fs.StringVar(&cfg.prov.scopes, "scopes", "", "providers put: comma-separated scopes (oauth2)")
+	fs.IntVar(&cfg.prov.pool, "pool", 0, "providers put: single-use tokens kept ready (mpay)")
+	fs.StringVar(&cfg.prov.refreshBefore, "refresh-before", "", "providers put: refresh_before, e.g. 5m")
+	fs.StringVar(&cfg.prov.timeout, "request-timeout", "", "providers put: the provider's timeout, e.g. 10s")
+	fs.BoolVar(&cfg.prov.secretStdin, "secret-stdin", false, "providers put: read the secret from the first line of stdin")
+	fs.StringVar(&cfg.prov.after, "after", "", "providers list: start after this name")
+	fs.IntVar(&cfg.prov.limit, "limit", 0, "providers list: page size (default and at most 1000)")
+	fs.BoolVar(&cfg.prov.all, "all", false, "providers list: every page")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -175,6 +207,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := need(0, ""); err != nil {
 			return err
 		}
+	case "providers":
+		switch {
+		case len(rest) == 1 && rest[0] == "list":
+		case len(rest) == 2 && (rest[0] == "put" || rest[0] == "delete"):
+		default:
+			fmt.Fprintf(stderr, "usage: tokenctl providers put <name>|-  ·  providers list  ·  providers delete <name>\n")
+			return errUsage
+		}
 	case "permissions":
 		return permissions(cfg, rest, stdout, stderr)
 	default:
@@ -212,6 +252,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return refresh(ctx, nc, cfg, rest[0], out)
 	case "status":
 		return status(ctx, nc, cfg, out)
+	case "providers":
+		return providers(ctx, nc, cfg, rest, out)
 	default:
 		provider := ""
 		if len(rest) == 1 {

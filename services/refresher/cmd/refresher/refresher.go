@@ -21,14 +21,15 @@ import (
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
+	"github.com/tokenbus/tokenbus/services/refresher/credentials"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
-	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
+	"github.com/tokenbus/tokenbus/services/refresher/seal"
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
 )
 
@@ -81,10 +82,19 @@ type Main struct {
 	wg           sync.WaitGroup
 
 	// pools is the single-use token pool stream, if any provider needs it.
-	pools *pool.Store
-	// statusers report every provider for token.status, in configuration
-	// order; the leader runs the loops that call the providers.
-	statusers []statuser
+	pools     *pool.Store
+	poolsOnce sync.Mutex
+	// set is every provider served, config-file and runtime; the leader
+	// runs the loops that call them while this replica leads; limit bounds
+	// the calls in flight (fetch_concurrency).
+	set   *providerSet
+	limit *limiter
+	// creds is the credential bucket of runtime providers; nil when no
+	// sealing key is configured.
+	creds          *credentials.Store
+	credsReady     chan struct{}
+	credsReadyOnce sync.Once
+	resealKick     chan struct{}
 }
 
 // NewMain returns a Main that logs to stderr and prints its banner to stdout.
@@ -127,6 +137,11 @@ func (m *Main) Run(ctx context.Context) error {
 		cfg, err = config.Parse(demoConfig, lookup)
 		if err == nil {
 			err = m.freshDemoStore(cfg)
+		}
+		if v, ok := lookup("TOKENBUS_CREDENTIALS_KEY"); ok && err == nil {
+			// The demo turns runtime providers on when given a sealing key.
+			cfg.Credentials.Keys = []config.CredentialKey{{ID: "demo", Key: refresher.Secret(v)}}
+			err = cfg.Validate()
 		}
 	}
 	if err != nil {
@@ -195,9 +210,14 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.leader, err = leader.New(leader.Config{
 		Lease: leader.LeaseConfig{
-			KV: m.store.Lease(), Holder: instance,
+			KV: leader.LeaseBucket(m.store.Lease()), Holder: instance,
 			TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
-			OnChange:       func(st leader.State) { m.Metrics.SetLeader(st.Leader) },
+			OnChange: func(st leader.State) {
+				m.Metrics.SetLeader(st.Leader)
+				if st.Leader {
+					m.kickReseal(true) // entries sealed with an older key are re-sealed by the leader
+				}
+			},
 			OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
 		},
 		JetStream: m.store.JetStream(), Tokens: m.store.KV(), Conn: m.nc,
@@ -208,33 +228,23 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	sources := make(map[string]rpc.Source, len(cfg.Providers))
-	byName := make(map[string]*refresh.Manager, len(cfg.Providers))
+	m.set = newProviderSet()
+	m.limit = newLimiter(cfg.FetchConcurrency, m.leader.Valid)
+	m.Metrics.SetKnown(m.set.known)
+	m.Metrics.RegisterStates(m.stateCounts)
 	for _, p := range cfg.Providers {
-		prov, err := buildProvider(p, transport)
-		if err != nil {
+		if err := m.serveConfig(ctx, p, transport); err != nil {
 			return err
 		}
-		if singleUse(p) {
-			pl, err := m.openPool(ctx, p, prov)
-			if err != nil {
-				return err
-			}
-			sources[p.Name] = pl
-			continue
-		}
-		mgr := refresh.NewManager(refresh.Config{
-			Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
-			RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-			Recorder: m.obs,
-		})
-		m.obs.trackExpiry(mgr)
-		m.leader.Set(p.Name, mgr)
-		m.statusers = append(m.statusers, mgr)
-		byName[p.Name] = mgr
-		sources[p.Name] = leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}
 	}
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Sources: sources, Status: m.Status, Logger: m.logger, Recorder: m.Metrics}); err != nil {
+	var reg rpc.Registry
+	if len(cfg.Credentials.Keys) > 0 {
+		if m.creds, err = m.openCredentials(ctx); err != nil {
+			return err
+		}
+		reg = registry{m: m}
+	}
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
 	// The endpoints answer once the server has seen their subscriptions.
@@ -244,17 +254,28 @@ func (m *Main) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
+	// Every replica follows the credential bucket and serves its runtime
+	// providers; it has them all before it campaigns, so that a new leader
+	// takes every provider over at once (and does not delete their tokens as
+	// those of providers it does not have).
+	if m.creds != nil {
+		m.credsReady, m.resealKick = make(chan struct{}), make(chan struct{}, 1)
+		m.wg.Go(func() {
+			m.creds.Watch(runCtx, m.nc, func(ev credentials.Event) { m.applyCredential(runCtx, ev, transport) })
+		})
+		m.wg.Go(func() { m.reseal(runCtx) })
+		select {
+		case <-m.credsReady:
+		case <-time.After(30 * time.Second):
+			m.logger.Warn("runtime providers: the credential bucket was not read within 30s; continuing")
+		}
+	}
 	// Every replica keeps its copy of every token current from the bucket;
 	// the leader first checks that it wrote what it sees.
 	m.wg.Go(func() {
 		m.store.Watch(runCtx, m.nc, func(tok wire.Token, rev uint64) {
-			if !m.leader.Accept(runCtx, tok, rev) {
-				return
-			}
-			if mgr := byName[tok.Provider]; mgr != nil {
-				if e, err := refresh.NewEntry(tok, rev); err == nil {
-					mgr.Slot().Store(e)
-				}
+			if m.leader.Accept(runCtx, tok, rev) {
+				m.set.token(tok, rev)
 			}
 		})
 	})
@@ -267,14 +288,12 @@ func (m *Main) Run(ctx context.Context) error {
 	return nil
 }
 
-// Status reports this replica's view of every provider.
+// Status reports this replica's view of every provider: config-file ones in
+// configuration order, then runtime ones by name.
 func (m *Main) Status() wire.Status {
 	ls := m.leader.State()
-	st := wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term}
-	for _, s := range m.statusers {
-		st.Providers = append(st.Providers, s.Status())
-	}
-	return st
+	return wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term,
+		Providers: m.set.statuses()}
 }
 
 // statuser reports one provider for token.status.
@@ -282,28 +301,59 @@ type statuser interface {
 	Status() wire.ProviderStatus
 }
 
+// stateCounts counts every provider by state (tokenbus_providers).
+func (m *Main) stateCounts() map[string]int {
+	n := map[string]int{}
+	for _, p := range m.set.statuses() {
+		n[p.State]++
+	}
+	return n
+}
+
+// openCredentials opens the credential bucket with the configured keys.
+func (m *Main) openCredentials(ctx context.Context) (*credentials.Store, error) {
+	keys := make([]seal.Key, 0, len(m.Config.Credentials.Keys))
+	for i, k := range m.Config.Credentials.Keys {
+		key, err := seal.ParseKey(k.ID, k.Key.Reveal())
+		if err != nil {
+			return nil, fmt.Errorf("refresher: credentials.keys[%d]: %w", i, err)
+		}
+		keys = append(keys, key)
+	}
+	ring, err := seal.NewKeyring(keys...)
+	if err != nil {
+		return nil, fmt.Errorf("refresher: credentials.keys: %w", err)
+	}
+	return credentials.Open(ctx, m.nc, m.Config.Credentials.Bucket, m.Config.NATS.Replicas, ring)
+}
+
 // openPool opens the single-use token pool of p (the pool stream first, once)
-// and its filler, which minting with prov keeps it full.
-func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider) (*pool.Pool, error) {
+// and its filler, which minting with prov keeps it full. With gauge, the
+// pool's size is reported in tokenbus_pool_size.
+func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider, gauge bool) (*pool.Pool, *pool.Filler, error) {
+	m.poolsOnce.Lock()
 	if m.pools == nil {
 		var err error
 		if m.pools, err = pool.Open(ctx, m.nc, m.Config.Bucket, m.Config.NATS.Replicas); err != nil {
-			return nil, err
+			m.poolsOnce.Unlock()
+			return nil, nil, err
 		}
 	}
+	m.poolsOnce.Unlock()
 	pl, err := m.pools.Pool(ctx, pool.Config{Name: p.Name, Kind: p.Kind, Size: p.Pool, Logger: m.logger})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m.leader.Set(p.Name, pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.leader.Valid, Recorder: m.obs}))
-	m.statusers = append(m.statusers, pl)
-	m.Metrics.RegisterPool(p.Name, func() int {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		defer cancel()
-		n, _ := pl.Ready(ctx)
-		return n
-	})
-	return pl, nil
+	filler := pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.leader.Valid, Recorder: m.obs})
+	if gauge {
+		m.Metrics.RegisterPool(p.Name, func() int {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			n, _ := pl.Ready(ctx)
+			return n
+		})
+	}
+	return pl, filler, nil
 }
 
 func (m *Main) startSimulator() error {
@@ -331,7 +381,7 @@ func (m *Main) startHTTP(listen string) error {
 }
 
 func (m *Main) banner() {
-	url := m.Config.NATS.URL
+	url := natsx.RedactURL(m.Config.NATS.URL) // never print a user:password
 	if m.ns != nil {
 		url = m.ns.ClientURL()
 	}

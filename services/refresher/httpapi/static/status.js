@@ -8,6 +8,19 @@ const STATES = { ok: "OK", failing: "Failing", no_token: "No token" };
 let data = null;      // last status.json
 let offset = 0;       // server clock − browser clock, in ms
 let lastOK = 0;       // browser time of the last successful poll
+let after = "";       // the page shown starts after this provider ("" first page)
+const PAGE = 100;     // providers per page
+
+// query returns status.json's filter and page for the form's values.
+function query() {
+  const p = new URLSearchParams({ limit: PAGE });
+  const search = document.getElementById("search").value.trim();
+  const state = document.getElementById("state").value;
+  if (search) p.set("search", search);
+  if (state) p.set("state", state);
+  if (after) p.set("after", after);
+  return "status.json?" + p.toString();
+}
 
 function now() { return Date.now() + offset; }
 
@@ -51,22 +64,45 @@ function renderReplica(st) {
   document.getElementById("instance").textContent = who;
 }
 
+// names lists up to 10 names of the page's providers in state, with "…"
+// when the summary counts more.
+function names(ps, state, total) {
+  const n = ps.filter(p => p.state === state).map(p => p.name).slice(0, 10);
+  return n.join(", ") + (total > n.length ? ", …" : "");
+}
+
 function renderOverall(st) {
   const ps = st.providers || [];
-  const bad = ps.filter(p => p.state === "no_token"), failing = ps.filter(p => p.state === "failing");
+  const sum = st.summary || { total: ps.length, states: {} };
+  const count = s => sum.states[s] !== undefined ? sum.states[s] : ps.filter(p => p.state === s).length;
+  const bad = count("no_token"), failing = count("failing");
   const o = document.getElementById("overall");
-  if (bad.length > 0) {
-    o.textContent = `${plural(bad.length, "provider has", "providers have")} no valid token: ${bad.map(p => p.name).join(", ")}`;
+  if (bad > 0) {
+    o.textContent = `${plural(bad, "provider has", "providers have")} no valid token: ${names(ps, "no_token", bad)}`;
     o.className = "overall bad";
-  } else if (failing.length > 0) {
-    o.textContent = `Tokens valid, but refreshes are failing for ${failing.map(p => p.name).join(", ")}`;
+  } else if (failing > 0) {
+    o.textContent = `Tokens valid, but refreshes are failing for ${names(ps, "failing", failing)}`;
     o.className = "overall warn";
   } else {
-    o.textContent = ps.length === 1 ? "The provider has a valid token"
-      : ps.length === 2 ? "Both providers have a valid token"
-      : `All ${ps.length} providers have a valid token`;
+    o.textContent = sum.total === 1 ? "The provider has a valid token"
+      : sum.total === 2 ? "Both providers have a valid token"
+      : `All ${sum.total} providers have a valid token`;
     o.className = "overall ok";
   }
+  const c = document.getElementById("counts");
+  c.replaceChildren();
+  for (const s of ["ok", "failing", "no_token"]) {
+    const b = el("button", "badge " + s, `${STATES[s]}: ${count(s)}`);
+    b.type = "button";
+    b.onclick = () => { document.getElementById("state").value = s; after = ""; poll(); };
+    c.append(b);
+  }
+  document.getElementById("pageinfo").textContent =
+    `${plural(ps.length, "provider")} shown of ${sum.total}` + (after ? ` (after ${after})` : "");
+  const next = document.getElementById("next");
+  next.disabled = !st.next;
+  next.onclick = () => { after = st.next; poll(); };
+  document.getElementById("first").disabled = !after;
 }
 
 function renderProviders(st) {
@@ -169,7 +205,7 @@ async function poll() {
   const banner = document.getElementById("banner");
   try {
     const t = Date.now();
-    const resp = await fetch("status.json", { cache: "no-store" });
+    const resp = await fetch(query(), { cache: "no-store" });
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     data = await resp.json();
     offset = Date.parse(data.now) - (t + Date.now()) / 2;
@@ -184,6 +220,11 @@ async function poll() {
     banner.textContent = "Cannot reach the refresher (" + e.message + ")" + (lastOK ? "; showing data from " + duration(Date.now() - lastOK) + " ago" : "");
   }
 }
+
+document.getElementById("first").onclick = () => { after = ""; poll(); };
+let typing = 0;
+document.getElementById("search").oninput = () => { clearTimeout(typing); typing = setTimeout(() => { after = ""; poll(); }, 250); };
+document.getElementById("state").onchange = () => { after = ""; poll(); };
 
 poll();
 setInterval(poll, POLL_MS);

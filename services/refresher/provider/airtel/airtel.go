@@ -93,14 +93,15 @@ func (p *Provider) Token(ctx context.Context) (refresher.Token, error) {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "*/*")
+	sent := p.now() // the lifetime runs from before the request left, not after the answer came
 	resp, err := httpx.Do(ctx, p.client, req)
 	if err != nil {
 		return refresher.Token{}, err
 	}
-	return parse(resp, p.now())
+	return parse(resp, sent)
 }
 
-// parse reads Airtel's answer to a token request received at issued.
+// parse reads Airtel's answer to a token request sent at issued.
 func parse(resp *httpx.Response, issued time.Time) (refresher.Token, error) {
 	if resp.Status != http.StatusOK {
 		return refresher.Token{}, failed(resp)

@@ -80,14 +80,15 @@ func (p *Provider) Token(ctx context.Context) (refresher.Token, error) {
 	}
 	req.Header.Set("Authorization", p.auth)
 	req.Header.Set("Accept", "application/json")
+	sent := p.now() // the lifetime runs from before the request left, not after the answer came
 	resp, err := httpx.Do(ctx, p.client, req)
 	if err != nil {
 		return refresher.Token{}, err
 	}
-	return parse(resp, p.now())
+	return parse(resp, sent)
 }
 
-// parse reads Daraja's answer to a token request received at issued.
+// parse reads Daraja's answer to a token request sent at issued.
 func parse(resp *httpx.Response, issued time.Time) (refresher.Token, error) {
 	if resp.Status != http.StatusOK {
 		return refresher.Token{}, failed(resp)

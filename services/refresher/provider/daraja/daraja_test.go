@@ -2,8 +2,11 @@ package daraja_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,4 +111,47 @@ func TestFailuresAreClassified(t *testing.T) {
 			testutil.CheckProviderError(t, err, tc.want, secrets...)
 		})
 	}
+}
+
+// TestIssuedAtIsTheSendTime: a token's lifetime is counted from before the
+// request left, so a slow answer cannot make the refresher believe the token
+// lives longer than the provider does.
+func TestIssuedAtIsTheSendTime(t *testing.T) {
+	_, srv := newSim(t, simulator.Config{DarajaTTL: time.Hour})
+	t0 := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	var answered atomic.Bool
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer answered.Store(true)
+		resp, err := http.DefaultTransport.RoundTrip(withURL(r, srv.URL))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	defer slow.Close()
+	// The clock reads 10 s later once the provider has answered.
+	now := func() time.Time {
+		if answered.Load() {
+			return t0.Add(10 * time.Second)
+		}
+		return t0
+	}
+	p := daraja.New(daraja.Config{BaseURL: slow.URL + "/", ConsumerKey: "key", ConsumerSecret: secret, Now: now})
+	tok, err := p.Token(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tok.IssuedAt.Equal(t0) || !tok.ExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("issued %v expires %v, want issued at the send time %v", tok.IssuedAt, tok.ExpiresAt, t0)
+	}
+}
+
+func withURL(r *http.Request, base string) *http.Request {
+	out := r.Clone(context.Background())
+	u, _ := url.Parse(base + r.URL.RequestURI())
+	out.URL, out.RequestURI, out.Host = u, "", u.Host
+	return out
 }

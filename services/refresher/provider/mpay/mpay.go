@@ -96,17 +96,18 @@ func (p *Provider) Token(ctx context.Context) (refresher.Token, error) {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
+	sent := p.now() // the lifetime runs from before the request left, not after the answer came
 	resp, err := httpx.Do(ctx, p.client, req)
 	if err != nil {
 		return refresher.Token{}, err
 	}
-	return parse(resp, p.now(), p.life)
+	return parse(resp, sent, p.life)
 }
 
 // badCredentials is what an operator should check when mPay answers 400.
 const badCredentials = "bad request: mPay rejected the token request (check username and password, and that the account is enabled for this environment)"
 
-// parse reads mPay's answer to a token request received at issued.
+// parse reads mPay's answer to a token request sent at issued.
 func parse(resp *httpx.Response, issued time.Time, life time.Duration) (refresher.Token, error) {
 	var a answer
 	decodeErr := resp.DecodeJSON(&a)

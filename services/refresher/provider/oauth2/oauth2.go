@@ -129,8 +129,8 @@ func (h *headers) RoundTrip(req *http.Request) (*http.Response, error) {
 // Token requests a new access token. Earlier tokens stay valid.
 func (p *Provider) Token(ctx context.Context) (refresher.Token, error) {
 	// The library takes its HTTP client from the context (its API).
+	issued := p.now() // the lifetime runs from before the request left, not after the answer came
 	tok, err := p.cc.Token(context.WithValue(ctx, oauth2.HTTPClient, p.client))
-	issued := p.now()
 	if err != nil {
 		return refresher.Token{}, p.failed(err)
 	}
@@ -138,7 +138,7 @@ func (p *Provider) Token(ctx context.Context) (refresher.Token, error) {
 }
 
 // token checks the library's token and turns it into a refresher.Token
-// received at issued. The token type is kept as sent (MoMo's is
+// requested at issued. The token type is kept as sent (MoMo's is
 // "access_token"); "Bearer" when there is none.
 func token(tok *oauth2.Token, issued time.Time) (refresher.Token, error) {
 	malformed := func(why string) error {

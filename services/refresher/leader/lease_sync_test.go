@@ -1,0 +1,188 @@
+package leader_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/tokenbus/tokenbus/services/refresher/leader"
+)
+
+const syncTTL = 10 * time.Second
+
+func newSyncLease(t *testing.T, kv leader.KV, holder string) *leader.Lease {
+	t.Helper()
+	l, err := leader.NewLease(leader.LeaseConfig{KV: kv, Holder: holder, TTL: syncTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// runLease runs l until the returned stop is called; lead blocks until its
+// context ends.
+func runLease(l *leader.Lease) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = l.Run(ctx, func(ctx context.Context) { <-ctx.Done() })
+	}()
+	return func() { cancel(); <-done }
+}
+
+// TestHostileLeaseRecordWaitsOwnTTLAtMost: a lease record claiming an hour's
+// ttl, or one that is not a lease at all, is taken over after this replica's
+// own ttl (+ one retry period), never later.
+func TestHostileLeaseRecordWaitsOwnTTLAtMost(t *testing.T) {
+	evil, _ := json.Marshal(leader.Record{Holder: "evil", TTLMillis: time.Hour.Milliseconds()})
+	for name, rec := range map[string][]byte{"huge ttl": evil, "malformed": []byte(`{"holder":`), "not json": []byte("owned")} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				kv := newMemKV()
+				kv.Put(leader.LeaseKey, rec)
+				l := newSyncLease(t, kv, "a")
+				start := time.Now()
+				stop := runLease(l)
+				defer stop()
+				for !l.Valid() && time.Since(start) < 2*time.Hour {
+					time.Sleep(100 * time.Millisecond)
+				}
+				if took, limit := time.Since(start), syncTTL+syncTTL/5+time.Second; !l.Valid() || took > limit {
+					t.Fatalf("took the lease over after %v (valid %v), want ≤ %v", took, l.Valid(), limit)
+				}
+			})
+		})
+	}
+}
+
+// TestCampaignLeavesNoWatcher: losing and regaining the lease does not leave
+// a watcher behind each time.
+func TestCampaignLeavesNoWatcher(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kv := newMemKV()
+		l := newSyncLease(t, kv, "a")
+		stop := runLease(l)
+		defer stop()
+		for round := range 4 {
+			for !l.Valid() {
+				time.Sleep(100 * time.Millisecond)
+			}
+			synctest.Wait()
+			if n := kv.Watchers(); n != 0 {
+				t.Fatalf("round %d: %d watchers open while leading, want 0", round, n)
+			}
+			// Someone overwrites the lease: the holder loses it at its next
+			// renewal and campaigns again.
+			kv.Put(leader.LeaseKey, []byte(`{"holder":"intruder"}`))
+			for l.Valid() {
+				time.Sleep(100 * time.Millisecond)
+			}
+			synctest.Wait()
+			if n := kv.Watchers(); n > 1 {
+				t.Fatalf("round %d: %d watchers open while campaigning, want ≤ 1", round, n)
+			}
+		}
+	})
+}
+
+// TestShutdownDuringRenewalReleases: a shutdown while a renewal is in
+// flight waits for it, and releases the revision it wrote (a standby then
+// takes over at once instead of after the ttl).
+func TestShutdownDuringRenewalReleases(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kv := newMemKV()
+		l := newSyncLease(t, kv, "a")
+		stop := runLease(l)
+		for !l.Valid() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		// The next renewal lands in the bucket but its reply is slow.
+		slow := make(chan struct{})
+		kv.mu.Lock()
+		kv.afterUpdate = func(ctx context.Context) error {
+			select {
+			case <-slow:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		kv.mu.Unlock()
+		time.Sleep(syncTTL/5 + time.Millisecond) // the renewal is sent
+		synctest.Wait()
+		go func() { time.Sleep(100 * time.Millisecond); close(slow) }()
+		stop()
+		if _, err := kv.Get(context.Background(), leader.LeaseKey); err == nil {
+			e, _ := kv.Get(context.Background(), leader.LeaseKey)
+			t.Fatalf("lease still held after shutdown: %s", e.Value())
+		}
+	})
+}
+
+// TestReleaseWithStaleRevision: if the reply of the last renewal was lost,
+// release reads the record and deletes it when it still names this holder.
+func TestReleaseWithStaleRevision(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kv := newMemKV()
+		l := newSyncLease(t, kv, "a")
+		stop := runLease(l)
+		for !l.Valid() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		kv.mu.Lock()
+		lost := true
+		kv.afterUpdate = func(context.Context) error {
+			if lost {
+				lost = false
+				return errors.New("nats: timeout") // landed, reply lost
+			}
+			return nil
+		}
+		kv.mu.Unlock()
+		time.Sleep(syncTTL/5 + time.Millisecond) // the renewal whose reply is lost
+		synctest.Wait()
+		stop()
+		if _, err := kv.Get(context.Background(), leader.LeaseKey); err == nil {
+			t.Fatal("lease still held after shutdown")
+		}
+	})
+}
+
+// TestLostRenewalReplyKeepsTheLease: a renewal that landed but whose reply
+// was lost makes the next renewal find "its" revision changed; the holder
+// sees the record is its own and keeps leading.
+func TestLostRenewalReplyKeepsTheLease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kv := newMemKV()
+		var changes []leader.State
+		l, err := leader.NewLease(leader.LeaseConfig{KV: kv, Holder: "a", TTL: syncTTL, OnChange: func(s leader.State) { changes = append(changes, s) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runLease(l)
+		defer stop()
+		for !l.Valid() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		kv.mu.Lock()
+		lost := true
+		kv.afterUpdate = func(context.Context) error {
+			if lost {
+				lost = false
+				return errors.New("nats: timeout")
+			}
+			return nil
+		}
+		kv.mu.Unlock()
+		for range 20 {
+			time.Sleep(syncTTL / 10)
+			if !l.Valid() {
+				t.Fatalf("lost the lease after a lost renewal reply; changes %+v", changes)
+			}
+		}
+	})
+}

@@ -1,0 +1,168 @@
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/config"
+)
+
+// Registry is what the runtime provider endpoints need (SPEC §8): the set of
+// providers, config-file and runtime, and the sealed store behind the runtime
+// ones. It is implemented by the process wiring.
+type Registry interface {
+	// Put stores p durably (replacing a runtime provider of that name) and
+	// returns its revision; an error wrapping refresher.ErrConflict if the
+	// name belongs to a config-file provider.
+	Put(ctx context.Context, p config.Provider) (uint64, error)
+	// Delete removes the runtime provider name; an error wrapping
+	// refresher.ErrUnknownProvider if there is none.
+	Delete(ctx context.Context, name string) error
+	// List returns at most limit providers named after after, sorted by
+	// name, and the name to continue after (empty on the last page).
+	List(after string, limit int) ([]wire.ProviderInfo, string)
+}
+
+// Endpoint names of the runtime provider endpoints, as given to Recorder.
+const (
+	EndpointProvidersPut    = wire.ProvidersPutSubject
+	EndpointProvidersDelete = wire.ProvidersDeleteSubject
+	EndpointProvidersList   = wire.ProvidersListSubject
+)
+
+// errRuntimeOff is the 503 answer when no sealing key is configured.
+var errRuntimeOff = fmt.Errorf("%w: set credentials.keys in the refresher configuration "+
+	"(each key the base64 of 32 random bytes: openssl rand -base64 32) and restart it; see docs/runtime-providers.md", refresher.ErrRuntimeOff)
+
+func (s *Service) addProviders() error {
+	for _, ep := range []struct {
+		name, subject string
+		h             micro.HandlerFunc
+	}{
+		{"providers-put", wire.ProvidersPutSubject, s.handlePut},
+		{"providers-delete", wire.ProvidersDeleteSubject, s.handleDelete},
+		{"providers-list", wire.ProvidersListSubject, s.handleList},
+	} {
+		if err := s.svc.AddEndpoint(ep.name, s.inboxOnly(ep.h), micro.WithEndpointSubject(ep.subject),
+			micro.WithEndpointMetadata(map[string]string{"subject": ep.subject})); err != nil {
+			return fmt.Errorf("rpc: add endpoint %s: %w", ep.name, err)
+		}
+	}
+	return nil
+}
+
+// beginAdmin starts a call for a providers endpoint; the provider is filled
+// in once the request is read.
+func (s *Service) beginAdmin(req micro.Request, endpoint string) call {
+	c := call{endpoint: endpoint, start: time.Now()}
+	c.ctx, c.span = s.tr.Start(context.Background(), endpoint, spanKindServer)
+	return c
+}
+
+func (s *Service) handlePut(req micro.Request) {
+	c := s.beginAdmin(req, EndpointProvidersPut)
+	if s.cfg.Registry == nil {
+		s.fail(c, req.Reply(), req, errRuntimeOff)
+		return
+	}
+	p, err := config.ParseProvider(req.Data())
+	if err != nil {
+		// The messages name fields, never values.
+		s.fail(c, req.Reply(), req, fmt.Errorf("%w: %s", refresher.ErrBadRequest, strings.ReplaceAll(err.Error(), "\n", "; ")))
+		return
+	}
+	c.provider = p.Name
+	s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) {
+		rev, err := s.cfg.Registry.Put(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(wire.ProviderPutReply{Name: p.Name, Kind: p.Kind, Revision: rev})
+	})
+}
+
+func (s *Service) handleDelete(req micro.Request) {
+	c := s.beginAdmin(req, EndpointProvidersDelete)
+	if s.cfg.Registry == nil {
+		s.fail(c, req.Reply(), req, errRuntimeOff)
+		return
+	}
+	var r wire.ProviderDeleteRequest
+	if err := json.Unmarshal(req.Data(), &r); err != nil || r.Name == "" {
+		s.fail(c, req.Reply(), req, fmt.Errorf(`%w: name: missing; tokenbus.providers.delete takes {"name":"<provider>"}`, refresher.ErrBadRequest))
+		return
+	}
+	if !wire.ValidName(r.Name) {
+		s.fail(c, req.Reply(), req, fmt.Errorf("%w: name: want [a-z0-9][a-z0-9-]*, at most 64 characters", refresher.ErrBadRequest))
+		return
+	}
+	c.provider = r.Name
+	s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) {
+		if err := s.cfg.Registry.Delete(ctx, r.Name); err != nil {
+			if errors.Is(err, refresher.ErrUnknownProvider) {
+				return nil, fmt.Errorf("%w: no runtime provider of that name", refresher.ErrUnknownProvider)
+			}
+			return nil, err
+		}
+		return json.Marshal(wire.ProviderDeleteReply{Name: r.Name, Deleted: true})
+	})
+}
+
+func (s *Service) handleList(req micro.Request) {
+	c := s.beginAdmin(req, EndpointProvidersList)
+	if s.cfg.Registry == nil {
+		s.fail(c, req.Reply(), req, errRuntimeOff)
+		return
+	}
+	var r wire.ProviderListRequest
+	if !emptyOrObject(req.Data()) || len(strings.TrimSpace(string(req.Data()))) > 0 && json.Unmarshal(req.Data(), &r) != nil {
+		s.fail(c, req.Reply(), req, fmt.Errorf(`%w: tokenbus.providers.list takes an empty body or {"after":"<name>","limit":N}`, refresher.ErrBadRequest))
+		return
+	}
+	if r.Limit < 0 {
+		s.fail(c, req.Reply(), req, fmt.Errorf("%w: limit: must be positive (at most %d)", refresher.ErrBadRequest, wire.StatusPageMax))
+		return
+	}
+	if r.Limit == 0 || r.Limit > wire.StatusPageMax {
+		r.Limit = wire.StatusPageMax // default and maximum
+	}
+	items, next := s.cfg.Registry.List(r.After, r.Limit)
+	if items == nil {
+		items = []wire.ProviderInfo{}
+	}
+	_ = req.RespondJSON(wire.ProviderListReply{Providers: items, Next: next})
+	s.end(c, codeOK)
+}
+
+// handleStatus answers token.status: the replica's view, summarised,
+// filtered and paged as the request asks, cut further until it fits one
+// NATS message.
+func (s *Service) handleStatus(req micro.Request) {
+	var q wire.StatusRequest
+	if !emptyOrObject(req.Data()) || len(strings.TrimSpace(string(req.Data()))) > 0 && json.Unmarshal(req.Data(), &q) != nil {
+		body, _ := json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: wire.CodeBadRequest, Message: `token.status takes an empty body or {"provider":"…"} / {"after":"…","limit":N}`}})
+		_ = req.Error(fmt.Sprint(wire.CodeBadRequest), "bad request", body)
+		return
+	}
+	all := s.cfg.Status()
+	limit := max(s.nc.MaxPayload()*9/10, 4096)
+	for {
+		body, err := json.Marshal(all.Page(q))
+		if err == nil && (int64(len(body)) <= limit || q.Limit == 1) {
+			_ = req.Respond(body)
+			return
+		}
+		if q.Limit <= 0 || q.Limit > wire.StatusPageMax {
+			q.Limit = wire.StatusPageMax
+		}
+		q.Limit = max(q.Limit/2, 1)
+	}
+}

@@ -1,0 +1,365 @@
+// Command scalebench measures one refresher with many providers (SPEC §8):
+// it runs the simulator in-process with a fixed token latency, starts a
+// refresher process (an embedded NATS server, everything on 127.0.0.1) with
+// N providers — registered through tokenbus.providers.put, or written in a
+// generated config file — and reports:
+//
+//   - ready: from the first put (api) or the process start (config) until
+//     every provider serves a token;
+//   - the peak number of token requests in flight at the simulator (bounded
+//     by fetch_concurrency);
+//   - the refresher's resident memory (VmRSS once ready, and its peak VmHWM);
+//   - token.get latency (p50, p99) over random providers once ready.
+//
+// Usage:
+//
+//	go run ./tools/cmd/scalebench --providers 10000 --source api
+//	go run ./tools/cmd/scalebench --providers 10000 --source config --refresher ./bin/refresher
+//
+// Without --refresher it builds services/refresher/cmd/refresher into a
+// temporary directory (run it from the repository root). Everything it starts
+// is stopped before it exits, and it gives up after --timeout.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokenbus/tokenbus/libs/simulator"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "scalebench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	providers   int
+	source      string
+	concurrency int
+	latency     time.Duration
+	refresher   string
+	gets        int
+	timeout     time.Duration
+	keep        bool
+}
+
+// Result is one run's figures.
+type Result struct {
+	Providers        int     `json:"providers"`
+	Source           string  `json:"source"`
+	FetchConcurrency int     `json:"fetch_concurrency"`
+	LatencyMS        float64 `json:"token_latency_ms"`
+	PutSeconds       float64 `json:"put_seconds,omitempty"`
+	ReadySeconds     float64 `json:"ready_seconds"`
+	BoundSeconds     float64 `json:"bound_seconds"`
+	PeakInFlight     int64   `json:"peak_in_flight"`
+	RSSMiB           float64 `json:"rss_mib"`
+	PeakRSSMiB       float64 `json:"peak_rss_mib"`
+	GetP50MS         float64 `json:"token_get_p50_ms"`
+	GetP99MS         float64 `json:"token_get_p99_ms"`
+	Gets             int     `json:"token_gets"`
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("scalebench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.providers, "providers", 1000, "how many providers (1 to 100000)")
+	fs.StringVar(&o.source, "source", "api", "api (tokenbus.providers.put) or config (a generated config file)")
+	fs.IntVar(&o.concurrency, "fetch-concurrency", 16, "the refresher's fetch_concurrency")
+	fs.DurationVar(&o.latency, "latency", 20*time.Millisecond, "the simulator's token latency")
+	fs.StringVar(&o.refresher, "refresher", "", "refresher binary (default: build ./services/refresher/cmd/refresher)")
+	fs.IntVar(&o.gets, "gets", 20000, "token.get requests to time once ready")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.providers < 1 || o.providers > 100000 || (o.source != "api" && o.source != "config") || o.concurrency < 1 {
+		return errors.New("want --providers 1..100000, --source api|config, --fetch-concurrency ≥ 1")
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	res, err := bench(ctx, o, stderr)
+	if err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(res, "", "  ")
+	_, err = fmt.Fprintf(stdout, "%s\n", b)
+	return err
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
+	dir, err := os.MkdirTemp("", "scalebench-")
+	if err != nil {
+		return nil, err
+	}
+	if !o.keep {
+		defer os.RemoveAll(dir)
+	}
+	bin := o.refresher
+	if bin == "" {
+		bin = filepath.Join(dir, "refresher")
+		fmt.Fprintln(log, "building the refresher…")
+		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./services/refresher/cmd/refresher")
+		build.Stdout, build.Stderr = log, log
+		if err := build.Run(); err != nil {
+			return nil, fmt.Errorf("build the refresher (run from the repository root, or pass --refresher): %w", err)
+		}
+	}
+
+	// The simulator, in this process, on loopback.
+	sim := simulator.New(simulator.Config{})
+	sim.SetFaults(simulator.Daraja, simulator.Faults{Latency: o.latency})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	simSrv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = simSrv.Serve(ln) }()
+	defer simSrv.Close()
+	simURL := "http://" + ln.Addr().String()
+
+	natsPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, `nats:
+  embedded: {listen: "127.0.0.1:%d", store_dir: %q}
+http: {listen: "127.0.0.1:0"}
+log: {level: warn}
+fetch_concurrency: %d
+credentials:
+  keys: [{id: k1, key: %q}]
+`, natsPort, filepath.Join(dir, "nats"), o.concurrency, base64.StdEncoding.EncodeToString(key))
+	name := func(i int) string { return fmt.Sprintf("m-%05d", i) }
+	cred := func(i int) string { return fmt.Sprintf("merchant-%05d", i) }
+	if o.source == "config" {
+		cfg.WriteString("providers:\n")
+		for i := range o.providers {
+			fmt.Fprintf(&cfg, "  - name: %s\n    kind: daraja\n    base_url: %s\n    consumer_key: %s\n    consumer_secret: %s\n",
+				name(i), simURL, cred(i), simulator.DerivedSecret(cred(i)))
+		}
+	}
+	cfgPath := filepath.Join(dir, "refresher.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
+		return nil, err
+	}
+
+	start := time.Now()
+	cmd := exec.Command(bin, "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = io.Discard, log
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}()
+
+	var nc *nats.Conn
+	for {
+		nc, err = nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort), nats.Timeout(time.Second))
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("the refresher did not start: %w", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	defer nc.Close()
+	// Wait for the service.
+	for {
+		if _, err := nc.Request(wire.StatusSubject, nil, time.Second); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, errors.New("the refresher does not answer token.status")
+		}
+	}
+	res := &Result{Providers: o.providers, Source: o.source, FetchConcurrency: o.concurrency, LatencyMS: float64(o.latency) / 1e6}
+	if o.source == "api" {
+		start = time.Now()
+		if err := putAll(ctx, nc, o.providers, func(i int) []byte {
+			b, _ := json.Marshal(map[string]string{"name": name(i), "kind": "daraja", "base_url": simURL,
+				"consumer_key": cred(i), "consumer_secret": simulator.DerivedSecret(cred(i))})
+			return b
+		}); err != nil {
+			return nil, err
+		}
+		res.PutSeconds = time.Since(start).Seconds()
+		fmt.Fprintf(log, "%d providers put in %.1fs\n", o.providers, res.PutSeconds)
+	}
+	// Ready: every provider ok.
+	for {
+		msg, err := nc.Request(wire.StatusSubject, []byte(`{"limit":1}`), 5*time.Second)
+		if err == nil {
+			var st wire.Status
+			if json.Unmarshal(msg.Data, &st) == nil && st.Summary != nil && st.Summary.States[wire.StateOK] >= o.providers {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errors.New("not every provider became ready in time")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	res.ReadySeconds = time.Since(start).Seconds()
+	res.BoundSeconds = float64(o.providers) * o.latency.Seconds() / float64(o.concurrency)
+	_, res.PeakInFlight = sim.InFlight()
+	fmt.Fprintf(log, "ready in %.1fs (bound %.1fs + a few); peak in flight %d\n", res.ReadySeconds, res.BoundSeconds, res.PeakInFlight)
+
+	// token.get latency, 8 callers, random providers.
+	lat, err := gets(ctx, nc, o.gets, func() string { return name(mrand.IntN(o.providers)) })
+	if err != nil {
+		return nil, err
+	}
+	res.Gets = len(lat)
+	res.GetP50MS, res.GetP99MS = percentile(lat, 0.50), percentile(lat, 0.99)
+	res.RSSMiB, res.PeakRSSMiB = procMem(cmd.Process.Pid)
+	return res, nil
+}
+
+// putAll puts n providers, 32 requests at a time.
+func putAll(ctx context.Context, nc *nats.Conn, n int, body func(int) []byte) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	sem := make(chan struct{}, 32)
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			msg, err := nc.RequestWithContext(ctx, wire.ProvidersPutSubject, body(i))
+			if err == nil && msg.Header.Get(wire.HeaderErrorCode) != "" {
+				err = fmt.Errorf("put %d: %s %s", i, msg.Header.Get(wire.HeaderErrorCode), msg.Header.Get(wire.HeaderError))
+			}
+			if err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+func gets(ctx context.Context, nc *nats.Conn, n int, pick func() string) ([]time.Duration, error) {
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		out = make([]time.Duration, 0, n)
+		bad int
+	)
+	per := n / 8
+	for range 8 {
+		wg.Go(func() {
+			local := make([]time.Duration, 0, per)
+			for range per {
+				t := time.Now()
+				msg, err := nc.RequestWithContext(ctx, wire.GetSubject(pick()), nil)
+				if err != nil || msg.Header.Get(wire.HeaderErrorCode) != "" {
+					mu.Lock()
+					bad++
+					mu.Unlock()
+					continue
+				}
+				local = append(local, time.Since(t))
+			}
+			mu.Lock()
+			out = append(out, local...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if bad > 0 {
+		return nil, fmt.Errorf("%d token.get requests failed", bad)
+	}
+	return out, nil
+}
+
+func percentile(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	i := int(math.Ceil(p*float64(len(d)))) - 1
+	return float64(d[max(i, 0)]) / 1e6
+}
+
+// procMem returns VmRSS and VmHWM of pid in MiB (0 where /proc has none).
+func procMem(pid int) (rss, hwm float64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
