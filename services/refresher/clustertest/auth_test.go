@@ -40,36 +40,12 @@ func startAuthCluster(t *testing.T) string {
 	for k, v := range rolePasswords {
 		t.Setenv(k, v) // the child processes inherit them
 	}
-	ports := freePorts(t, 6)
-	dir := t.TempDir()
 	roles, err := os.ReadFile(authConf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), roles, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var routes, urls []string
-	for i := range 3 {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]))
-		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
-	}
-	for i := range 3 {
-		conf := filepath.Join(dir, fmt.Sprintf("n%d.conf", i))
-		body := fmt.Sprintf(`server_name: n%d
-listen: 127.0.0.1:%d
-ping_interval: "1s"
-ping_max: 2
-jetstream { store_dir: %q, sync_interval: always }
-cluster { name: tokenbus, listen: 127.0.0.1:%d, routes: [%s] }
-include ./auth.conf
-`, i, ports[i], filepath.Join(dir, fmt.Sprint("n", i)), ports[3+i], strings.Join(routes, ", "))
-		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		startProc(t, fmt.Sprint("nats-n", i), bin.natsServer, "-c", conf)
-	}
-	return strings.Join(urls, ",")
+	_, urls := startClusterWith(t, "include ./auth.conf\n", map[string][]byte{"auth.conf": roles})
+	return urls
 }
 
 // startAuthReplica starts a refresher that connects as the shipped

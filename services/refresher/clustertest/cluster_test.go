@@ -36,8 +36,20 @@ type node struct {
 
 func startCluster(t *testing.T) ([]*node, string) {
 	t.Helper()
+	return startClusterWith(t, "", nil)
+}
+
+// startClusterWith starts the cluster with extra lines in every node's
+// configuration and files written beside it (e.g. an included auth.conf).
+func startClusterWith(t *testing.T, extra string, files map[string][]byte) ([]*node, string) {
+	t.Helper()
 	ports := freePorts(t, 6)
 	dir := t.TempDir()
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var routes []string
 	for i := range 3 {
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]))
@@ -54,7 +66,7 @@ ping_interval: "1s"
 ping_max: 2
 jetstream { store_dir: %q, sync_interval: always }
 cluster { name: tokenbus, listen: 127.0.0.1:%d, routes: [%s] }
-`, i, ports[i], filepath.Join(dir, fmt.Sprint("n", i)), ports[3+i], strings.Join(routes, ", "))
+%s`, i, ports[i], filepath.Join(dir, fmt.Sprint("n", i)), ports[3+i], strings.Join(routes, ", "), extra)
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -62,6 +74,28 @@ cluster { name: tokenbus, listen: 127.0.0.1:%d, routes: [%s] }
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
 	}
 	return nodes, strings.Join(urls, ",")
+}
+
+// connectCluster connects to the cluster once it accepts connections and
+// waits until JetStream answers (a meta leader is elected). The connection
+// closes with the test.
+func connectCluster(t *testing.T, urls string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	var nc *nats.Conn
+	testutil.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() (err error) {
+		nc, err = nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+		return err
+	})
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		_, err := js.AccountInfo(context.Background())
+		return err
+	})
+	return nc, js
 }
 
 // replica is one refresher process.
@@ -355,17 +389,7 @@ func TestFailover(t *testing.T) {
 	providers += fmt.Sprintf("  - {name: mpay-test, kind: mpay, base_url: %q, username: sim-user, password: sim-pass, pool: 4}\n", simSrv.URL)
 
 	nodes, urls := startCluster(t)
-	var nc *nats.Conn
-	testutil.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() (err error) {
-		nc, err = nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-		return err
-	})
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-		_, err := js.AccountInfo(context.Background())
-		return err
-	})
+	nc, js := connectCluster(t, urls)
 
 	var reps []*replica
 	for i := range 3 {

@@ -1,7 +1,6 @@
 package clustertest
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -93,17 +91,7 @@ func TestSteadyManyProviders(t *testing.T) {
 	names, providers := darajaProviders(simSrv.URL, "800ms")
 
 	_, urls := startCluster(t)
-	var nc *nats.Conn
-	testutil.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() (err error) {
-		nc, err = nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-		return err
-	})
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-		_, err := js.AccountInfo(context.Background())
-		return err
-	})
+	nc, js := connectCluster(t, urls)
 	var reps []*replica
 	for i := range 3 {
 		reps = append(reps, startReplica(t, i, urls, providers))

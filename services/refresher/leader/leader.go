@@ -95,6 +95,9 @@ type Leader struct {
 	loops   map[string]Loop
 	lctx    context.Context // non-nil while leading
 	running map[string]*running
+	// counted is the revision of the last foreign write counted per
+	// provider: the watch and the takeover check may both see one write.
+	counted map[string]uint64
 	wg      sync.WaitGroup // forwarded refreshes
 }
 
@@ -127,7 +130,7 @@ func New(cfg Config) (*Leader, error) {
 	return &Leader{
 		cfg: cfg, lease: ls, log: cfg.Logger,
 		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder},
-		loops: map[string]Loop{}, running: map[string]*running{},
+		loops: map[string]Loop{}, running: map[string]*running{}, counted: map[string]uint64{},
 	}, nil
 }
 
@@ -293,8 +296,10 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
 			continue
 		}
+		if !l.foreign(name, msg.Sequence) {
+			continue // the watch saw this write first and repairs it
+		}
 		l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
-		l.foreign(name)
 		l.wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
 			defer cancel()
@@ -351,7 +356,7 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	}
 	if !ok {
 		l.log.Warn("leader: a token was written for a provider this leader does not have; deleting it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
-		l.foreign(tok.Provider)
+		l.foreign(tok.Provider, rev)
 		if _, err := l.write(ctx, tok.Provider, nil, true); err != nil {
 			l.log.Warn("leader: cannot delete a foreign token", slog.String("provider", tok.Provider), slog.String("error", err.Error()))
 		}
@@ -361,16 +366,28 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	if !ok || k.Owns(tok, rev) {
 		return true
 	}
-	l.log.Warn("leader: a token this leader did not write was stored for its provider; replacing it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
-	l.foreign(tok.Provider)
-	k.Repair()
+	if l.foreign(tok.Provider, rev) {
+		l.log.Warn("leader: a token this leader did not write was stored for its provider; replacing it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
+	}
+	k.Repair() // idempotent: also when the takeover check counted it first
 	return false
 }
 
-func (l *Leader) foreign(provider string) {
+// foreign counts a write to provider's key at rev that no leader made, once:
+// it reports false for a revision already counted (the takeover check and
+// the watch can both see one write).
+func (l *Leader) foreign(provider string, rev uint64) bool {
+	l.mu.Lock()
+	if rev != 0 && l.counted[provider] >= rev {
+		l.mu.Unlock()
+		return false
+	}
+	l.counted[provider] = rev
+	l.mu.Unlock()
 	if l.cfg.OnForeignWrite != nil {
 		l.cfg.OnForeignWrite(provider)
 	}
+	return true
 }
 
 // onForwarded answers refreshes forwarded by standbys.
