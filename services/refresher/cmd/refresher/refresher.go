@@ -392,7 +392,7 @@ func (m *Main) banner() {
 	for _, p := range m.Config.Providers {
 		fmt.Fprintf(m.stdout, "  provider %-16s get a token: go run ./tools/cmd/tokenctl --server %s get %s\n", p.Name, url, p.Name)
 	}
-	fmt.Fprintf(m.stdout, "  (or any NATS client: request %s<provider>, or watch KV bucket %q)\n", wire.GetPrefix, m.Config.Bucket)
+	fmt.Fprintf(m.stdout, "  (or any NATS client: request %s<provider>, and follow %s<provider> for every new token)\n", wire.GetPrefix, wire.UpdatesPrefix)
 }
 
 // Close stops refreshing, stops the service, drains NATS and shuts the
