@@ -1,6 +1,7 @@
 package refresher
 
 import (
+	"context"
 	"errors"
 	"time"
 )
@@ -40,3 +41,27 @@ type Recorder interface {
 // may not call providers now (it does not hold the lease), and wrapped around
 // a token write the lease fence rejected.
 var ErrNotAllowed = errors.New("refresher: this replica may not call the provider now (not the lease holder)")
+
+// UntilReady calls fn until it succeeds or ctx ends, giving each attempt 5 s
+// and waiting 500 ms between attempts, and calls wait (if set) with each
+// failure. It is how the adapters create their JetStream streams and buckets
+// while JetStream is not yet available (a cluster still electing its meta
+// leader, a server starting). It returns the last error when ctx ends.
+func UntilReady(ctx context.Context, wait func(error), fn func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if wait != nil {
+			wait(err)
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

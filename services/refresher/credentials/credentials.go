@@ -43,25 +43,21 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for {
-		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		kv, err := js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
+	var kv jetstream.KeyValue
+	err = refresher.UntilReady(ctx, nil, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      bucket,
 			Description: "tokenbus: runtime providers, secret fields sealed (AES-256-GCM)",
 			History:     1,
 			Storage:     jetstream.FileStorage,
 			Replicas:    max(replicas, 1),
 		})
-		acancel()
-		if err == nil {
-			return &Store{kv: kv, ring: ring}, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("credentials: open bucket %q: %w", bucket, err)
-		case <-time.After(500 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("credentials: open bucket %q: %w", bucket, err)
 	}
+	return &Store{kv: kv, ring: ring}, nil
 }
 
 // record is an entry as stored: non-secret fields in the clear, secrets

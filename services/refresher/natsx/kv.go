@@ -9,6 +9,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokenbus/tokenbus/services/refresher"
+
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
 
@@ -40,9 +42,9 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 	if err != nil {
 		return nil, fmt.Errorf("natsx: jetstream: %w", err)
 	}
-	for {
-		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		kv, err := js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
+	var kv, lease jetstream.KeyValue
+	err = refresher.UntilReady(ctx, wait, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      bucket,
 			Description: "tokenbus: current access token of each provider (and the leader's term, key _term)",
 			History:     1,
@@ -50,29 +52,22 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 			Replicas:    max(replicas, 1),
 			RePublish:   republish(bucket),
 		})
-		var lease jetstream.KeyValue
-		if err == nil {
-			lease, err = js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
-				Bucket:      bucket + LeaseSuffix,
-				Description: "tokenbus: the leader lease of bucket " + bucket + " (key _lease)",
-				History:     1,
-				Storage:     jetstream.FileStorage,
-				Replicas:    max(replicas, 1),
-			})
+		if err != nil {
+			return err
 		}
-		acancel()
-		if err == nil {
-			return &Store{js: js, kv: kv, lease: lease}, nil
-		}
-		if wait != nil {
-			wait(err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("natsx: open bucket %q: %w", bucket, err)
-		case <-time.After(500 * time.Millisecond):
-		}
+		lease, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket + LeaseSuffix,
+			Description: "tokenbus: the leader lease of bucket " + bucket + " (key _lease)",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    max(replicas, 1),
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsx: open bucket %q: %w", bucket, err)
 	}
+	return &Store{js: js, kv: kv, lease: lease}, nil
 }
 
 // republish maps every key of bucket to token.updates.<key>: clients follow

@@ -83,7 +83,7 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Sto
 		return nil, fmt.Errorf("pool: jetstream: %w", err)
 	}
 	s := &Store{nc: nc, js: js, bucket: bucket, stream: StreamPrefix + bucket}
-	err = retry(ctx, func(ctx context.Context) error {
+	err = refresher.UntilReady(ctx, nil, func(ctx context.Context) error {
 		_, err := js.CreateOrUpdateStream(ctx, s.streamConfig(bucket, replicas))
 		return err
 	})
@@ -91,26 +91,6 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Sto
 		return nil, fmt.Errorf("pool: open stream %s: %w", s.stream, err)
 	}
 	return s, nil
-}
-
-// retry calls fn with a 5 s budget per attempt, every half second, until it
-// succeeds or ctx ends: JetStream answers its API only once a cluster has
-// elected its leaders, and replicas starting together race to create the
-// same stream and consumers.
-func retry(ctx context.Context, fn func(context.Context) error) error {
-	for {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := fn(actx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
 }
 
 func (s *Store) streamConfig(bucket string, replicas int) jetstream.StreamConfig {
@@ -204,7 +184,7 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 	defer cancel()
 	subject := SubjectPrefix + s.bucket + "." + cfg.Name
 	var cons jetstream.Consumer
-	err := retry(ctx, func(ctx context.Context) (err error) {
+	err := refresher.UntilReady(ctx, nil, func(ctx context.Context) (err error) {
 		cons, err = s.js.CreateOrUpdateConsumer(ctx, s.stream, s.consumerConfig(cfg, subject))
 		return err
 	})
