@@ -43,6 +43,19 @@ func TestPermissionsBlockWorks(t *testing.T) {
 		t.Fatal("server not ready")
 	}
 
+	// tokenctl itself connects as the reader: --user, the password from
+	// $NATS_PASSWORD, the private inbox. Nobody answers token.get here, so
+	// it fails, but on "no responders", not on authorization or permissions.
+	t.Setenv("NATS_PASSWORD", "svc-a-s3cret-pw")
+	code, _, errOut = tokenctl(t, "--server", ns.ClientURL(), "--user", "svc-a", "--timeout", "500ms", "get", "daraja-a")
+	if code != 1 || !strings.Contains(errOut, "no responders") || strings.Contains(errOut, "svc-a-s3cret-pw") {
+		t.Fatalf("tokenctl --user svc-a get: %d %s", code, errOut)
+	}
+	t.Setenv("NATS_PASSWORD", "wrong")
+	if code, _, errOut = tokenctl(t, "--server", ns.ClientURL(), "--user", "svc-a", "get", "daraja-a"); code != 1 || !strings.Contains(errOut, "Authorization") {
+		t.Fatalf("tokenctl with a wrong password: %d %s", code, errOut)
+	}
+
 	denied := make(chan error, 16)
 	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("svc-a", "svc-a-s3cret-pw"), nats.CustomInboxPrefix("_INBOX_svc-a"),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied <- err }))
