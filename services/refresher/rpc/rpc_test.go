@@ -343,7 +343,13 @@ func TestGetCarriesRevision(t *testing.T) {
 			if code := msg.Header.Get(wire.HeaderErrorCode); code != "" {
 				return fmt.Errorf("%s: %s", name, code)
 			}
-			if got := msg.Header.Get(wire.HeaderRevision); got != want {
+			got := msg.Header.Get(wire.HeaderRevision)
+			if got == "" && want != "" {
+				// Served from memory while its publish is under way: no
+				// revision yet (a client does not cache such a reply).
+				return fmt.Errorf("%s: no revision header yet", name)
+			}
+			if got != want {
 				t.Fatalf("%s: revision header %q, want %q", name, got, want)
 			}
 			return nil
