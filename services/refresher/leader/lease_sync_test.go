@@ -3,7 +3,6 @@ package leader_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -133,16 +132,7 @@ func TestReleaseWithStaleRevision(t *testing.T) {
 		for !l.Valid() {
 			time.Sleep(100 * time.Millisecond)
 		}
-		kv.mu.Lock()
-		lost := true
-		kv.afterUpdate = func(context.Context) error {
-			if lost {
-				lost = false
-				return errors.New("nats: timeout") // landed, reply lost
-			}
-			return nil
-		}
-		kv.mu.Unlock()
+		kv.loseNextUpdateReply()
 		time.Sleep(syncTTL/5 + time.Millisecond) // the renewal whose reply is lost
 		synctest.Wait()
 		stop()
@@ -168,16 +158,7 @@ func TestLostRenewalReplyKeepsTheLease(t *testing.T) {
 		for !l.Valid() {
 			time.Sleep(100 * time.Millisecond)
 		}
-		kv.mu.Lock()
-		lost := true
-		kv.afterUpdate = func(context.Context) error {
-			if lost {
-				lost = false
-				return errors.New("nats: timeout")
-			}
-			return nil
-		}
-		kv.mu.Unlock()
+		kv.loseNextUpdateReply()
 		for range 20 {
 			time.Sleep(syncTTL / 10)
 			if !l.Valid() {

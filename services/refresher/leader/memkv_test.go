@@ -2,6 +2,7 @@ package leader_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -133,4 +134,19 @@ func (w *memWatcher) Stop() error {
 	defer w.kv.mu.Unlock()
 	delete(w.kv.watchers, w)
 	return nil
+}
+
+// loseNextUpdateReply makes the next Update land but report a timeout, as a
+// renewal whose reply was lost does.
+func (m *memKV) loseNextUpdateReply() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lost := true
+	m.afterUpdate = func(context.Context) error {
+		if lost {
+			lost = false
+			return errors.New("nats: timeout") // landed, reply lost
+		}
+		return nil
+	}
 }
