@@ -411,13 +411,36 @@ func emptyOrObject(b []byte) bool {
 // could name $KV.<bucket>.B, or a JetStream API subject, as its reply
 // subject and have the refresher write a forged token or manage a stream on
 // its behalf (a confused deputy). Every NATS client's replies go to an inbox
-// (_INBOX. by default, _INBOX_<user>. with a private prefix, SPEC §10).
+// (_INBOX. by default, _INBOX_<user>. with a private prefix, SPEC §10); a
+// request imported from another NATS account (deploy/nats/auth.conf) carries
+// the reply subject nats-server mapped it to, _R_.<id>.<id>, which leads back
+// to the requester's own account only. The server enforces the same with the
+// shipped roles; this is the second wall.
 func (s *Service) inboxOnly(h micro.HandlerFunc) micro.HandlerFunc {
 	return func(req micro.Request) {
-		if !wire.IsInbox(req.Reply()) {
+		if !ReplyAllowed(req.Reply()) {
 			s.log.Warn("request dropped: its reply subject is not an inbox", slog.String("subject", req.Subject()), slog.String("reply", req.Reply()))
 			return
 		}
 		h(req)
 	}
+}
+
+// ReplyAllowed reports whether the refresher may answer at reply: an inbox
+// (wire.IsInbox) or the reply subject of a service import (_R_. and at
+// least one more token, no wildcard).
+func ReplyAllowed(reply string) bool {
+	if wire.IsInbox(reply) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(reply, "_R_.")
+	if !ok || rest == "" {
+		return false
+	}
+	for tok := range strings.SplitSeq(rest, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
+			return false
+		}
+	}
+	return true
 }
