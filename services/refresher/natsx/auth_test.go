@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -310,4 +311,77 @@ authorization { users: [{user: refresher, password: "refresher-pw-123"}] }
 		t.Fatal(err)
 	}
 	in.Close()
+}
+
+// TestProtectedListeners: protected mode covers every listener the embedded
+// server opens (SPEC §10), not only the client port. Each unprotected shape
+// is refused, naming the listener; the same shape with authorization (or on
+// loopback) starts, which shows it is refused for that reason alone.
+func TestProtectedListeners(t *testing.T) {
+	users := "authorization { users: [{user: a, password: \"s3cret-pw\"}] }\n"
+	freePort := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, tc := range []struct {
+		name, listener  string
+		listen          string // the client listener; 127.0.0.1:0 if empty
+		open, protected string // config files; PORT is a free port; no protected: not started
+		cluster         bool   // the cluster comes from nats.embedded.cluster
+	}{
+		{name: "cluster in the file", listener: "cluster listener",
+			// A server with its own cluster block waits for JetStream peers
+			// before it is ready: the protected shape is the next case's.
+			open: "cluster { name: c, listen: \"0.0.0.0:PORT\" }\n"},
+		{name: "cluster from nats.embedded.cluster", listener: "cluster listener", cluster: true,
+			open:      "max_payload: 1MB\n",
+			protected: "cluster { authorization { user: route, password: \"route-pw\" } }\n"},
+		{name: "leaf nodes", listener: "leafnode listener",
+			open:      "leafnodes { listen: \"0.0.0.0:-1\" }\n",
+			protected: users + "leafnodes { listen: \"0.0.0.0:-1\" }\n"},
+		{name: "websocket", listener: "websocket listener",
+			open:      "websocket { listen: \"0.0.0.0:-1\", no_tls: true }\n",
+			protected: users + "websocket { listen: \"0.0.0.0:-1\", no_tls: true }\n"},
+		{name: "monitoring", listener: "monitoring listener",
+			open:      "http: \"0.0.0.0:-1\"\n",
+			protected: "http: \"127.0.0.1:-1\"\n"},
+		{name: "monitoring on the client's host", listener: "monitoring listener", listen: "0.0.0.0:0",
+			open:      users + "http_port: -1\n",
+			protected: users + "http: \"127.0.0.1:-1\"\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := func(file string) EmbeddedConfig {
+				listen := tc.listen
+				if listen == "" {
+					listen = "127.0.0.1:0"
+				}
+				file = strings.ReplaceAll(file, "PORT", freePort())
+				c := EmbeddedConfig{Listen: listen, StoreDir: t.TempDir(), ConfigFile: writeFile(t, "n.conf", file)}
+				if tc.cluster {
+					c.Cluster = &ClusterConfig{Name: "c", Listen: "0.0.0.0:" + freePort()}
+				}
+				return c
+			}
+			ns, err := StartEmbedded(cfg(tc.open))
+			if err == nil {
+				ns.Shutdown()
+				t.Fatalf("an unprotected %s started", tc.listener)
+			}
+			if !errors.Is(err, ErrUnprotected) || !strings.Contains(err.Error(), tc.listener) {
+				t.Fatalf("StartEmbedded = %v, want ErrUnprotected naming the %s", err, tc.listener)
+			}
+			if tc.protected == "" {
+				return
+			}
+			startEmbedded(t, cfg(tc.protected))
+			// The explicit opt-out covers it as well.
+			c := cfg(tc.open)
+			c.Insecure = true
+			startEmbedded(t, c)
+		})
+	}
 }
