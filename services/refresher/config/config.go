@@ -219,11 +219,14 @@ type Provider struct {
 	RefreshBefore Duration `yaml:"refresh_before"`
 	// Timeout bounds each token request; default 10s, 1s to 2m.
 	Timeout Duration `yaml:"timeout"`
+	// RefreshCooldown is the least time between two refreshes forced by
+	// token.refresh reports (SPEC §3); 0 means the default, 5s; at most 1h.
+	RefreshCooldown Duration `yaml:"refresh_cooldown"`
 }
 
 // commonFields apply to every kind; kindFields to one kind each.
 var (
-	commonFields = []string{"name", "kind", "refresh_before", "timeout"}
+	commonFields = []string{"name", "kind", "refresh_before", "timeout", "refresh_cooldown"}
 	kindFields   = map[string][]string{
 		KindDaraja: {"base_url", "consumer_key", "consumer_secret"},
 		KindMPay:   {"base_url", "username", "password", "pool"},

@@ -196,6 +196,9 @@ func (p *Provider) validate(ps *problems, path string) {
 	if p.RefreshBefore < 0 {
 		ps.add(0, at("refresh_before"), "must not be negative")
 	}
+	if p.RefreshCooldown < 0 || p.RefreshCooldown > Duration(time.Hour) {
+		ps.add(0, at("refresh_cooldown"), "must be from 0 (the default, 5s) to 1h")
+	}
 	if p.Timeout < Duration(time.Second) || p.Timeout > Duration(2*time.Minute) {
 		ps.add(0, at("timeout"), "must be from 1s to 2m")
 	}

@@ -352,14 +352,22 @@ func (s *Service) fail(c call, reply string, req micro.Request, err error) {
 	defer s.end(c, code)
 	body, _ := json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: msg}})
 	cs := fmt.Sprint(code)
+	var extra micro.Headers
+	if wait := RetryAfter(err); wait > 0 {
+		extra = micro.Headers{wire.HeaderRetryAfter: {strconv.Itoa(refresher.RetryAfterSeconds(wait))}}
+	}
 	if req != nil {
-		_ = req.Error(cs, msg, body)
+		_ = req.Error(cs, msg, body, micro.WithHeaders(extra))
 		return
 	}
 	if reply == "" {
 		return
 	}
-	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {cs}, wire.HeaderError: {msg}}})
+	h := nats.Header{wire.HeaderErrorCode: {cs}, wire.HeaderError: {msg}}
+	for k, v := range extra {
+		h[k] = v
+	}
+	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: h})
 }
 
 // Code maps a domain error to its wire code and message (SPEC §3): unknown
@@ -370,9 +378,12 @@ func Code(provider string, err error) (int, string) {
 		pe *refresher.ProviderError
 		re *refresher.RemoteError
 	)
+	var ce *refresher.CooldownError
 	switch {
 	case errors.As(err, &re):
 		return re.Code, re.Message
+	case errors.As(err, &ce):
+		return wire.CodeTooManyRequests, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(ce.Error(), "refresher: "))
 	case errors.Is(err, refresher.ErrUnknownProvider):
 		return wire.CodeUnknownProvider, fmt.Sprintf("unknown provider %q", provider)
 	case errors.Is(err, refresher.ErrBadRequest):
@@ -388,6 +399,22 @@ func Code(provider string, err error) (int, string) {
 	default:
 		return wire.CodeUnavailable, fmt.Sprintf("%s: no valid token available yet", provider)
 	}
+}
+
+// RetryAfter is how long err asks the caller to wait (a refresh cooldown,
+// here or on the leader a refresh was forwarded to); 0 if it does not.
+func RetryAfter(err error) time.Duration {
+	var (
+		ce *refresher.CooldownError
+		re *refresher.RemoteError
+	)
+	switch {
+	case errors.As(err, &ce):
+		return ce.RetryAfter
+	case errors.As(err, &re):
+		return re.RetryAfter
+	}
+	return 0
 }
 
 // emptyOrObject reports whether b is empty, blank or a JSON object.
