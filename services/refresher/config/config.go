@@ -67,6 +67,11 @@ type Credentials struct {
 	// Keys seal and open the secret fields: the first seals, every one opens.
 	// Without keys runtime providers are off.
 	Keys []CredentialKey `yaml:"keys"`
+	// MaxBytes bounds the bucket's size; 0 means 256 MiB (room for over
+	// 100,000 providers). At least 1 MiB.
+	MaxBytes int `yaml:"max_bytes"`
+	// MaxValueSize bounds one entry, sealed; 0 means 16 KiB. 1 KiB to 1 MiB.
+	MaxValueSize int `yaml:"max_value_size"`
 }
 
 // CredentialKey is one sealing key.

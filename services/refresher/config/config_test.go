@@ -200,6 +200,7 @@ func TestParseErrors(t *testing.T) {
 		{"duration without unit", "lease: {ttl: 10}\nproviders:" + daraja, []string{"line 1: lease.ttl: a number needs a unit, such as 10s or 5m"}},
 		{"negative duration", "providers:" + daraja + "    refresh_before: -1m\n", []string{"providers[0] (daraja-sandbox).refresh_before: must not be negative"}},
 		{"cooldown out of range", "providers:" + daraja + "    refresh_cooldown: 2h\n", []string{"providers[0] (daraja-sandbox).refresh_cooldown: must be from 0 (the default, 5s) to 1h"}},
+		{"credentials limits", "credentials: {max_bytes: 1000, max_value_size: 10}\nproviders:" + daraja, []string{"credentials.max_bytes: must be at least 1048576", "credentials.max_value_size: must be from 1024 to 1048576"}},
 		{"bad duration", "providers:" + daraja + "    timeout: soon\n", []string{"providers[0] (daraja-sandbox).timeout: want a duration such as 10s"}},
 
 		// Values.

@@ -87,6 +87,12 @@ func (c *Config) validateCredentials(ps *problems) {
 		ps.add(0, "credentials.bucket", "must differ from bucket and from the lease bucket (bucket-lease)")
 	}
 	ids := make(map[string]int)
+	if mb := c.Credentials.MaxBytes; mb != 0 && mb < 1<<20 {
+		ps.add(0, "credentials.max_bytes", "must be at least 1048576 (1 MiB), or 0 for the default (256 MiB)")
+	}
+	if mv := c.Credentials.MaxValueSize; mv != 0 && (mv < 1<<10 || mv > 1<<20) {
+		ps.add(0, "credentials.max_value_size", "must be from 1024 to 1048576 bytes, or 0 for the default (16 KiB)")
+	}
 	for i, k := range c.Credentials.Keys {
 		path := itemPath("credentials.keys", i, "")
 		switch {
