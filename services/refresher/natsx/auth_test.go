@@ -385,3 +385,64 @@ func TestProtectedListeners(t *testing.T) {
 		})
 	}
 }
+
+// TestEmbeddedShippedRoles: the shipped deploy/nats/auth.conf, named as is in
+// nats.embedded.config, runs the embedded server with its accounts: the
+// refresher's user has JetStream in the TOKENBUS account and stores tokens;
+// a reader's token.get reaches a responder there through its import, with
+// the reply mapped to _R_.…, and its reply aimed at a KV key lands in its own
+// account (the bucket is untouched).
+func TestEmbeddedShippedRoles(t *testing.T) {
+	for k, v := range map[string]string{"TOKENBUS_REFRESHER_PASSWORD": "r-pw-1", "TOKENBUS_PAYMENTS_PASSWORD": "p-pw-2",
+		"TOKENBUS_CHECKOUT_PASSWORD": "c-pw-3", "TOKENBUS_ADMIN_PASSWORD": "a-pw-4", "TOKENBUS_OBSERVER_PASSWORD": "o-pw-5"} {
+		t.Setenv(k, v)
+	}
+	conf, err := filepath.Abs("../../../deploy/nats/auth.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := startEmbedded(t, EmbeddedConfig{Listen: "0.0.0.0:0", ConfigFile: conf})
+	nc, err := Connect(ConnectConfig{Name: "t", Embedded: ns, User: "tokenbus-refresher", Password: "r-pw-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Drain(nc, time.Second)
+	st, err := OpenStore(context.Background(), nc, "tokens", 1, nil)
+	if err != nil {
+		t.Fatalf("JetStream in the TOKENBUS account: %v", err)
+	}
+	now := time.Now()
+	if _, err := st.Publish(context.Background(), wire.Token{Provider: "daraja-sandbox", AccessToken: "a", ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	replies := make(chan string, 4)
+	if _, err := nc.Subscribe("token.get.*", func(m *nats.Msg) { replies <- m.Reply; _ = m.Respond([]byte("{}")) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	reader, err := nats.Connect(ns.ClientURL(), nats.UserInfo("payments", "p-pw-2"), nats.CustomInboxPrefix("_INBOX_payments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	if _, err := reader.Request("token.get.daraja-sandbox", nil, 2*time.Second); err != nil {
+		t.Fatalf("the reader's token.get through the import: %v", err)
+	}
+	if r := <-replies; !strings.HasPrefix(r, "_R_.") {
+		t.Fatalf("the service saw reply %q, want _R_.…", r)
+	}
+	if err := reader.PublishRequest("token.get.daraja-sandbox", "$KV.tokens.daraja-sandbox", nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-replies; !strings.HasPrefix(r, "_R_.") {
+		t.Fatalf("a reply aimed at the bucket reached the service as %q", r)
+	}
+	_ = nc.Flush()
+	e, err := st.kv.Get(context.Background(), "daraja-sandbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(e.Value()), `"access_token":"a"`) {
+		t.Fatalf("the bucket after the attack: %s", e.Value())
+	}
+}
