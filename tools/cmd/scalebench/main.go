@@ -364,8 +364,15 @@ credentials:
 		fmt.Fprintf(log, "idle: %.2f%% of a core over %.0fs\n", res.IdleCPUPercent, res.IdleSeconds)
 	}
 	if pprofURL != "" {
-		if err := fetch(ctx, pprofURL+"heap?gc=1", filepath.Join(o.pprofDir, fmt.Sprintf("heap-idle-%d.pprof", o.providers)), time.Minute); err != nil {
-			fmt.Fprintln(log, "heap profile:", err)
+		for file, what := range map[string]string{
+			"heap-idle-%d.pprof": "heap?gc=1",
+			// MemStats (stacks, heap, GC goal) and the goroutine count.
+			"memstats-idle-%d.txt":   "heap?debug=1",
+			"goroutines-idle-%d.txt": "goroutine?debug=1",
+		} {
+			if err := fetch(ctx, pprofURL+what, filepath.Join(o.pprofDir, fmt.Sprintf(file, o.providers)), time.Minute); err != nil {
+				fmt.Fprintln(log, "profile:", err)
+			}
 		}
 		profiles.Wait()
 	}
