@@ -152,12 +152,19 @@ func (s *Service) handlePutMany(req micro.Request) {
 		for range min(putManyWorkers, len(results)) {
 			wg.Go(func() {
 				for i := range next {
-					rev, err := s.cfg.Registry.Put(ctx, parsed[i])
-					if err != nil {
+					rev, err := s.putOne(ctx, parsed[i])
+					switch {
+					case err == nil:
+						results[i].Revision = rev
+					case errors.Is(err, refresher.ErrBadRequest), errors.Is(err, refresher.ErrConflict), errors.Is(err, refresher.ErrRuntimeOff):
 						refuse(i, err)
-						continue
+					default:
+						// The store did not acknowledge it (a timeout, JetStream
+						// unavailable): the error names the provider and the
+						// cause, never a value.
+						results[i].Error = &wire.ErrorDetail{Code: wire.CodeUnavailable,
+							Message: fmt.Sprintf("providers[%d]: not stored, put it again: %v", i, err)}
 					}
-					results[i].Revision = rev
 				}
 			})
 		}
@@ -178,6 +185,18 @@ func (s *Service) handlePutMany(req micro.Request) {
 		}
 		return json.Marshal(reply)
 	})
+}
+
+// putOne stores one provider of a put_many batch within its own timeout (a
+// batch waits for the store's acknowledgements one after another, so one
+// deadline for the whole batch would fail its tail under load), ending at
+// once if the service stops.
+func (s *Service) putOne(ctx context.Context, p config.Provider) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+	return s.cfg.Registry.Put(ctx, p)
 }
 
 func (s *Service) handleDelete(req micro.Request) {

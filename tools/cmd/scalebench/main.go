@@ -124,7 +124,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.gets, "gets", 20000, "token.get requests to time once ready")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
-	fs.IntVar(&o.putBatch, "put-batch", wire.ProvidersPutManyMax, "api: providers per tokenbus.providers.put_many (1: single tokenbus.providers.put requests)")
+	fs.IntVar(&o.putBatch, "put-batch", 250, "api: providers per tokenbus.providers.put_many (1: single tokenbus.providers.put requests)")
 	fs.DurationVar(&o.idle, "idle", 10*time.Second, "how long to measure idle CPU once every token is fresh")
 	fs.StringVar(&o.pprofDir, "pprof", "", "write CPU and heap profiles of the refresher to this directory (runs it with --debug-pprof)")
 	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "with --pprof: length of the CPU profile taken from the first put")

@@ -173,7 +173,7 @@ func TestProvidersPutStream(t *testing.T) {
 	}
 	defer svc.Stop()
 
-	const n = wire.ProvidersPutManyMax + 200 // two batches at least
+	const n = 5*batchSize + 50 // six batches
 	var in strings.Builder
 	for i := range n {
 		fmt.Fprintf(&in, `{"name":"m-%05d","kind":"daraja","base_url":%q,"consumer_key":"k-%05d","consumer_secret":"SECRET-%05d"}`+"\n", i, h.SimURL, i, i)

@@ -20,10 +20,18 @@ import (
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
 
-// batchesInFlight is how many put_many requests "providers put -" keeps
-// outstanding at once: the refresher stores one batch while the next is on
-// the wire.
-const batchesInFlight = 4
+// How "providers put -" sends: batches of batchSize providers (fewer when
+// they would not fit three quarters of max_payload), batchesInFlight at
+// once, so the refresher stores one batch while the next is on the wire.
+// Larger batches gain nothing: the refresher's store acknowledges each
+// provider after its write is on disk, and that is the rate (see
+// docs/benchmarks.md). A batch may take longer than one request: it waits
+// at least batchTimeout for the answer.
+const (
+	batchSize       = 250
+	batchesInFlight = 4
+	batchTimeout    = 2 * time.Minute
+)
 
 // isTerminal reports whether w is a terminal (a character device), where a
 // progress bar may redraw itself.
@@ -72,7 +80,7 @@ type pending struct {
 
 // putStream puts every provider of a JSON-lines stream on stdin (one JSON
 // object a line; blank lines are skipped) through tokenbus.providers.put_many,
-// in batches of up to wire.ProvidersPutManyMax, a few batches in flight. A
+// in batches of batchSize, a few batches in flight. A
 // line that is not a JSON object, and every provider the refresher refuses,
 // is listed at the end on stderr by line, name, code and message (the
 // refresher's messages name fields, never values; tokenctl never prints a
@@ -109,7 +117,7 @@ func putStream(ctx context.Context, nc *nats.Conn, cfg config, out *printer, err
 			case raw[0] != '{' || !json.Valid(raw):
 				sp.refuse(refusal{line: line, code: wire.CodeBadRequest, msg: "not a JSON object (tokenctl reads one provider per line)"})
 			default:
-				if len(b.raws) == wire.ProvidersPutManyMax || b.size+len(raw) > maxBytes && len(b.raws) > 0 {
+				if len(b.raws) == batchSize || b.size+len(raw) > maxBytes && len(b.raws) > 0 {
 					send(b)
 					b = &pending{}
 				}
@@ -140,7 +148,9 @@ func (sp *streamPut) send(ctx context.Context, b *pending) {
 		return
 	}
 	body, _ := json.Marshal(wire.ProviderPutManyRequest{Providers: b.raws})
-	data, err := adminRequest(ctx, sp.nc, sp.cfg, wire.ProvidersPutManySubject, body)
+	cfg := sp.cfg
+	cfg.timeout = max(cfg.timeout, batchTimeout)
+	data, err := adminRequest(ctx, sp.nc, cfg, wire.ProvidersPutManySubject, body)
 	var r wire.ProviderPutManyReply
 	if err == nil && (json.Unmarshal(data, &r) != nil || len(r.Results) != len(b.raws)) {
 		err = fmt.Errorf("%s: malformed reply", wire.ProvidersPutManySubject)
