@@ -17,8 +17,9 @@
 //     providers already put; a 503 for a token not yet fetched counts as an
 //     answer) and over random providers once ready;
 //   - with --pprof DIR: a CPU profile of the refresher over the first
-//     --cpu-profile of the fill, and heap profiles (after a GC) once ready
-//     and once idle, written to DIR for go tool pprof.
+//     --cpu-profile of the fill and over the idle window, heap profiles
+//     (after a GC) once ready and once idle, MemStats and the goroutine
+//     count, written to DIR for go tool pprof.
 //
 // Usage:
 //
@@ -353,10 +354,19 @@ credentials:
 	// Idle: every token fresh, nobody asking.
 	if o.idle > 0 {
 		cpu0, t0 := procCPU(pid), time.Now()
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(o.idle):
+		if pprofURL != "" {
+			// The idle window is a CPU profile: what the refresher does
+			// when there is nothing to do.
+			if err := fetch(ctx, fmt.Sprintf("%sprofile?seconds=%d", pprofURL, max(int(o.idle.Seconds()), 1)),
+				filepath.Join(o.pprofDir, fmt.Sprintf("cpu-idle-%d.pprof", o.providers)), o.idle+30*time.Second); err != nil {
+				fmt.Fprintln(log, "idle cpu profile:", err)
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(o.idle):
+			}
 		}
 		res.IdleSeconds = time.Since(t0).Seconds()
 		res.IdleCPUPercent = 100 * (procCPU(pid) - cpu0) / res.IdleSeconds
