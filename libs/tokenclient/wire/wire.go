@@ -5,6 +5,7 @@
 package wire
 
 import (
+	"encoding/json"
 	"regexp"
 	"strings"
 	"time"
@@ -235,7 +236,45 @@ const (
 	ProvidersPutSubject    = "tokenbus.providers.put"
 	ProvidersDeleteSubject = "tokenbus.providers.delete"
 	ProvidersListSubject   = "tokenbus.providers.list"
+	// ProvidersPutManySubject is the bulk form of ProvidersPutSubject: up
+	// to ProvidersPutManyMax providers in one request, each validated and
+	// stored as a put of its own would be.
+	ProvidersPutManySubject = "tokenbus.providers.put_many"
 )
+
+// ProvidersPutManyMax is the most providers one tokenbus.providers.put_many
+// request may carry (the request must also fit the server's max_payload).
+const ProvidersPutManyMax = 1000
+
+// ProviderPutManyRequest is the body of tokenbus.providers.put_many: each
+// element one provider, as the body of tokenbus.providers.put.
+type ProviderPutManyRequest struct {
+	Providers []json.RawMessage `json:"providers"`
+}
+
+// ProviderPutManyReply answers tokenbus.providers.put_many once every
+// provider it reports stored is stored durably: one result per provider of
+// the request, in its order.
+type ProviderPutManyReply struct {
+	// Stored and Refused count the results without and with an error.
+	Stored  int                 `json:"stored"`
+	Refused int                 `json:"refused"`
+	Results []ProviderPutResult `json:"results"`
+}
+
+// ProviderPutResult is the outcome of one provider of a
+// tokenbus.providers.put_many request: its revision once stored, or the
+// error a tokenbus.providers.put of it alone would have answered (the same
+// code; the message names the field and the index, never a value).
+type ProviderPutResult struct {
+	// Index is the provider's position in the request, from 0.
+	Index int `json:"index"`
+	// Name is the provider's name when the request gave a valid one.
+	Name     string       `json:"name,omitempty"`
+	Kind     string       `json:"kind,omitempty"`
+	Revision uint64       `json:"revision,omitempty"`
+	Error    *ErrorDetail `json:"error,omitempty"`
+}
 
 // ProviderPutReply answers tokenbus.providers.put once the provider is
 // stored durably.

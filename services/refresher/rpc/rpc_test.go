@@ -293,11 +293,11 @@ func TestServiceIsDiscoverable(t *testing.T) {
 	if err := json.Unmarshal(msg.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.Name != "tokenbus" || len(info.Endpoints) != 5 || info.Endpoints[0].Subject != "token.get.*" || info.Endpoints[1].Subject != "token.refresh.*" || info.Endpoints[0].QueueGroup != "tokenbus" {
+	if info.Name != "tokenbus" || len(info.Endpoints) != 6 || info.Endpoints[0].Subject != "token.get.*" || info.Endpoints[1].Subject != "token.refresh.*" || info.Endpoints[0].QueueGroup != "tokenbus" {
 		t.Fatalf("info: %s", msg.Data)
 	}
 	// The runtime provider endpoints answer in the same queue group (SPEC §8).
-	for i, want := range []string{"tokenbus.providers.put", "tokenbus.providers.delete", "tokenbus.providers.list"} {
+	for i, want := range []string{"tokenbus.providers.put", "tokenbus.providers.delete", "tokenbus.providers.list", "tokenbus.providers.put_many"} {
 		if e := info.Endpoints[2+i]; e.Subject != want || e.QueueGroup != "tokenbus" {
 			t.Fatalf("info: %s", msg.Data)
 		}

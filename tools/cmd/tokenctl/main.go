@@ -16,7 +16,7 @@
 //	                      print the nats-server account of a role: reader (of the
 //	                      providers named), admin or observer (SPEC §10); --user names the user
 //	providers put <name> --kind K [fields]   add or replace a runtime provider (SPEC §8)
-//	providers put -       add or replace every JSON provider read from stdin
+//	providers put -       add or replace every provider of a JSON-lines stream on stdin
 //	providers list        every provider, config-file and runtime, by name
 //	providers delete <name>                  remove a runtime provider
 //
@@ -83,7 +83,8 @@ commands:
   providers put <name> --kind K [--base-url U --consumer-key K | --username U | --token-url U --client-id C | ...]
                         add or replace a runtime provider; its secret from $TOKENBUS_CONSUMER_SECRET,
                         $TOKENBUS_PASSWORD or $TOKENBUS_CLIENT_SECRET, or --secret-stdin (never an argument)
-  providers put -       add or replace every JSON provider read from stdin
+  providers put -       add or replace every provider of a JSON-lines stream on stdin
+                        (in batches; a progress bar on a terminal; refusals listed by line)
   providers list        every provider by name (--after, --limit, --all)
   providers delete <name>  remove a runtime provider
 
@@ -243,7 +244,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("connect to %s: %w", redact(cfg.server), err)
 	}
 	defer nc.Close()
-	out := &printer{w: stdout, json: cfg.json, now: time.Now}
+	out := &printer{w: stdout, errw: stderr, json: cfg.json, now: time.Now}
 
 	switch cmd {
 	case "get":

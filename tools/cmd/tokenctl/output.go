@@ -15,6 +15,7 @@ import (
 // printer writes results for people, or as JSON.
 type printer struct {
 	w    io.Writer
+	errw io.Writer // progress and refusals (stderr)
 	json bool
 	now  func() time.Time
 }

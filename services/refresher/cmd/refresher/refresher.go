@@ -162,7 +162,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if instance == "" {
 		instance = instanceID()
 	}
-	transport := httpx.WithUserAgent(nil, "tokenbus-refresher/"+Version+" ("+instance+")")
+	transport := httpx.WithUserAgent(httpx.NewTransport(cfg.FetchConcurrency), "tokenbus-refresher/"+Version+" ("+instance+")")
 
 	m.instance = instance
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
