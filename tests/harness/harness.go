@@ -266,8 +266,15 @@ func (h *Harness) StartRefresher() *Refresher {
 	h.mu.Lock()
 	h.ref = r
 	h.mu.Unlock()
+	// Ready once the first token is published, not only fetched: a token is
+	// served from memory a moment before its publish ends, without a KV
+	// revision, and a client's first read cannot order such a token against
+	// the updates that follow.
 	CheckFor(h.tb, 10*time.Second, 10*time.Millisecond, func() error {
-		_, err := mgr.Current()
+		e, err := mgr.Current()
+		if err == nil && e.Revision == 0 {
+			err = errors.New("first token not published yet")
+		}
 		return err
 	})
 	return r
