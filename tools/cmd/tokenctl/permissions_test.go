@@ -78,8 +78,10 @@ func TestPermissionsBlockWorks(t *testing.T) {
 	if _, err := nc.Request("token.get.daraja-a", nil, 200*time.Millisecond); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("token.get.daraja-a: %v, want no responders (allowed, nobody answering)", err)
 	}
-	if _, err := nc.SubscribeSync("token.updates.daraja-a"); err != nil {
-		t.Fatal(err)
+	for _, subj := range []string{"token.updates.daraja-a", "token.events.daraja-a"} {
+		if _, err := nc.SubscribeSync(subj); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
@@ -96,7 +98,7 @@ func TestPermissionsBlockWorks(t *testing.T) {
 		}
 		expectDenied("publish " + subj)
 	}
-	for _, subj := range []string{"token.updates.daraja-b", "token.updates.*", ">", "_INBOX.>", "_INBOX_svc-b.>"} {
+	for _, subj := range []string{"token.updates.daraja-b", "token.updates.*", "token.events.daraja-b", "token.events.*", ">", "_INBOX.>", "_INBOX_svc-b.>"} {
 		if _, err := nc.SubscribeSync(subj); err != nil {
 			t.Fatal(err)
 		}
