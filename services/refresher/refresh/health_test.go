@@ -43,7 +43,9 @@ func (r *recorder) Refreshed(p string, tok wire.Token, _ uint64, attempt int) {
 func (r *recorder) RefreshFailed(p string, f Failure) {
 	r.add("refresh_failed %s %s attempt=%d", f.Kind, f.Cause, f.Attempt)
 }
-func (r *recorder) CredentialsRejected(p string, f Failure) { r.add("credentials_rejected %s", f.Cause) }
+func (r *recorder) CredentialsRejected(p string, f Failure) {
+	r.add("credentials_rejected %s", f.Cause)
+}
 func (r *recorder) Recovered(p string, tok wire.Token, attempt int, failingFor time.Duration) {
 	r.mu.Lock()
 	r.failingFor = failingFor
