@@ -35,6 +35,7 @@ package metrics
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -273,10 +274,14 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	m.regs = append(m.regs, reg)
 	// Export the counters from the start, so rate() and alerts see a zero.
 	m.renewals.Add(context.Background(), 0, m.noAttrs)
-	for _, p := range m.providers {
+	// Per provider too: increase() over a counter that first appears at 1
+	// sees no increase, so an alert on the first foreign write or failure
+	// would never fire.
+	for _, p := range append(slices.Collect(maps.Values(m.providers)), m.other) {
 		for _, o := range p.cause {
 			m.failures.Add(context.Background(), 0, o...)
 		}
+		m.foreign.Add(context.Background(), 0, metric.WithAttributeSet(p.set))
 	}
 	return m, nil
 }
