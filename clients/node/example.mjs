@@ -7,9 +7,11 @@
 // consumer) or MODE=kv-watch (watch the KV bucket). UPDATES=n exits after n
 // tokens followed (the current one counts); BUCKET names the KV bucket
 // (default "tokens"); NATS_USER, NATS_PASSWORD and INBOX_PREFIX connect as a
-// least-privilege reader (SPEC §10).
+// least-privilege reader (SPEC §10). EVENTS=1 also prints the provider's
+// events (token.events.<provider>: refresh_failed, expired, recovered, …) as
+// {"event":"provider_event",…}.
 import { connect } from "nats";
-import { getToken, TokenCache, TokenbusError } from "./tokenbus.mjs";
+import { followEvents, getToken, TokenCache, TokenbusError } from "./tokenbus.mjs";
 
 const servers = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const provider = process.env.PROVIDER ?? "daraja-sandbox";
@@ -36,6 +38,12 @@ try {
   throw err;
 }
 
+// Events: what happens to the provider, as it happens (opt-in).
+const events = process.env.EVENTS === "1"
+  ? followEvents(nc, provider, (ev) => print({ event: "provider_event", type: ev.type, provider: ev.provider, detail: ev.detail, cause: ev.cause }))
+  : null;
+if (events) await nc.flush();
+
 // Follow: the current token first, then each new one as it is published.
 const cache = new TokenCache(nc, { mode, bucket, providers: [provider] });
 let seen = 0;
@@ -57,5 +65,6 @@ const done = new Promise((resolve) => {
 if (updates > 0) {
   await done;
   cache.stop();
+  events?.stop();
   await nc.close();
 }
