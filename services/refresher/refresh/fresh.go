@@ -3,6 +3,7 @@ package refresh
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -44,7 +45,16 @@ func (m *Manager) GetFresh(ctx context.Context, d time.Duration, refresh func(ct
 	// token (and, with the cooldown, per cooldown period); every other
 	// caller waits for the same refresh.
 	body, err := refresh(ctx, e.Token.AccessToken)
-	if err != nil {
+	var (
+		ce *refresher.CooldownError
+		re *refresher.RemoteError
+	)
+	switch {
+	case errors.As(err, &ce) || errors.As(err, &re) && re.Code == wire.CodeTooManyRequests:
+		// Within the refresh cooldown no early refresh is made: 503, not
+		// the cooldown's 429 (SPEC §3).
+		return nil, 0, fmt.Errorf("%w: an early refresh waits for the refresh cooldown (%v)", refresher.ErrMinValidity, err)
+	case err != nil:
 		return nil, 0, fmt.Errorf("%w: the early refresh failed: %w", refresher.ErrMinValidity, err)
 	}
 	var tok wire.Token
