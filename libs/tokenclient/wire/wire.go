@@ -169,6 +169,8 @@ type StatusSummary struct {
 	Total int `json:"total"`
 	// States counts them by ProviderStatus.State.
 	States map[string]int `json:"states"`
+	// Conditions counts those that report one by ProviderStatus.Condition.
+	Conditions map[string]int `json:"conditions,omitempty"`
 }
 
 // StatusRequest is the optional body of a token.status request: a filter
@@ -178,6 +180,9 @@ type StatusRequest struct {
 	Provider string `json:"provider,omitempty"`
 	// State, if set, keeps the providers in that state (e.g. "failing").
 	State string `json:"state,omitempty"`
+	// Condition, if set, keeps the providers in that condition (e.g.
+	// "credentials_rejected").
+	Condition string `json:"condition,omitempty"`
 	// Search, if set, keeps the providers whose name contains it.
 	Search string `json:"search,omitempty"`
 	// After is the Next of the previous page.
@@ -199,6 +204,12 @@ func (st Status) Page(q StatusRequest) Status {
 	sum := &StatusSummary{Total: len(st.Providers), States: map[string]int{}}
 	for _, p := range st.Providers {
 		sum.States[p.State]++
+		if p.Condition != "" {
+			if sum.Conditions == nil {
+				sum.Conditions = map[string]int{}
+			}
+			sum.Conditions[p.Condition]++
+		}
 	}
 	all := st.Providers
 	st.Summary, st.Providers, st.Next = sum, nil, ""
@@ -218,7 +229,7 @@ func (st Status) Page(q StatusRequest) Status {
 	st.Providers = []ProviderStatus{}
 	for i := start; i < len(all); i++ {
 		p := all[i]
-		if q.Provider != "" && p.Name != q.Provider || q.State != "" && p.State != q.State || q.Search != "" && !strings.Contains(p.Name, q.Search) {
+		if q.Provider != "" && p.Name != q.Provider || q.State != "" && p.State != q.State || q.Condition != "" && p.Condition != q.Condition || q.Search != "" && !strings.Contains(p.Name, q.Search) {
 			continue
 		}
 		if len(st.Providers) == limit {
@@ -353,4 +364,33 @@ type ProviderStatus struct {
 	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
 	// Pool is the number of ready single-use tokens (single-use providers).
 	Pool *int `json:"pool,omitempty"`
+	// Condition is what the refresh loop knows of the provider: one of the
+	// Condition* constants (shared-token providers; on a standby, only
+	// what its copy of the token shows: starting, ok or expired).
+	Condition string `json:"condition,omitempty"`
+	// ConditionSince is when the provider entered Condition.
+	ConditionSince *time.Time `json:"condition_since,omitempty"`
+	// Cause is the cause of the last failure since the last success (one of
+	// the Cause* constants).
+	Cause string `json:"cause,omitempty"`
 }
+
+// Provider conditions reported in ProviderStatus.Condition: what is wrong, if
+// anything, with a shared-token provider's refreshes.
+const (
+	// ConditionStarting: no token yet and no failure yet.
+	ConditionStarting = "starting"
+	// ConditionOK: the last refresh succeeded and its token is valid.
+	ConditionOK = "ok"
+	// ConditionRetrying: refreshes are failing and being retried (a valid
+	// token may still be served: State says).
+	ConditionRetrying = "retrying"
+	// ConditionCredentialsRejected: the provider rejects the credentials;
+	// retried slowly until they are fixed.
+	ConditionCredentialsRejected = "credentials_rejected"
+	// ConditionExpired: the last token expired with no replacement.
+	ConditionExpired = "expired"
+)
+
+// Conditions lists every condition.
+var Conditions = []string{ConditionStarting, ConditionOK, ConditionRetrying, ConditionCredentialsRejected, ConditionExpired}

@@ -165,7 +165,7 @@ func scrubURL(err error) error {
 		Timeout() bool
 	}
 	if errors.As(err, &ue) && ue.Timeout() {
-		return errTimeout
+		return refresher.ErrTimeout
 	}
 	if u, ok := err.(urlError); ok && u.Unwrap() != nil {
 		return u.Unwrap()
@@ -174,7 +174,6 @@ func scrubURL(err error) error {
 }
 
 var (
-	errTimeout    = errors.New("timed out")
 	errNotSeconds = errors.New("expires_in is not a whole number of seconds")
 )
 
