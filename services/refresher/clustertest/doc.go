@@ -4,6 +4,10 @@
 // setup. TestFailover runs them under kill -9, SIGSTOP and SIGCONT, a NATS
 // node restart and a KV stream leader step-down; TestSteadyManyProviders runs
 // them with no failure (30 s, or 60 s with TOKENBUS_CLUSTER_LONG=1);
-// TestFencedWritesOnR3 shows why token writes are serialised. It has no
-// non-test code.
+// TestFencedWritesOnR3 shows why token writes are serialised;
+// TestBackupRestore runs the backup-and-restore runbook of
+// docs/deploying.md with the stock NATS CLI; TestRollingUpgrade upgrades
+// the replicas one by one from the previous release's binary
+// (PreviousRelease, built from this repository's history) and rolls one
+// back. It has no non-test code.
 package clustertest
