@@ -7,5 +7,10 @@
 // TestFencedWritesOnR3 shows why token writes are serialised;
 // TestLeastPrivilege, TestAttackEveryRole and TestShippedClusterConfigs run
 // the shipped deploy/nats configuration and attack it with every role (the
-// stock nats CLI is built on first use). It has no non-test code.
+// stock nats CLI is built on first use).
+// TestBackupRestore runs the backup-and-restore runbook of
+// docs/deploying.md with the stock NATS CLI; TestRollingUpgrade upgrades
+// the replicas one by one from the previous release's binary
+// (PreviousRelease, built from this repository's history) and rolls one
+// back. It has no non-test code.
 package clustertest

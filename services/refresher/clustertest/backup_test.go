@@ -1,0 +1,106 @@
+package clustertest
+
+import (
+	"fmt"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenbus/tokenbus/libs/simulator"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
+)
+
+// TestBackupRestore is the runbook of docs/deploying.md ("Backup and
+// restore"): while a refresher runs with runtime providers on a three-node
+// cluster, back up the credentials and tokens buckets with the stock NATS
+// CLI (`nats backup stream`); restore them into a fresh three-node cluster
+// (`nats backup restore stream`); start a refresher there with the same
+// sealing keys. Every provider, runtime ones included, is served without
+// onboarding it again, with the very tokens of the backup: no provider call
+// for a token still valid (counted at the simulator).
+func TestBackupRestore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	natsCLI(t) // built before any process starts
+	sim := simulator.New(simulator.Config{})
+	sim.AddCredential(simulator.Daraja, "app-config", "secret-config")
+	hs := httptest.NewServer(sim)
+	t.Cleanup(hs.Close)
+
+	// The running deployment.
+	_, urls := startCluster(t)
+	nc, _ := connectCluster(t, urls)
+	src := startRefresher(t, "refresher-src", bin.refresher, urls, hs.URL)
+	merchants := []string{"merchant-0001", "merchant-0002", "merchant-0003", "merchant-0004", "merchant-0005"}
+	all := append([]string{"daraja-config"}, merchants...)
+	for _, m := range merchants {
+		putMerchant(t, nc, m, hs.URL)
+	}
+	before := map[string]string{}
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		for _, p := range all {
+			tok, err := getToken(nc, p)
+			if err != nil {
+				return err
+			}
+			before[p] = tok.AccessToken
+		}
+		return nil
+	})
+
+	// Online backup of both buckets, as an operator runs it.
+	dir := t.TempDir()
+	for _, stream := range []string{"KV_tokenbus-credentials", "KV_tokens"} {
+		out := runNATS(t, urls, "backup", "stream", stream, filepath.Join(dir, stream), "--no-progress")
+		t.Logf("nats backup stream %s: %s", stream, strings.TrimSpace(out))
+		runNATS(t, urls, "backup", "validate", filepath.Join(dir, stream))
+	}
+	// The old deployment is gone.
+	src.kill()
+	nc.Close()
+
+	// A fresh cluster: restore, then start the refresher with the same keys.
+	_, urls2 := startCluster(t)
+	nc2, _ := connectCluster(t, urls2)
+	for _, stream := range []string{"KV_tokenbus-credentials", "KV_tokens"} {
+		out := runNATS(t, urls2, "backup", "restore", "stream", filepath.Join(dir, stream), "--no-progress")
+		t.Logf("nats backup restore stream %s: %s", stream, strings.TrimSpace(out))
+	}
+	calls := sim.Stats(simulator.Daraja).TokenRequests
+	dst := startRefresher(t, "refresher-dst", bin.refresher, urls2, hs.URL)
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if _, err := leaderOf(nc2, []*replica{dst}); err != nil {
+			return err
+		}
+		return servesAll(nc2, dst, all)
+	})
+	for _, p := range all {
+		tok, err := getToken(nc2, p)
+		if err != nil {
+			t.Fatalf("after the restore: %v", err)
+		}
+		if tok.AccessToken != before[p] {
+			t.Errorf("%s: the restored refresher serves another token than the backup's (it called the provider)", p)
+		}
+	}
+	// The listing shows the runtime providers, from the restored bucket.
+	msg, err := nc2.Request(wire.ProvidersListSubject, nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range merchants {
+		if !strings.Contains(string(msg.Data), fmt.Sprintf(`"name":%q`, m)) {
+			t.Errorf("providers.list after the restore lacks %s: %s", m, msg.Data)
+		}
+	}
+	// A leader that takes over keeps every valid token: give it time to
+	// misbehave, then count the calls.
+	time.Sleep(time.Second)
+	if n := sim.Stats(simulator.Daraja).TokenRequests - calls; n != 0 {
+		t.Errorf("the restored refresher made %d provider calls for tokens still valid", n)
+	}
+}
