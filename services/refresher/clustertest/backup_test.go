@@ -25,7 +25,7 @@ func TestBackupRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test")
 	}
-	natsCLI(t) // built before any process starts
+	natsCLIFor(t) // built before any process starts
 	sim := simulator.New(simulator.Config{})
 	sim.AddCredential(simulator.Daraja, "app-config", "secret-config")
 	hs := httptest.NewServer(sim)

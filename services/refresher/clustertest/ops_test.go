@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,40 +22,21 @@ import (
 // the stock NATS CLI, refresher processes with runtime providers, and waits
 // on what each replica serves.
 
-// natscliVersion is the NATS CLI the runbook in docs/deploying.md uses.
-const natscliVersion = "v0.5.0"
-
-var natscli struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// natsCLI builds the stock NATS CLI once per test binary, beside the other
-// binaries TestMain builds (the Go build cache makes later runs quick).
-func natsCLI(t *testing.T) string {
+// natsCLIFor returns the stock NATS CLI (natsCLI, v0.5.0: the version the
+// runbook in docs/deploying.md uses), failing the test if it cannot be built.
+func natsCLIFor(t *testing.T) string {
 	t.Helper()
-	natscli.once.Do(func() {
-		dir := filepath.Dir(bin.refresher)
-		cmd := exec.Command("go", "install", "github.com/nats-io/natscli/nats@"+natscliVersion)
-		cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "GOBIN="+dir)
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			natscli.err = fmt.Errorf("building the NATS CLI %s: %v\n%s", natscliVersion, err, out)
-			return
-		}
-		natscli.path = filepath.Join(dir, "nats")
-	})
-	if natscli.err != nil {
-		t.Fatal(natscli.err)
+	path, err := natsCLI()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return natscli.path
+	return path
 }
 
 // runNATS runs the NATS CLI against urls and returns its output.
 func runNATS(t *testing.T, urls string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(natsCLI(t), append([]string{"--server", urls, "--timeout", "10s"}, args...)...)
+	cmd := exec.Command(natsCLIFor(t), append([]string{"--server", urls, "--timeout", "10s"}, args...)...)
 	cmd.Env = append(os.Environ(), "NATS_CONTEXT=", "HOME="+t.TempDir())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
