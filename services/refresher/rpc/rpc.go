@@ -2,8 +2,9 @@
 // named "tokenbus" with the endpoints token.get.* and token.refresh.* in one
 // queue group (SPEC §3). It maps domain errors to wire error codes once, here,
 // and answers token.get from memory on the endpoint's goroutine; anything that
-// may wait (a refresh, a single-use claim) runs on its own goroutine so that
-// it never stalls other callers.
+// may wait (a refresh, a single-use claim, a read of the bucket when memory
+// has no valid token) runs on its own goroutine so that it never stalls
+// other callers.
 package rpc
 
 import (
@@ -48,6 +49,16 @@ type Source interface {
 // implement it: their replies carry no revision and are never cached.
 type Revisioned interface {
 	GetRevision(ctx context.Context) ([]byte, uint64, error)
+}
+
+// Fallback is implemented by a Revisioned source that can look further
+// than memory when memory has no valid token (a read of the bucket, for a
+// replica whose watch lags). The service calls Lookup only after
+// GetRevision failed with refresher.ErrNoToken, and off the endpoint
+// goroutine: the hot path stays in memory.
+type Fallback interface {
+	Revisioned
+	Lookup(ctx context.Context) ([]byte, uint64, error)
 }
 
 // Blocking is implemented by sources whose Get may wait on the network (a
@@ -236,6 +247,10 @@ func (s *Service) handleGet(req micro.Request) {
 		body, err = src.Get(c.ctx)
 	}
 	if err != nil {
+		if fb, ok := src.(Fallback); ok && errors.Is(err, refresher.ErrNoToken) && req.Reply() != "" {
+			s.asyncRev(c, req.Reply(), fb.Lookup)
+			return
+		}
 		s.fail(c, req.Reply(), req, err)
 		return
 	}
@@ -265,6 +280,15 @@ func (s *Service) handleRefresh(req micro.Request) {
 // async runs fn on its own goroutine and publishes the reply itself: micro's
 // Request must not be used once the handler has returned.
 func (s *Service) async(c call, reply string, fn func(context.Context) ([]byte, error)) {
+	s.asyncRev(c, reply, func(ctx context.Context) ([]byte, uint64, error) {
+		b, err := fn(ctx)
+		return b, 0, err
+	})
+}
+
+// asyncRev is async for a reply that carries the token's KV revision
+// (header wire.HeaderRevision) when fn returns one.
+func (s *Service) asyncRev(c call, reply string, fn func(context.Context) ([]byte, uint64, error)) {
 	select {
 	case s.sem <- struct{}{}:
 	default:
@@ -279,13 +303,17 @@ func (s *Service) async(c call, reply string, fn func(context.Context) ([]byte, 
 		defer cancel()
 		stop := context.AfterFunc(s.ctx, cancel)
 		defer stop()
-		body, err := fn(ctx)
+		body, rev, err := fn(ctx)
 		if err != nil {
 			s.fail(c, reply, nil, err)
 			return
 		}
 		if reply != "" {
-			_ = s.nc.Publish(reply, body)
+			msg := &nats.Msg{Subject: reply, Data: body}
+			if rev > 0 {
+				msg.Header = nats.Header{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}
+			}
+			_ = s.nc.PublishMsg(msg)
 		}
 		s.end(c, codeOK)
 	}()

@@ -315,7 +315,7 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit,
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
-	sv.src = leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}
+	sv.src = bucketSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, lookup: m.lookup}
 	return sv, nil
 }
 
