@@ -31,6 +31,9 @@ const (
 	// LookupRecentMiss: a lookup of this key missed less than
 	// LookupConfig.Negative ago; the bucket was not asked again.
 	LookupRecentMiss = "recent_miss"
+	// LookupBusy: LookupConfig.MaxInFlight reads of other keys were in
+	// flight; the bucket was not asked.
+	LookupBusy = "busy"
 )
 
 // ErrLookupMiss is wrapped by every error of Lookup.Find: the bucket holds
@@ -44,6 +47,9 @@ type LookupConfig struct {
 	// Negative is how long a miss is remembered: Find answers at once,
 	// without asking the bucket, for this long after one; 250 ms if zero.
 	Negative time.Duration
+	// MaxInFlight bounds the reads in flight across keys (many providers
+	// with no token at once, e.g. JetStream down); 64 if zero.
+	MaxInFlight int
 	// Take is handed the token found (and its revision); it stores it in
 	// the replica's copy and reports whether the copy now holds a servable
 	// token. Required.
@@ -57,7 +63,8 @@ type LookupConfig struct {
 // partition, a stream leader election). It is bounded so that a provider
 // that truly has no token does not turn every token.get into a JetStream
 // request: one read in flight per key, shared by every caller that asks
-// meanwhile, and a miss remembered for LookupConfig.Negative.
+// meanwhile, a miss remembered for LookupConfig.Negative, and at most
+// LookupConfig.MaxInFlight reads in flight in all.
 type Lookup struct {
 	kv  jetstream.KeyValue
 	cfg LookupConfig
@@ -86,6 +93,9 @@ func NewLookup(kv jetstream.KeyValue, cfg LookupConfig) *Lookup {
 	if cfg.Negative <= 0 {
 		cfg.Negative = 250 * time.Millisecond
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 64
+	}
 	if cfg.Tracer == nil {
 		cfg.Tracer = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/natsx")
 	}
@@ -110,6 +120,11 @@ func (l *Lookup) Find(ctx context.Context, key string) error {
 		return fmt.Errorf("%w: %s (checked %v ago)", ErrLookupMiss, LookupRecentMiss, l.now().Sub(at).Round(time.Millisecond))
 	}
 	c, shared := l.inflight[key]
+	if !shared && len(l.inflight) >= l.cfg.MaxInFlight {
+		l.mu.Unlock()
+		span.SetAttributes(attribute.String("tokenbus.lookup.outcome", LookupBusy))
+		return fmt.Errorf("%w: %s (%d reads in flight)", ErrLookupMiss, LookupBusy, l.cfg.MaxInFlight)
+	}
 	if !shared {
 		c = &lookupCall{done: make(chan struct{})}
 		l.inflight[key] = c

@@ -3,6 +3,7 @@ package natsx_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -136,6 +137,26 @@ func TestLookupReadsTheBucketBounded(t *testing.T) {
 	if o := outcomes(exp); o[natsx.LookupUnusable] != 1 {
 		t.Fatalf("span outcomes %v", o)
 	}
+
+	// Reads of many keys at once are bounded: beyond MaxInFlight, a lookup
+	// answers "busy" at once.
+	held := &countingKV{KeyValue: st.KV(), gate: make(chan struct{})}
+	few := natsx.NewLookup(held, natsx.LookupConfig{MaxInFlight: 2, Take: func(wire.Token, uint64) bool { return true }})
+	var busy sync.WaitGroup
+	for _, k := range []string{"k1", "k2"} {
+		busy.Go(func() { _ = few.Find(ctx, k) })
+	}
+	testutil.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		if held.gets.Load() != 2 {
+			return errors.New("reads not in flight yet")
+		}
+		return nil
+	})
+	if err := few.Find(ctx, "k3"); !errors.Is(err, natsx.ErrLookupMiss) || !strings.Contains(err.Error(), natsx.LookupBusy) || held.gets.Load() != 2 {
+		t.Fatalf("a third key with two reads in flight: %v, %d reads", err, held.gets.Load())
+	}
+	close(held.gate)
+	busy.Wait()
 
 	// A server that does not answer: the read gives up within its timeout.
 	short := natsx.NewLookup(st.KV(), natsx.LookupConfig{Timeout: 200 * time.Millisecond, Take: func(wire.Token, uint64) bool { return true }})
