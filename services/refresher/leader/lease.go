@@ -436,15 +436,19 @@ func (l *Lease) hold(ctx context.Context) {
 }
 
 // resumeFor is how long, after its lease lapsed, a holder tries to resume
-// it and asks standbys to wait: three TTLs. A holder that cannot write for
-// longer (its own node cut off from JetStream, while core NATS still reaches
-// the others) no longer holds the cluster without a leader.
-const resumeFor = 3
+// it and asks standbys to wait: three TTLs, and at least resumeMin, because
+// JetStream's stream leader elections after a healed partition take seconds
+// whatever the lease's timing (4-10 s measured). A holder that cannot write
+// for longer (its own node cut off from JetStream, while core NATS still
+// reaches the others) no longer holds the cluster without a leader.
+func (c LeaseConfig) resumeFor() time.Duration { return max(3*c.TTL, resumeMin) }
+
+const resumeMin = 15 * time.Second
 
 // lapse records that term lapsed at its deadline with no conflicting write
 // seen: this replica may take it back while the record still names it.
 func (l *Lease) lapse(term uint64) {
-	until := l.clock.Now().Add(resumeFor * l.cfg.TTL)
+	until := l.clock.Now().Add(l.cfg.resumeFor())
 	l.mu.Lock()
 	l.lapsed, l.lapsedUntil = term, until
 	l.mu.Unlock()

@@ -111,8 +111,9 @@ func TestLapsedLeaseIsResumedNotRaced(t *testing.T) {
 }
 
 // TestResumingIsBounded: a holder that cannot write for longer than three
-// ttls (its own node cut off from JetStream, while the standby's writes
-// commit) stops asking standbys to wait, and a standby takes over.
+// ttls (at least 15 s; its own node cut off from JetStream, while the
+// standby's writes commit) stops asking standbys to wait, and a standby
+// takes over.
 func TestResumingIsBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		kv := newMemKV()
