@@ -448,7 +448,8 @@ func leaderless(ss []sample, from, to time.Time) time.Duration {
 //     renew_deadline after the cut), until it holds the lease again;
 //   - the majority side leads again once JetStream can commit there;
 //   - after the heal one replica leads and calls, without flapping;
-//   - tokens lost with a lease are counted (tokenbus_tokens_discarded_total).
+//   - tokens lost with a lease (issued to the cut-off leader, never
+//     published) are counted: tokenbus_tokens_discarded_total.
 func TestPartition(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs real processes for ~60 s")
@@ -739,6 +740,10 @@ func TestPartition(t *testing.T) {
 	}
 	discarded := metric(httpAddr(first), "tokenbus_tokens_discarded_total")
 	t.Logf("tokens the cut-off leader fetched and never published: %d; tokenbus_tokens_discarded_total on it: %v → %v", lost, discardedBefore, discarded)
+	// A counter is exported from its first increment: absent is zero.
+	if got := max(discarded, 0) - max(discardedBefore, 0); got != float64(lost) {
+		t.Errorf("tokenbus_tokens_discarded_total on the cut-off leader grew by %v, but it lost %d tokens with its lease", got, lost)
+	}
 
 	var calls, pubs []string
 	for _, e := range sim.Log() {

@@ -146,6 +146,15 @@ func (l *Lookup) Find(ctx context.Context, key string) error {
 	return c.err
 }
 
+// Forget drops a remembered miss of key: a write of key was seen (on its
+// republished subject, which reaches a replica even while its watch lags),
+// so the next Find reads the bucket again at once.
+func (l *Lookup) Forget(key string) {
+	l.mu.Lock()
+	delete(l.missed, key)
+	l.mu.Unlock()
+}
+
 // read carries out one lookup of key and records its result in c.
 func (l *Lookup) read(key string, c *lookupCall) {
 	c.outcome, c.err = l.get(key)

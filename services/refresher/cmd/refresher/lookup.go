@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
@@ -50,6 +54,20 @@ func (m *Main) newLookup() *natsx.Lookup {
 		_, err := sv.mgr.Current()
 		return err == nil
 	}})
+}
+
+// forgetMissesOnUpdates makes every write of the bucket, as republished on
+// token.updates.<provider> (which reaches a replica even while its watch
+// lags), clear that provider's remembered miss: the next token.get reads the
+// bucket at once instead of answering 503 for the rest of the 250 ms.
+func (m *Main) forgetMissesOnUpdates() error {
+	_, err := m.nc.Subscribe(wire.UpdatesPrefix+"*", func(msg *nats.Msg) {
+		m.lookup.Forget(strings.TrimPrefix(msg.Subject, wire.UpdatesPrefix))
+	})
+	if err != nil {
+		return fmt.Errorf("refresher: follow %s*: %w", wire.UpdatesPrefix, err)
+	}
+	return nil
 }
 
 // watchHooks log, once each, when the watch of the bucket stalls and when

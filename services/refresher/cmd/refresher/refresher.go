@@ -233,6 +233,9 @@ func (m *Main) Run(ctx context.Context) error {
 
 	m.set = newProviderSet()
 	m.lookup = m.newLookup()
+	if err := m.forgetMissesOnUpdates(); err != nil {
+		return err
+	}
 	m.limit = newLimiter(cfg.FetchConcurrency, m.leader.Valid)
 	m.Metrics.SetKnown(m.set.known)
 	m.Metrics.RegisterStates(m.stateCounts)

@@ -16,6 +16,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/credentials"
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
+	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
@@ -313,6 +314,13 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
 		RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit,
+		OnDiscard: func(lost bool) {
+			reason := metrics.ReasonStopped
+			if lost {
+				reason = metrics.ReasonLeaseLost
+			}
+			m.Metrics.TokensDiscarded(p.Name, reason)
+		},
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
 	sv.src = bucketSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, lookup: m.lookup}
