@@ -461,7 +461,11 @@ func (l *Leader) reply(msg *nats.Msg, provider string, body []byte, err error) {
 	}
 	code, text := l.cfg.ErrorCode(provider, err)
 	body, _ = json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: text}})
-	_ = l.cfg.Conn.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {strconv.Itoa(code)}, wire.HeaderError: {text}}})
+	h := nats.Header{wire.HeaderErrorCode: {strconv.Itoa(code)}, wire.HeaderError: {text}}
+	if ce := (*refresher.CooldownError)(nil); errors.As(err, &ce) {
+		h.Set(wire.HeaderRetryAfter, strconv.Itoa(refresher.RetryAfterSeconds(ce.RetryAfter)))
+	}
+	_ = l.cfg.Conn.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: h})
 }
 
 // forward asks the leader to handle a refresh report for provider and returns
@@ -477,7 +481,8 @@ func (l *Leader) forward(ctx context.Context, provider, invalid string) ([]byte,
 	}
 	if c := reply.Header.Get(wire.HeaderErrorCode); c != "" {
 		code, _ := strconv.Atoi(c)
-		return nil, &refresher.RemoteError{Code: code, Message: reply.Header.Get(wire.HeaderError)}
+		wait, _ := strconv.Atoi(reply.Header.Get(wire.HeaderRetryAfter))
+		return nil, &refresher.RemoteError{Code: code, Message: reply.Header.Get(wire.HeaderError), RetryAfter: time.Duration(wait) * time.Second}
 	}
 	return reply.Data, nil
 }

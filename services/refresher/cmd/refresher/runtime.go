@@ -312,7 +312,7 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	}
 	mgr := refresh.NewManager(refresh.Config{
 		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
-		RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
+		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit,
 		OnDiscard: func(lost bool) {
 			reason := metrics.ReasonStopped
