@@ -84,6 +84,9 @@ type Config struct {
 	// replaced credentials: Run fetches at once instead of keeping it (a
 	// runtime provider put with new credentials, SPEC §8).
 	StaleBefore time.Time
+	// Observer is told about the provider's transitions while Run runs
+	// (events); nil tells no one.
+	Observer Observer
 }
 
 // Manager keeps one provider's token fresh. Create it with NewManager, run it
@@ -101,6 +104,9 @@ type Manager struct {
 	release func()
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
+	// health follows the run of failures since the last success, for the
+	// provider's condition and its events.
+	health *health
 	// forced is the last refresh forced by a report (the cooldown).
 	forcedMu  sync.Mutex
 	forcedAt  time.Time
@@ -127,6 +133,7 @@ func NewManager(cfg Config) *Manager {
 	if m.tr == nil {
 		m.tr = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/refresh")
 	}
+	m.health = newHealth(cfg.Name, cfg.Observer, m.now, m.slot)
 	return m
 }
 
@@ -147,6 +154,8 @@ func (m *Manager) Status() wire.ProviderStatus {
 			st.State = wire.StateFailing
 		}
 	}
+	cond, since, cause := m.health.condition()
+	st.Condition, st.ConditionSince, st.Cause = cond, &since, cause
 	return st
 }
 
@@ -234,6 +243,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		span, attempts = nil, 0
 	}
 	defer func() { endSpan("cancelled", nil) }()
+	m.health.run(true)
+	defer m.health.run(false)
 	defer func() {
 		// Run ends (lease lost, or stopped) with an issued token never
 		// published: it is lost to the fleet. Say so, and count it.
@@ -283,6 +294,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				sctx = trace.ContextWithSpan(ctx, span)
 			}
 			attempts++
+			fetch := pending == nil // else it only publishes a token already issued
 			tok, err := m.attempt(sctx, attempts, &pending)
 			if ctx.Err() != nil {
 				return true
@@ -291,6 +303,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				transient.Reset()
 				permanent.Reset()
 				endSpan("ok", nil)
+				m.health.succeeded(tok.Wire(m.cfg.Name), m.published.Load(), fetch)
 				next := m.refreshAt(tok)
 				m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
 				timer.Reset(max(next.Sub(m.now()), 0))
@@ -321,10 +334,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			} else {
 				wait = transient.NextBackOff()
 			}
-			var pe *refresher.ProviderError
-			if errors.As(err, &pe) && pe.RetryAfter > wait {
-				wait = pe.RetryAfter
-			}
+			wait = retryIn(kind, err, wait, m.cfg.Backoff, m.slot.Load(), m.now())
+			m.health.failed(err, wait)
 			m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
 			timer.Reset(wait)
 			return false
@@ -470,6 +481,7 @@ func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
 // Repair asks Run to publish its token again at once (or to fetch one if it
 // holds none): someone else's token was written to its key.
 func (m *Manager) Repair() {
+	m.health.repair()
 	select {
 	case m.repair <- struct{}{}:
 	default:

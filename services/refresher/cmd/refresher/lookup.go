@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
-	"github.com/tokenbus/tokenbus/services/refresher/leader"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
@@ -23,18 +22,21 @@ import (
 // goroutine) and bounded by natsx.Lookup (one read in flight per provider, a
 // miss remembered briefly).
 type bucketSource struct {
-	leader.Source
+	freshSource
 	lookup *natsx.Lookup
 }
 
-var _ rpc.Fallback = bucketSource{}
+var (
+	_ rpc.Fallback = bucketSource{}
+	_ rpc.Fresher  = bucketSource{}
+)
 
 // Lookup reads the provider's key from the bucket into this replica's copy
 // (as the watch would have), then answers from the copy: the token found if
 // it is servable, else the copy's own error (503, with the last failure).
 func (b bucketSource) Lookup(ctx context.Context) ([]byte, uint64, error) {
 	_ = b.lookup.Find(ctx, b.Name)
-	return b.Source.GetRevision(ctx)
+	return b.freshSource.GetRevision(ctx)
 }
 
 // newLookup returns the bucket reader of every shared-token source: a token

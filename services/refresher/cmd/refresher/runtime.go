@@ -313,7 +313,7 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	mgr := refresh.NewManager(refresh.Config{
 		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
 		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit,
+		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit, Observer: m.events,
 		OnDiscard: func(lost bool) {
 			reason := metrics.ReasonStopped
 			if lost {
@@ -323,8 +323,27 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		},
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
-	sv.src = bucketSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, lookup: m.lookup}
+	sv.src = bucketSource{freshSource: freshSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, mgr: mgr}, lookup: m.lookup}
 	return sv, nil
+}
+
+// freshSource is a shared-token provider's rpc.Source that also answers
+// token.get with min_validity: an early refresh goes through the provider's
+// token.refresh path (the manager on the lease holder, forwarded from a
+// standby).
+type freshSource struct {
+	leader.Source
+	mgr *refresh.Manager
+}
+
+var (
+	_ rpc.Fresher    = freshSource{}
+	_ rpc.Revisioned = freshSource{}
+)
+
+// GetFresh returns a token valid for at least d, or 503 (SPEC §3).
+func (s freshSource) GetFresh(ctx context.Context, d time.Duration) ([]byte, uint64, error) {
+	return s.mgr.GetFresh(ctx, d, s.Source.Refresh)
 }
 
 // applyCredential follows one change of the credential bucket: every replica
@@ -375,6 +394,13 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		}
 	}
 	m.set.add(sv)
+	if m.leader.Valid() { // the lease holder tells, before the new loop's first event
+		if old == nil {
+			m.events.Added(ev.Name, ev.Provider.Kind)
+		} else {
+			m.events.Rotated(ev.Name, ev.Provider.Kind)
+		}
+	}
 	m.leader.Set(ev.Name, sv.loop)
 	if old == nil {
 		m.logger.Info("runtime provider added", slog.String("provider", ev.Name), slog.String("kind", ev.Provider.Kind))
@@ -389,6 +415,9 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 func (m *Main) removeRuntime(ctx context.Context, name string) {
 	if sv := m.set.remove(name); sv == nil {
 		return
+	}
+	if m.leader.Valid() {
+		m.events.Removed(name)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
