@@ -152,6 +152,13 @@ type Status struct {
 	LeaderInstance string `json:"leader_instance,omitempty"`
 	// Term is the lease term this replica last saw.
 	Term uint64 `json:"term,omitempty"`
+	// SealFormat is the newest format of sealed runtime-provider records
+	// this replica opens (absent from releases before the whole-record
+	// format). The lease holder re-seals records in a newer format only once
+	// every replica answering token.status opens it, so that a rolling
+	// upgrade never leaves a replica of the previous release unable to read
+	// a runtime provider.
+	SealFormat int `json:"seal_format,omitempty"`
 	// Summary counts every provider this replica serves, by state; it is
 	// always present, whatever the filter or page.
 	Summary *StatusSummary `json:"summary,omitempty"`

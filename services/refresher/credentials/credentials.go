@@ -135,6 +135,10 @@ type record struct {
 // sealedWhole is the format whose additional data binds the whole record.
 const sealedWhole = 2
 
+// Format is the newest sealed-record format this package opens and the one
+// it writes (token.status reports it as seal_format).
+const Format = sealedWhole
+
 // Secret field names in record.Sealed; a header value is "headers.<Name>".
 const (
 	fieldConsumerSecret = "consumer_secret"

@@ -243,13 +243,17 @@ func (h *health) condition() (cond string, since time.Time, cause string) {
 }
 
 // retryIn returns when to retry after a failure of kind whose backoff says
-// wait (SPEC §3): while a valid token remains, no later than the moment it
+// wait (SPEC §3): at most b.Max apart (the backoff's jitter can draw more);
+// while a valid token remains, no later than the moment it
 // stops being served; while none does, a transient failure is retried within
 // b.Urgent (jittered over its second half, so that many providers recovering
 // together do not retry in lockstep). A provider's Retry-After is respected
 // whatever the wait.
 func retryIn(kind refresher.Kind, err error, wait time.Duration, b refresher.Backoff, cur *Entry, now time.Time) time.Duration {
 	if kind == refresher.Transient {
+		// The backoff's jitter may draw up to half again its maximum; SPEC §3
+		// says transient retries are at most Max (30 s) apart.
+		wait = min(wait, b.Max)
 		if cur != nil && servable(cur.Token, now) {
 			wait = min(wait, servingEnd(cur.Token).Sub(now))
 		} else if wait > b.Urgent {

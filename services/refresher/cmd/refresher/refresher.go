@@ -101,6 +101,8 @@ type Main struct {
 	credsReady     chan struct{}
 	credsReadyOnce sync.Once
 	resealKick     chan struct{}
+	// sealWaitLogged: fleetOpensFormat said once that re-sealing waits.
+	sealWaitLogged bool
 }
 
 // NewMain returns a Main that logs to stderr and prints its banner to stdout.
@@ -310,7 +312,7 @@ func (m *Main) Run(ctx context.Context) error {
 func (m *Main) Status() wire.Status {
 	ls := m.leader.State()
 	return wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term,
-		Providers: m.set.statuses()}
+		SealFormat: credentials.Format, Providers: m.set.statuses()}
 }
 
 // statuser reports one provider for token.status.

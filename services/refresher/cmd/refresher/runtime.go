@@ -453,7 +453,11 @@ func (m *Main) reseal(ctx context.Context) {
 		if !m.leader.Valid() {
 			continue
 		}
-		for _, sv := range m.set.staleRuntime() {
+		stale := m.set.staleRuntime()
+		if len(stale) == 0 || !m.fleetOpensFormat(ctx) {
+			continue
+		}
+		for _, sv := range stale {
 			if ctx.Err() != nil || !m.leader.Valid() {
 				break
 			}
