@@ -1,7 +1,8 @@
 // Package httpapi is the refresher's HTTP surface on http.listen: /healthz
-// (the process is alive), /readyz (connected to NATS and able to read the
-// token bucket), /metrics (Prometheus), and the status page at / with the
-// JSON it polls, /status.json. The page is plain HTML, CSS and JavaScript
+// (the process is alive), /readyz (connected to NATS, able to read the
+// token bucket, its watch of the bucket not stalled), /metrics
+// (Prometheus), and the status page at / with the JSON it polls,
+// /status.json. The page is plain HTML, CSS and JavaScript
 // embedded in the binary: no build step, no external resources.
 package httpapi
 

@@ -123,15 +123,50 @@ func New(cfg Config) (*Leader, error) {
 	if cfg.JetStream == nil || cfg.Tokens == nil {
 		return nil, errors.New("leader: the tokens bucket is required")
 	}
+	l := &Leader{
+		cfg: cfg, log: cfg.Logger,
+		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder},
+		loops: map[string]Loop{}, running: map[string]*running{}, counted: map[string]uint64{},
+	}
+	if cfg.Conn != nil && cfg.Lease.OnLapse == nil && cfg.Lease.HolderResuming == nil {
+		cfg.Lease.OnLapse, cfg.Lease.HolderResuming = l.lapsed, l.resuming
+	}
 	ls, err := NewLease(cfg.Lease)
 	if err != nil {
 		return nil, err
 	}
-	return &Leader{
-		cfg: cfg, lease: ls, log: cfg.Logger,
-		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder},
-		loops: map[string]Loop{}, running: map[string]*running{}, counted: map[string]uint64{},
-	}, nil
+	l.lease = ls
+	return l, nil
+}
+
+// ResumingPrefix is the internal subject prefix on which a holder whose
+// lease lapsed (JetStream could not commit its renewals) answers, for a
+// while, that it is alive and resuming term <n>: standbys ask before taking
+// the lease over, so that a healed partition, whose stream leaders are
+// re-elected, does not move the lease to whoever writes first.
+const ResumingPrefix = "tokenbus.leader.resuming."
+
+// lapsed answers on ResumingPrefix+term until until, while the lease still
+// may be resumed.
+func (l *Leader) lapsed(term uint64, until time.Time) {
+	sub, err := l.cfg.Conn.Subscribe(ResumingPrefix+strconv.FormatUint(term, 10), func(m *nats.Msg) {
+		if l.lease.Resuming(term) {
+			_ = m.Respond([]byte(l.cfg.Lease.Holder))
+		}
+	})
+	if err != nil {
+		return
+	}
+	time.AfterFunc(time.Until(until), func() { _ = sub.Unsubscribe() })
+}
+
+// resuming asks whether the holder of term is alive and resuming its lease.
+// No answer (no such holder, or it cannot be reached: a partition) is no.
+func (l *Leader) resuming(ctx context.Context, term uint64) bool {
+	ctx, cancel := context.WithTimeout(ctx, min(l.lease.cfg.RetryPeriod, 500*time.Millisecond))
+	defer cancel()
+	_, err := l.cfg.Conn.RequestWithContext(ctx, ResumingPrefix+strconv.FormatUint(term, 10), nil)
+	return err == nil
 }
 
 // Valid reports whether this replica holds a valid lease; loops check it

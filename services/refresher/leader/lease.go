@@ -103,6 +103,14 @@ type LeaseConfig struct {
 	OnChange func(State)
 	// OnRenewFailure, if set, is called for every failed renewal.
 	OnRenewFailure func(error)
+	// OnLapse, if set, is told when this holder's lease lapses at its
+	// deadline with no conflicting write seen (JetStream could not commit
+	// its renewals), and until when it tries to resume it (Resuming).
+	OnLapse func(term uint64, until time.Time)
+	// HolderResuming, if set, asks whether the holder of term is alive and
+	// resuming its lapsed lease; a standby defers its takeover while it is.
+	// Leader wires both over NATS.
+	HolderResuming func(ctx context.Context, term uint64) bool
 }
 
 func (c LeaseConfig) withDefaults() LeaseConfig {
@@ -161,6 +169,11 @@ type Lease struct {
 	rev      uint64    // our last write of the lease key
 	deadline time.Time // no provider call at or after it
 	state    State
+	// lapsed is the term whose lease lapsed at its deadline with no
+	// conflicting write seen, while this replica may resume it (until
+	// lapsedUntil); 0 if none.
+	lapsed      uint64
+	lapsedUntil time.Time
 }
 
 // NewLease returns a Lease for cfg, or an error if its timing is invalid.
@@ -266,11 +279,27 @@ func (l *Lease) campaign(ctx context.Context) bool {
 			if derr != nil && entry.Revision() != seenRev {
 				l.cfg.Logger.Warn("leader: the lease record is not a lease; it is taken over after the ttl", slog.Uint64("revision", entry.Revision()))
 			}
-			l.observe(rec.Holder, recordTerm(rec, entry))
-			if entry.Revision() != seenRev {
+			term := recordTerm(rec, entry)
+			l.observe(rec.Holder, term)
+			switch {
+			case rec.Holder == l.cfg.Holder && l.Resuming(term):
+				// Our own lease lapsed while JetStream could not commit,
+				// and nobody has written it since: take it back at once
+				// (compare-and-swap on the revision we still hold).
+				if l.tryTakeOver(ctx, entry.Revision()) {
+					return true
+				}
+			case entry.Revision() != seenRev:
 				seenRev, seenAt = entry.Revision(), l.clock.Now()
-			} else if l.clock.Now().Sub(seenAt) >= l.cfg.TTL && l.tryTakeOver(ctx, entry.Revision()) {
-				return true
+			case l.clock.Now().Sub(seenAt) >= l.cfg.TTL:
+				if l.cfg.HolderResuming != nil && l.cfg.HolderResuming(ctx, term) {
+					// The holder is alive and resuming its lapsed lease
+					// once JetStream commits again (a healed partition
+					// re-electing stream leaders): wait, do not race it.
+					seenAt = l.clock.Now()
+				} else if l.tryTakeOver(ctx, entry.Revision()) {
+					return true
+				}
 			}
 		}
 		select {
@@ -350,6 +379,7 @@ func (l *Lease) tryTakeOver(ctx context.Context, rev uint64) bool {
 func (l *Lease) acquired(rev uint64, sent time.Time) {
 	l.mu.Lock()
 	l.leader, l.rev, l.deadline = true, rev, sent.Add(l.cfg.RenewDeadline)
+	l.lapsed, l.lapsedUntil = 0, time.Time{}
 	l.state.Holder, l.state.Term = l.cfg.Holder, rev
 	l.mu.Unlock()
 	l.cfg.Logger.Info("lease acquired: this replica is the leader", slog.Uint64("term", rev))
@@ -370,6 +400,7 @@ func (l *Lease) hold(ctx context.Context) {
 		case <-l.clock.After(min(l.cfg.RetryPeriod, deadline.Sub(l.clock.Now()))):
 		}
 		if !l.clock.Now().Before(deadline) {
+			l.lapse(term)
 			l.lost("renew deadline passed")
 			return
 		}
@@ -402,6 +433,37 @@ func (l *Lease) hold(ctx context.Context) {
 			l.cfg.Logger.Warn("leader: lease renewal failed; retrying until the deadline", slog.String("error", err.Error()), slog.Duration("left", deadline.Sub(l.clock.Now())))
 		}
 	}
+}
+
+// resumeFor is how long, after its lease lapsed, a holder tries to resume
+// it and asks standbys to wait: three TTLs, and at least resumeMin, because
+// JetStream's stream leader elections after a healed partition take seconds
+// whatever the lease's timing (4-10 s measured). A holder that cannot write
+// for longer (its own node cut off from JetStream, while core NATS still
+// reaches the others) no longer holds the cluster without a leader.
+func (c LeaseConfig) resumeFor() time.Duration { return max(3*c.TTL, resumeMin) }
+
+const resumeMin = 15 * time.Second
+
+// lapse records that term lapsed at its deadline with no conflicting write
+// seen: this replica may take it back while the record still names it.
+func (l *Lease) lapse(term uint64) {
+	until := l.clock.Now().Add(l.cfg.resumeFor())
+	l.mu.Lock()
+	l.lapsed, l.lapsedUntil = term, until
+	l.mu.Unlock()
+	if l.cfg.OnLapse != nil {
+		l.cfg.OnLapse(term, until)
+	}
+}
+
+// Resuming reports whether this replica's lease of term lapsed (JetStream
+// could not commit its renewals) recently enough that it takes it back at
+// once, while the record still names it, when JetStream commits again.
+func (l *Lease) Resuming(term uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lapsed != 0 && l.lapsed == term && l.clock.Now().Before(l.lapsedUntil)
 }
 
 // ours reads the lease record and, if it names this replica in term, takes

@@ -13,6 +13,7 @@
 //	tokenbus_leader                                     1 while this replica holds the lease, else 0
 //	tokenbus_lease_renewal_failures_total               failed lease renewals
 //	tokenbus_foreign_writes_total{provider}             token writes the leader did not make (replaced at once)
+//	tokenbus_tokens_discarded_total{provider,reason}    tokens a provider issued that were never published; reason lease_lost|stopped
 //	tokenbus_providers{state}                           providers served, by state (ok, failing, no_token)
 //	tokenbus_refresh_failures_total{provider,cause}     failed upstream token requests by cause (wire.Causes)
 //	tokenbus_events_total{provider,type}                provider events published (token.events.<provider>)
@@ -115,6 +116,7 @@ type Metrics struct {
 	reqLatency metric.Float64Histogram
 	renewals   metric.Int64Counter
 	foreign    metric.Int64Counter
+	discarded  metric.Int64Counter
 	failures   metric.Int64Counter
 	events     metric.Int64Counter
 	leader     atomic.Int64
@@ -232,6 +234,9 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	mk(e)
 	m.foreign, e = meter.Int64Counter("tokenbus.foreign_writes", metric.WithUnit("{write}"),
 		metric.WithDescription("Token writes to a provider key that the leader did not make; each is replaced at once."))
+	mk(e)
+	m.discarded, e = meter.Int64Counter("tokenbus.tokens_discarded", metric.WithUnit("{token}"),
+		metric.WithDescription("Tokens a provider issued that were never published: the replica lost its lease (reason lease_lost) or stopped (stopped) with the publish still failing."))
 	mk(e)
 	_, e = meter.Int64ObservableGauge("tokenbus.leader",
 		metric.WithDescription("1 while this replica holds the leader lease and calls providers, else 0."),
@@ -511,6 +516,26 @@ func (m *Metrics) ForeignWrite(provider string) {
 		return
 	}
 	m.foreign.Add(context.Background(), 1, metric.WithAttributeSet(m.opts(provider).set))
+}
+
+// KeyReason labels why a token was discarded: ReasonLeaseLost or
+// ReasonStopped.
+const KeyReason = attribute.Key("reason")
+
+// Reasons a token was discarded.
+const (
+	ReasonLeaseLost = "lease_lost"
+	ReasonStopped   = "stopped"
+)
+
+// TokensDiscarded counts one token of provider that was issued and never
+// published, for reason.
+func (m *Metrics) TokensDiscarded(provider, reason string) {
+	if m == nil {
+		return
+	}
+	label, _ := m.opts(provider).set.Value(KeyProvider)
+	m.discarded.Add(context.Background(), 1, metric.WithAttributes(KeyProvider.String(label.AsString()), KeyReason.String(reason)))
 }
 
 // Close unregisters the observable callbacks.

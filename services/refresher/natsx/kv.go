@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +26,10 @@ type Store struct {
 	js    jetstream.JetStream
 	kv    jetstream.KeyValue
 	lease jetstream.KeyValue
+
+	watchMu      sync.Mutex
+	stalledSince time.Time // zero while the watch is current
+	stallReason  string
 }
 
 // OpenStore creates the tokens bucket and its lease bucket (<bucket>-lease)
@@ -100,18 +105,31 @@ func (s *Store) Publish(ctx context.Context, tok wire.Token) (uint64, error) {
 	return rev, nil
 }
 
+// WatchHooks are told when the watch of the bucket stalls and when it is
+// current again (the refresher logs each once).
+type WatchHooks struct {
+	// Stalled is called once when a stall is noticed, with the reason.
+	Stalled func(reason string)
+	// Recovered is called once when a recreated watch has caught up, with
+	// how long it was stalled.
+	Recovered func(stalledFor time.Duration)
+}
+
 // Watch keeps fn fed with every token in the bucket, from now on and from
 // the latest value of each key, until ctx ends. Keys that are not provider
 // names (the term record, "_…") are skipped. The watcher is rebuilt whenever
-// its channel closes, the connection reconnects, or the bucket turns out to
-// have been deleted and created again (checked every bucketCheck), so the
-// copy is current again soon after a server restart (a stock watcher can sit
-// stale; nats.go #1777) or a recreated bucket.
-func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token, rev uint64)) {
+// its channel closes, the connection reconnects, the bucket turns out to
+// have been deleted and created again, or the watch stalls: every
+// watchCheck it compares the bucket's last revision with the last one it
+// delivered, and a write it has not delivered a whole watchCheck later (a
+// stream leader election can leave a stock watcher silent for seconds;
+// nats.go #1777) makes it recreate the watcher at once. While it is stalled,
+// WatchStalled says so.
+func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token, rev uint64), hooks WatchHooks) {
 	reconnected := nc.StatusChanged(nats.CONNECTED) // after the first connect: reconnects
 	defer nc.RemoveStatusListener(reconnected)
 	for ctx.Err() == nil {
-		created := s.created(ctx)
+		created, _, _ := s.info(ctx)
 		w, err := s.kv.WatchAll(ctx)
 		if err != nil {
 			select {
@@ -121,46 +139,108 @@ func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token
 				continue
 			}
 		}
-		s.drain(ctx, w, reconnected, created, fn)
+		stall := s.drain(ctx, w, reconnected, created, fn, hooks)
 		_ = w.Stop()
+		if stall != "" {
+			s.stalled(stall, hooks)
+		}
 	}
 }
 
-// bucketCheck is how often Watch checks whether the bucket was recreated.
-const bucketCheck = 2 * time.Second
+// watchCheck is how often Watch checks that it is current and that the
+// bucket was not recreated.
+const watchCheck = time.Second
 
-// created returns when the bucket's stream was created (zero if unknown).
-func (s *Store) created(ctx context.Context) time.Time {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+// WatchStalled returns why the watch of the bucket is stalled, or nil while
+// it is current.
+func (s *Store) WatchStalled() error {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	if s.stalledSince.IsZero() {
+		return nil
+	}
+	// The text stays the same through one stall (readiness logs changes).
+	return fmt.Errorf("natsx: the token watch is stalled (since %s): %s; recreating it", s.stalledSince.UTC().Format("15:04:05.000"), s.stallReason)
+}
+
+// stalled records a stall noticed now; hooks hear of the first only.
+func (s *Store) stalled(reason string, hooks WatchHooks) {
+	s.watchMu.Lock()
+	first := s.stalledSince.IsZero()
+	if first {
+		s.stalledSince, s.stallReason = time.Now(), reason
+	}
+	s.watchMu.Unlock()
+	if first && hooks.Stalled != nil {
+		hooks.Stalled(reason)
+	}
+}
+
+// current records that a watcher has delivered every value up to its start.
+func (s *Store) current(hooks WatchHooks) {
+	s.watchMu.Lock()
+	since := s.stalledSince
+	s.stalledSince, s.stallReason = time.Time{}, ""
+	s.watchMu.Unlock()
+	if !since.IsZero() && hooks.Recovered != nil {
+		hooks.Recovered(time.Since(since))
+	}
+}
+
+// info returns when the bucket's stream was created (zero if unknown) and
+// its first and last sequence (ok false if JetStream did not answer).
+func (s *Store) info(ctx context.Context) (created time.Time, state jetstream.StreamState, ok bool) {
+	ctx, cancel := context.WithTimeout(ctx, watchCheck)
 	defer cancel()
 	st, err := s.kv.Status(ctx)
 	if err != nil {
-		return time.Time{}
+		return time.Time{}, state, false
 	}
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-		return bs.StreamInfo().Created
+	if bs, isJS := st.(*jetstream.KeyValueBucketStatus); isJS && bs.StreamInfo() != nil {
+		return bs.StreamInfo().Created, bs.StreamInfo().State, true
 	}
-	return time.Time{}
+	return time.Time{}, state, false
 }
 
-func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status, created time.Time, fn func(wire.Token, uint64)) {
-	check := time.NewTicker(bucketCheck)
+// drain feeds fn from w until the watcher must be rebuilt; it returns the
+// reason if that is a stall ("" otherwise).
+func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status, created time.Time, fn func(wire.Token, uint64), hooks WatchHooks) string {
+	check := time.NewTicker(watchCheck)
 	defer check.Stop()
+	var (
+		seen     uint64 // the highest revision delivered, of any key or operation
+		initDone bool   // every value up to the watcher's start was delivered
+		prevLast uint64 // the bucket's last revision at the previous check
+	)
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return ""
 		case <-reconnected:
-			return
+			return ""
 		case <-check.C:
-			if c := s.created(ctx); !c.IsZero() && !c.Equal(created) {
-				return // the bucket was deleted and created again
+			c, state, ok := s.info(ctx)
+			if !ok {
+				continue // JetStream did not answer: /readyz says so
 			}
+			if !c.IsZero() && !c.Equal(created) {
+				return "" // the bucket was deleted and created again
+			}
+			if initDone && prevLast > seen && prevLast >= state.FirstSeq {
+				return fmt.Sprintf("the bucket was at revision %d over %v ago, the watch has delivered up to %d", prevLast, watchCheck, seen)
+			}
+			prevLast = state.LastSeq
 		case e, ok := <-w.Updates():
 			if !ok {
-				return
+				return ""
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut || !wire.ValidName(e.Key()) {
+			if e == nil {
+				initDone = true
+				s.current(hooks)
+				continue
+			}
+			seen = max(seen, e.Revision())
+			if e.Operation() != jetstream.KeyValuePut || !wire.ValidName(e.Key()) {
 				continue
 			}
 			var tok wire.Token

@@ -1,6 +1,8 @@
 // Package natsx is the refresher's NATS adapter: it runs the embedded
 // nats-server, opens the client connection (reconnecting forever and logging
-// every change), and stores tokens in the JetStream KV bucket.
+// every change), stores tokens in the JetStream KV bucket, watches it (and
+// notices a stalled watch), and reads single keys for a replica whose copy
+// has nothing valid (Lookup).
 package natsx
 
 import (

@@ -2,8 +2,13 @@ package natsx_test
 
 import (
 	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
@@ -24,7 +29,7 @@ func TestWatchFollowsARecreatedBucket(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		st.Watch(ctx, nc, func(tok wire.Token, _ uint64) { got <- tok.AccessToken })
+		st.Watch(ctx, nc, func(tok wire.Token, _ uint64) { got <- tok.AccessToken }, natsx.WatchHooks{})
 	}()
 	defer func() { cancel(); <-done }()
 	expect := func(want string) {
@@ -58,4 +63,131 @@ func TestWatchFollowsARecreatedBucket(t *testing.T) {
 	}
 	put(st2, "b")
 	expect("b")
+}
+
+// TestWatchRecoversFromAStall: a watch whose consumer stops delivering (its
+// consumer removed on the server, as a stream leader election can leave it)
+// notices within about two checks that the bucket has a revision it never
+// delivered, says so (WatchStalled, one Stalled call), recreates itself and
+// delivers the token; a stock watcher would stay silent until its missed
+// heartbeats are noticed (10 s).
+func TestWatchRecoversFromAStall(t *testing.T) {
+	ns := testutil.RunServer(t)
+	nc := testutil.Connect(t, ns)
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := natsx.OpenStore(ctx, nc, "tokens", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 16)
+	var stalls, recoveries atomic.Int64
+	reasons := make(chan string, 4)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st.Watch(ctx, nc, func(tok wire.Token, _ uint64) { got <- tok.AccessToken }, natsx.WatchHooks{
+			Stalled:   func(r string) { stalls.Add(1); reasons <- r },
+			Recovered: func(time.Duration) { recoveries.Add(1) },
+		})
+	}()
+	defer func() { cancel(); <-done }()
+	put := func(v string) {
+		t.Helper()
+		if _, err := st.Publish(context.Background(), wire.Token{Provider: "p", AccessToken: v, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("a")
+	if v := <-got; v != "a" {
+		t.Fatalf("got %s", v)
+	}
+	if err := st.WatchStalled(); err != nil {
+		t.Fatalf("a current watch reported stalled: %v", err)
+	}
+
+	release := stallWatches(t, st)
+	stalledAt := time.Now()
+	put("b")
+	// Noticed within two checks; reported while a new watch cannot be made.
+	testutil.CheckFor(t, 2*time.Second+500*time.Millisecond, 10*time.Millisecond, func() error {
+		if st.WatchStalled() == nil {
+			return errors.New("the stall was not noticed")
+		}
+		return nil
+	})
+	t.Logf("stall noticed %v after it began: %v", time.Since(stalledAt).Round(10*time.Millisecond), st.WatchStalled())
+	release()
+	select {
+	case v := <-got:
+		if v != "b" {
+			t.Fatalf("got %s", v)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("the recreated watch did not deliver the new token")
+	}
+	testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+		if recoveries.Load() != 1 {
+			return errors.New("no recovery reported")
+		}
+		return st.WatchStalled()
+	})
+	if stalls.Load() != 1 {
+		t.Fatalf("%d stalls reported, want 1", stalls.Load())
+	}
+	if r := <-reasons; !strings.Contains(r, "revision") {
+		t.Errorf("stall reason %q", r)
+	}
+	// Current again: later writes flow, and no further stall is reported.
+	put("c")
+	if v := <-got; v != "c" {
+		t.Fatalf("got %s", v)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if stalls.Load() != 1 || recoveries.Load() != 1 {
+		t.Fatalf("%d stalls, %d recoveries on a current watch", stalls.Load(), recoveries.Load())
+	}
+}
+
+// stallWatches removes every consumer of the tokens stream (the replicas'
+// watches) and keeps new ones from being made (the stream's consumer limit
+// taken by one of the test's) until the returned func is called: the server
+// stops delivering to the watches, the client library would not notice for
+// two missed heartbeats (10 s), and a watch recreated meanwhile fails.
+func stallWatches(t *testing.T, st *natsx.Store) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	js := st.JetStream()
+	s, err := js.Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	names := s.ConsumerNames(ctx)
+	n := 0
+	for name := range names.Name() {
+		if err := s.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("no consumer to remove")
+	}
+	limited := cfg
+	limited.MaxConsumers = 1
+	if _, err := js.UpdateStream(ctx, limited); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "placeholder", AckPolicy: jetstream.AckNonePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		if err := s.DeleteConsumer(ctx, "placeholder"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -72,6 +72,11 @@ type Config struct {
 	// returns (or at its end if it makes none), so that only the call holds
 	// the slot. It returns an error only when ctx ends.
 	Admit func(ctx context.Context) (release func(), err error)
+	// OnDiscard, if set, is told when Run ends holding a token the provider
+	// issued whose publish never succeeded (the token is lost to the
+	// fleet): lost is true if the lease was lost (MayCall false), false if
+	// the loop was stopped.
+	OnDiscard func(lost bool)
 	// RefreshCooldown is the least time between two refreshes forced by
 	// token.refresh reports (SPEC §3); DefaultRefreshCooldown if zero.
 	RefreshCooldown time.Duration
@@ -240,6 +245,18 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer func() { endSpan("cancelled", nil) }()
 	m.health.run(true)
 	defer m.health.run(false)
+	defer func() {
+		// Run ends (lease lost, or stopped) with an issued token never
+		// published: it is lost to the fleet. Say so, and count it.
+		if pending == nil || !m.usable(*pending) {
+			return
+		}
+		lost := m.cfg.MayCall != nil && !m.cfg.MayCall()
+		m.log.Warn("a token the provider issued was never published: discarded", slog.Bool("lease_lost", lost))
+		if m.cfg.OnDiscard != nil {
+			m.cfg.OnDiscard(lost)
+		}
+	}()
 
 	for {
 		select {

@@ -2,8 +2,9 @@
 // named "tokenbus" with the endpoints token.get.* and token.refresh.* in one
 // queue group (SPEC §3). It maps domain errors to wire error codes once, here,
 // and answers token.get from memory on the endpoint's goroutine; anything that
-// may wait (a refresh, a single-use claim) runs on its own goroutine so that
-// it never stalls other callers.
+// may wait (a refresh, a single-use claim, a read of the bucket when memory
+// has no valid token) runs on its own goroutine so that it never stalls
+// other callers.
 package rpc
 
 import (
@@ -49,6 +50,16 @@ type Source interface {
 // implement it: their replies carry no revision and are never cached.
 type Revisioned interface {
 	GetRevision(ctx context.Context) ([]byte, uint64, error)
+}
+
+// Fallback is implemented by a Revisioned source that can look further
+// than memory when memory has no valid token (a read of the bucket, for a
+// replica whose watch lags). The service calls Lookup only after
+// GetRevision failed with refresher.ErrNoToken, and off the endpoint
+// goroutine: the hot path stays in memory.
+type Fallback interface {
+	Revisioned
+	Lookup(ctx context.Context) ([]byte, uint64, error)
 }
 
 // Fresher is implemented by sources of a shared token that can answer a
@@ -270,6 +281,10 @@ func (s *Service) handleGet(req micro.Request) {
 		err = fmt.Errorf("%w: the current token expires sooner", refresher.ErrMinValidity)
 	}
 	if err != nil {
+		if fb, ok := src.(Fallback); ok && errors.Is(err, refresher.ErrNoToken) && req.Reply() != "" {
+			s.asyncRev(c, req.Reply(), fb.Lookup)
+			return
+		}
 		s.fail(c, req.Reply(), req, err)
 		return
 	}

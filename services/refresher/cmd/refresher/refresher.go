@@ -92,6 +92,9 @@ type Main struct {
 	// the calls in flight (fetch_concurrency).
 	set   *providerSet
 	limit *limiter
+	// lookup reads the bucket for a provider this replica's copy has no
+	// valid token of (bucketSource).
+	lookup *natsx.Lookup
 	// creds is the credential bucket of runtime providers; nil when no
 	// sealing key is configured.
 	creds          *credentials.Store
@@ -240,6 +243,10 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 
 	m.set = newProviderSet()
+	m.lookup = m.newLookup()
+	if err := m.forgetMissesOnUpdates(); err != nil {
+		return err
+	}
 	m.limit = newLimiter(cfg.FetchConcurrency, m.leader.Valid)
 	m.Metrics.SetKnown(m.set.known)
 	m.Metrics.RegisterStates(m.stateCounts)
@@ -289,7 +296,7 @@ func (m *Main) Run(ctx context.Context) error {
 			if m.leader.Accept(runCtx, tok, rev) {
 				m.set.token(tok, rev)
 			}
-		})
+		}, m.watchHooks())
 	})
 	// Only the lease holder runs the loops that call providers (refresh
 	// managers, single-use pool fillers) and serves forwarded refreshes.

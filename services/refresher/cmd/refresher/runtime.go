@@ -16,6 +16,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/credentials"
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
+	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
@@ -313,9 +314,16 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
 		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit, Observer: m.events,
+		OnDiscard: func(lost bool) {
+			reason := metrics.ReasonStopped
+			if lost {
+				reason = metrics.ReasonLeaseLost
+			}
+			m.Metrics.TokensDiscarded(p.Name, reason)
+		},
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
-	sv.src = freshSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, mgr: mgr}
+	sv.src = bucketSource{freshSource: freshSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, mgr: mgr}, lookup: m.lookup}
 	return sv, nil
 }
 

@@ -98,11 +98,14 @@ func (r *readiness) monitor(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// readyCheck is the live readiness check: connected to NATS, and JetStream
-// able to serve the bucket.
+// readyCheck is the live readiness check: connected to NATS, the watch of
+// the bucket current (not stalled), and JetStream able to serve the bucket.
 func (m *Main) readyCheck(ctx context.Context) error {
 	if !m.nc.IsConnected() {
 		return errors.New("not connected to NATS")
+	}
+	if err := m.store.WatchStalled(); err != nil {
+		return err
 	}
 	return m.store.Check(ctx)
 }
