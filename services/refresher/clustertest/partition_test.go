@@ -231,18 +231,18 @@ func startSideLoad(t *testing.T, url string, providers []string) *sideLoad {
 func (l *sideLoad) finish() []request { close(l.stop); <-l.done; return l.reqs }
 
 // published is a token as stored in the bucket's stream.
-type published struct {
+type publishedToken struct {
 	provider string
 	stored   time.Time // the server's timestamp
 	tok      wire.Token
 }
 
 // recordTokens follows every token stored in the tokens bucket's stream.
-func recordTokens(t *testing.T, js jetstream.JetStream) func() []published {
+func recordTokens(t *testing.T, js jetstream.JetStream) func() []publishedToken {
 	t.Helper()
 	var (
 		mu  sync.Mutex
-		out []published
+		out []publishedToken
 	)
 	cons, err := js.OrderedConsumer(context.Background(), "KV_tokens", jetstream.OrderedConsumerConfig{})
 	if err != nil {
@@ -255,14 +255,14 @@ func recordTokens(t *testing.T, js jetstream.JetStream) func() []published {
 			return
 		}
 		mu.Lock()
-		out = append(out, published{provider: tok.Provider, stored: md.Timestamp, tok: tok})
+		out = append(out, publishedToken{provider: tok.Provider, stored: md.Timestamp, tok: tok})
 		mu.Unlock()
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cc.Stop)
-	return func() []published {
+	return func() []publishedToken {
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.Clone(out)
@@ -272,7 +272,7 @@ func recordTokens(t *testing.T, js jetstream.JetStream) func() []published {
 // validPublished reports whether, at time at, the bucket held a token of
 // provider that a replica may serve (stored before at, not within the
 // serving margin of its expiry).
-func validPublished(ps []published, provider string, at time.Time) bool {
+func validPublished(ps []publishedToken, provider string, at time.Time) bool {
 	for _, p := range ps {
 		if p.provider != provider || !p.stored.Before(at) {
 			continue
