@@ -13,6 +13,7 @@
 //	tokenbus_leader                                     1 while this replica holds the lease, else 0
 //	tokenbus_lease_renewal_failures_total               failed lease renewals
 //	tokenbus_foreign_writes_total{provider}             token writes the leader did not make (replaced at once)
+//	tokenbus_tokens_discarded_total{reason}             tokens a provider issued that were never published (reasons: DiscardReasons)
 //	tokenbus_providers{state}                           providers served, by state (ok, failing, no_token)
 //
 // Series per provider are bounded (docs/observability.md): the first
@@ -103,6 +104,8 @@ type Metrics struct {
 	reqLatency metric.Float64Histogram
 	renewals   metric.Int64Counter
 	foreign    metric.Int64Counter
+	discarded  metric.Int64Counter
+	discardOpt map[string]metric.AddOption
 	leader     atomic.Int64
 
 	providers map[string]*providerOpts
@@ -198,6 +201,13 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	m.foreign, e = meter.Int64Counter("tokenbus.foreign_writes", metric.WithUnit("{write}"),
 		metric.WithDescription("Token writes to a provider key that the leader did not make; each is replaced at once."))
 	mk(e)
+	m.discarded, e = meter.Int64Counter("tokenbus.tokens.discarded", metric.WithUnit("{token}"),
+		metric.WithDescription("Tokens a provider issued that this replica could not publish or pool, by reason; each is also logged."))
+	mk(e)
+	m.discardOpt = map[string]metric.AddOption{}
+	for _, r := range DiscardReasons {
+		m.discardOpt[r] = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", r)))
+	}
 	_, e = meter.Int64ObservableGauge("tokenbus.leader",
 		metric.WithDescription("1 while this replica holds the leader lease and calls providers, else 0."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
@@ -377,6 +387,40 @@ func (m *Metrics) ForeignWrite(provider string) {
 		return
 	}
 	m.foreign.Add(context.Background(), 1, metric.WithAttributeSet(m.opts(provider).set))
+}
+
+// Reasons a token a provider issued was discarded (the reason label of
+// tokenbus_tokens_discarded_total). docs/leadership.md says when each can
+// happen.
+const (
+	// DiscardLeaseLost: the lease was lost (its deadline passed, or another
+	// replica took it) between the provider's answer and the publish.
+	DiscardLeaseLost = "lease_lost"
+	// DiscardExpired: the token expired while its publish was being retried.
+	DiscardExpired = "expired"
+	// DiscardRemoved: the provider was removed while its token was being
+	// fetched; it is not published for a provider that no longer exists.
+	DiscardRemoved = "removed"
+	// DiscardPublishFailed: a stop's bound ran out while the publish was
+	// still failing (the bucket unreachable for the whole stop).
+	DiscardPublishFailed = "publish_failed"
+)
+
+// DiscardReasons lists every reason label of tokenbus_tokens_discarded_total.
+var DiscardReasons = []string{DiscardLeaseLost, DiscardExpired, DiscardRemoved, DiscardPublishFailed}
+
+// TokenDiscarded counts one token a provider issued that was never
+// published, for reason (one of DiscardReasons; any other counts as
+// publish_failed, so the label set stays fixed).
+func (m *Metrics) TokenDiscarded(reason string) {
+	if m == nil {
+		return
+	}
+	o, ok := m.discardOpt[reason]
+	if !ok {
+		o = m.discardOpt[DiscardPublishFailed]
+	}
+	m.discarded.Add(context.Background(), 1, o)
 }
 
 // Close unregisters the observable callbacks.
