@@ -64,15 +64,19 @@ type fence struct {
 func (f *fence) subject(key string) string { return "$KV." + f.kv.Bucket() + "." + key }
 
 // begin writes TermKey for term (compare-and-swap on the revision it read)
-// and arms the fence.
-func (f *fence) begin(ctx context.Context, term uint64, now time.Time) error {
+// and arms the fence. held reports whether the lease still names this
+// replica in term (read from the server): a term record of a higher term is
+// only written over by a holder the lease confirms (the lease bucket was
+// recreated), never by a deposed holder's late begin. A begin that fails
+// leaves the fence as it was: a failed rewrite of the term record does not
+// stop every write for the rest of the term.
+func (f *fence) begin(ctx context.Context, term uint64, now time.Time, held func(context.Context) bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.beginLocked(ctx, term, now)
+	return f.beginLocked(ctx, term, now, held)
 }
 
-func (f *fence) beginLocked(ctx context.Context, term uint64, now time.Time) error {
-	f.term, f.seq = 0, 0
+func (f *fence) beginLocked(ctx context.Context, term uint64, now time.Time, held func(context.Context) bool) error {
 	body, _ := json.Marshal(TermRecord{Holder: f.writer, Term: term, Since: now.UTC()})
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -87,6 +91,10 @@ func (f *fence) beginLocked(ctx context.Context, term uint64, now time.Time) err
 	case gerr != nil:
 		err = gerr
 	default:
+		var rec TermRecord
+		if json.Unmarshal(cur.Value(), &rec) == nil && rec.Term > term && (held == nil || !held(ctx)) {
+			return fmt.Errorf("leader: the term record names term %d, newer than this replica's %d: %w", rec.Term, term, refresher.ErrNotAllowed)
+		}
 		rev, err = f.kv.Update(ctx, TermKey, body, cur.Revision())
 	}
 	if err != nil {
@@ -123,7 +131,12 @@ func (f *fence) write(ctx context.Context, key string, data []byte, del bool) (u
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for try := 0; ; try++ {
-		ack, err := f.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequenceForSubject(f.seq, f.subject(TermKey)))
+		// The headers jetstream.WithExpectLastSequenceForSubject sets, set
+		// here so that the expectation is in the message itself (a
+		// simulated JetStream reads it there).
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(f.seq, 10))
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, f.subject(TermKey))
+		ack, err := f.js.PublishMsg(ctx, msg)
 		if err == nil {
 			return ack.Sequence, nil
 		}
@@ -152,11 +165,11 @@ func (f *fence) armed() uint64 {
 
 // rearm writes TermKey again for term, unless another writer of this
 // replica already did since stale was armed.
-func (f *fence) rearm(ctx context.Context, stale, term uint64, now time.Time) error {
+func (f *fence) rearm(ctx context.Context, stale, term uint64, now time.Time, held func(context.Context) bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.seq != stale {
 		return nil
 	}
-	return f.beginLocked(ctx, term, now)
+	return f.beginLocked(ctx, term, now, held)
 }
