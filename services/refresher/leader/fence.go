@@ -56,10 +56,27 @@ type fence struct {
 	kv     jetstream.KeyValue // the tokens bucket
 	writer string
 
-	mu   sync.Mutex
-	term uint64 // 0: no term written, no write allowed
-	seq  uint64 // TermKey's revision written by this term
+	// turn serialises writes and term rewrites; a writer waiting for its
+	// turn gives up when its context ends (a channel, not a mutex: a write
+	// stuck on an unreachable server does not hold the others past their
+	// own deadlines).
+	turn chan struct{}
+	mu   sync.Mutex // guards term and seq
+	term uint64     // 0: no term written, no write allowed
+	seq  uint64     // TermKey's revision written by this term
 }
+
+// lock waits for the fence's turn, or for ctx to end.
+func (f *fence) lock(ctx context.Context) error {
+	select {
+	case f.turn <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("leader: waiting for the previous token write: %w", ctx.Err())
+	}
+}
+
+func (f *fence) unlock() { <-f.turn }
 
 func (f *fence) subject(key string) string { return "$KV." + f.kv.Bucket() + "." + key }
 
@@ -71,8 +88,10 @@ func (f *fence) subject(key string) string { return "$KV." + f.kv.Bucket() + "."
 // leaves the fence as it was: a failed rewrite of the term record does not
 // stop every write for the rest of the term.
 func (f *fence) begin(ctx context.Context, term uint64, now time.Time, held func(context.Context) bool) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	if err := f.lock(ctx); err != nil {
+		return err
+	}
+	defer f.unlock()
 	return f.beginLocked(ctx, term, now, held)
 }
 
@@ -100,7 +119,9 @@ func (f *fence) beginLocked(ctx context.Context, term uint64, now time.Time, hel
 	if err != nil {
 		return fmt.Errorf("leader: write the term record: %w", err)
 	}
+	f.mu.Lock()
 	f.term, f.seq = term, rev
+	f.mu.Unlock()
 	return nil
 }
 
@@ -115,15 +136,20 @@ func (f *fence) end() {
 // current term. A write that collides with one still being committed (10164)
 // is tried again a few times.
 func (f *fence) write(ctx context.Context, key string, data []byte, del bool) (uint64, error) {
+	if err := f.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer f.unlock()
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.seq == 0 {
+	term, seq := f.term, f.seq
+	f.mu.Unlock()
+	if seq == 0 {
 		return 0, refresher.ErrNotAllowed
 	}
 	msg := &nats.Msg{
 		Subject: f.subject(key),
 		Data:    data,
-		Header:  nats.Header{HeaderTerm: {strconv.FormatUint(f.term, 10)}, HeaderWriter: {f.writer}},
+		Header:  nats.Header{HeaderTerm: {strconv.FormatUint(term, 10)}, HeaderWriter: {f.writer}},
 	}
 	if del {
 		msg.Header.Set("KV-Operation", "DEL")
@@ -134,7 +160,7 @@ func (f *fence) write(ctx context.Context, key string, data []byte, del bool) (u
 		// The headers jetstream.WithExpectLastSequenceForSubject sets, set
 		// here so that the expectation is in the message itself (a
 		// simulated JetStream reads it there).
-		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(f.seq, 10))
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(seq, 10))
 		msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, f.subject(TermKey))
 		ack, err := f.js.PublishMsg(ctx, msg)
 		if err == nil {
@@ -166,9 +192,11 @@ func (f *fence) armed() uint64 {
 // rearm writes TermKey again for term, unless another writer of this
 // replica already did since stale was armed.
 func (f *fence) rearm(ctx context.Context, stale, term uint64, now time.Time, held func(context.Context) bool) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.seq != stale {
+	if err := f.lock(ctx); err != nil {
+		return err
+	}
+	defer f.unlock()
+	if f.armed() != stale {
 		return nil
 	}
 	return f.beginLocked(ctx, term, now, held)

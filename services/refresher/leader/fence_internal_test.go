@@ -33,8 +33,8 @@ func openTokens(t *testing.T) *natsx.Store {
 func TestLateBeginOfADeposedHolderDoesNotTakeTheFence(t *testing.T) {
 	st := openTokens(t)
 	ctx := context.Background()
-	newer := &fence{js: st.JetStream(), kv: st.KV(), writer: "b"}
-	older := &fence{js: st.JetStream(), kv: st.KV(), writer: "a"}
+	newer := &fence{js: st.JetStream(), kv: st.KV(), writer: "b", turn: make(chan struct{}, 1)}
+	older := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", turn: make(chan struct{}, 1)}
 	if err := newer.begin(ctx, 5, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestFailedTermRewriteDoesNotStopWrites(t *testing.T) {
 	st := openTokens(t)
 	ctx := context.Background()
 	kv := &failingUpdates{KeyValue: st.KV()}
-	f := &fence{js: st.JetStream(), kv: kv, writer: "a"}
+	f := &fence{js: st.JetStream(), kv: kv, writer: "a", turn: make(chan struct{}, 1)}
 	held := func(context.Context) bool { return true }
 	if err := f.begin(ctx, 7, time.Now(), held); err != nil {
 		t.Fatal(err)

@@ -75,6 +75,11 @@ type Call struct {
 // loop that made the call is stopped.
 func (c *Call) Context() context.Context { return c.ctx }
 
+// Held reports whether the lease the call was admitted under is still held
+// with its deadline ahead: a token that cannot be published while it is
+// was not lost to a lost lease.
+func (c *Call) Held() bool { return c.g.lease.Valid() }
+
 // Called frees the call's fetch_concurrency slot.
 func (c *Call) Called() { c.slot.Do(func() { <-c.g.slots }) }
 

@@ -18,7 +18,7 @@
 // removed or replaced) lets its call in flight finish and publishes its
 // token, and the lease is renewed until every call has ended, and only then
 // released. Only a lost lease cancels calls; a token fetched then cannot be
-// written and is counted (Discarded).
+// written, and its loop counts it (tokenbus_tokens_discarded_total).
 //
 // docs/leadership.md gives the reasoning and the assumptions (pause and
 // clock-rate bounds).
@@ -92,9 +92,6 @@ type Config struct {
 	// FetchConcurrency bounds the provider calls in flight at once
 	// (fetch_concurrency); 16 if zero.
 	FetchConcurrency int
-	// OnDiscard, if set, is called for each token a provider issued that
-	// was never published, with its reason (metrics.DiscardReasons).
-	OnDiscard func(provider, reason string)
 	// Loaded, if set, is closed once this replica knows every provider it
 	// serves (the credential bucket is read): a new leader deletes the
 	// token keys of providers it has no loop for only after that, never
@@ -171,23 +168,13 @@ func New(cfg Config) (*Leader, error) {
 	}
 	return &Leader{
 		cfg: cfg, lease: ls, log: cfg.Logger, gate: newGate(ls, cfg.FetchConcurrency),
-		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder},
+		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, turn: make(chan struct{}, 1)},
 		loops: map[string]Loop{}, running: map[string]*running{}, leaving: map[string]Loop{}, counted: map[string]uint64{},
 	}, nil
 }
 
 // Gate returns the gate every provider call of this replica passes through.
 func (l *Leader) Gate() *Gate { return l.gate }
-
-// Discarded logs and counts a token that provider issued and that was never
-// published, for reason (metrics.DiscardReasons). docs/leadership.md says
-// when each reason can happen.
-func (l *Leader) Discarded(provider, reason string) {
-	l.log.Warn("a token the provider issued was not published", slog.String("provider", provider), slog.String("reason", reason))
-	if l.cfg.OnDiscard != nil {
-		l.cfg.OnDiscard(provider, reason)
-	}
-}
 
 // Valid reports whether this replica holds a valid lease; loops check it
 // immediately before every provider call.
@@ -438,16 +425,16 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		}
 	}
 	l.mu.Lock()
-	keepers := map[string]Refresher{}
+	keepers := map[string]Loop{}
 	for name, loop := range l.loops {
-		if r, ok := loop.(Refresher); ok {
+		if _, ok := loop.(Refresher); ok {
 			if _, ok := loop.(Keeper); ok {
-				keepers[name] = r
+				keepers[name] = loop
 			}
 		}
 	}
 	l.mu.Unlock()
-	for name, r := range keepers {
+	for name, loop := range keepers {
 		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
 		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
 			continue
@@ -456,10 +443,19 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
 			continue
 		}
-		if !l.foreign(name, msg.Sequence) {
-			continue // the watch saw this write first and repairs it
+		// Counted once (this replica's watch may have seen it in an earlier
+		// term), but repaired in every term that finds it: a repair that an
+		// earlier term could not write is not skipped.
+		if l.foreign(name, msg.Sequence) {
+			l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
 		}
-		l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
+		k := loop.(Keeper)
+		if !k.Owns(tok, msg.Sequence) {
+			k.Repair() // its own copy is another token: write that again
+			continue
+		}
+		// Its own copy is this token (taken while it stood by): fetch a new one.
+		r := loop.(Refresher)
 		l.wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
 			defer cancel()
@@ -512,9 +508,13 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	old := l.leaving[tok.Provider]
 	leading := l.lctx != nil
 	l.mu.Unlock()
-	if !leading || !l.lease.Valid() {
+	if !leading {
 		return true
 	}
+	// While leading, a write is checked even when the lease is in doubt
+	// (a renewal failing): a foreign token is not taken, and the repair is
+	// retried by the keeper until its fenced write goes through or the term
+	// ends.
 	if k, isKeeper := old.(Keeper); isKeeper && k.Owns(tok, rev) {
 		return true // the last token of a loop being replaced or removed
 	}

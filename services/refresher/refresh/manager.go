@@ -86,6 +86,10 @@ type Call interface {
 	Called()
 	// Done ends the call: its token is published, or given up.
 	Done()
+	// Held reports whether the lease the call was admitted under is still
+	// held (a token given up while it is was lost to the bucket, not to a
+	// lost lease).
+	Held() bool
 }
 
 // Manager keeps one provider's token fresh. Create it with NewManager, run it
@@ -386,21 +390,20 @@ func (m *Manager) stop() {
 	}
 	ctx := m.call.Context()
 	wait := exponential(20*time.Millisecond, time.Second)
-	var last error
 	for {
 		if !m.usable(*m.pending) {
 			m.discard(metrics.DiscardExpired)
 			return
 		}
 		if ctx.Err() != nil {
-			if last == nil || errors.Is(last, refresher.ErrNotAllowed) || errors.Is(last, context.Canceled) {
-				m.discard(metrics.DiscardLeaseLost)
+			if m.call.Held() {
+				m.discard(metrics.DiscardPublishFailed) // the stop's bound ran out
 			} else {
-				m.discard(metrics.DiscardPublishFailed)
+				m.discard(metrics.DiscardLeaseLost)
 			}
 			return
 		}
-		if last = m.publish(ctx, *m.pending); last == nil {
+		if m.publish(ctx, *m.pending) == nil {
 			m.settle()
 			return
 		}

@@ -229,8 +229,7 @@ func (m *Main) Run(ctx context.Context) error {
 		JetStream: m.store.JetStream(), Tokens: m.store.KV(), Conn: m.nc,
 		ErrorCode: rpc.Code, Logger: m.logger,
 		OnForeignWrite: m.Metrics.ForeignWrite, FetchConcurrency: cfg.FetchConcurrency,
-		OnDiscard: func(_, reason string) { m.Metrics.TokenDiscarded(reason) },
-		Loaded:    loaded,
+		Loaded: loaded,
 	})
 	if err != nil {
 		return err
