@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/tests/harness"
 )
@@ -250,5 +251,49 @@ await nc.close();
 	}
 	if got.Cached != 0 || !got.Same || got.Token != h.Current().AccessToken {
 		t.Fatalf("got %+v, want the current token, nothing cached", got)
+	}
+}
+
+// TestNodeExampleCooldown (SPEC §3): the Node.js example reports the current
+// token as rejected ten times in a row. One report refreshes; the next is
+// answered 429 with Retry-After, and the client honours it: the rest are not
+// sent, and the provider is called once for the flood.
+func TestNodeExampleCooldown(t *testing.T) {
+	dir := nodeExample(t)
+	h := harness.Start(t, harness.Config{RefreshCooldown: 5 * time.Second})
+	before := h.Sim.Stats(simulator.Daraja).TokenRequests
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "example.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+h.Provider, "REPORTS=10")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node example.mjs: %v\n%s", err, out)
+	}
+	var refreshed, cooled int
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var ev struct {
+			nodeEvent
+			RetryAfter int `json:"retry_after"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		switch {
+		case ev.Event == "refreshed":
+			refreshed++
+		case ev.Event == "error" && ev.Code == 429 && ev.RetryAfter > 0 && ev.RetryAfter <= 5:
+			cooled++
+		case ev.Event == "get":
+		default:
+			t.Fatalf("unexpected line %q", line)
+		}
+	}
+	if refreshed != 1 || cooled != 9 {
+		t.Fatalf("%d refreshed, %d cooled down; want 1 and 9:\n%s", refreshed, cooled, out)
+	}
+	if n := h.Sim.Stats(simulator.Daraja).TokenRequests - before; n != 1 {
+		t.Fatalf("the flood made %d provider calls, want 1", n)
 	}
 }

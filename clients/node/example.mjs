@@ -7,9 +7,12 @@
 // consumer) or MODE=kv-watch (watch the KV bucket). UPDATES=n exits after n
 // tokens followed (the current one counts); BUCKET names the KV bucket
 // (default "tokens"); NATS_USER, NATS_PASSWORD and INBOX_PREFIX connect as a
-// least-privilege reader (SPEC §10).
+// least-privilege reader (SPEC §10). REPORTS=n reports the current token as
+// rejected n times in a row and exits: one refresh, then the refresh
+// cooldown (429 with Retry-After) for the rest, which the client honours by
+// not sending them.
 import { connect } from "nats";
-import { getToken, TokenCache, TokenbusError } from "./tokenbus.mjs";
+import { getToken, invalidate, TokenCache, TokenbusError } from "./tokenbus.mjs";
 
 const servers = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const provider = process.env.PROVIDER ?? "daraja-sandbox";
@@ -34,6 +37,23 @@ try {
     process.exit(2);
   }
   throw err;
+}
+
+const reports = Number(process.env.REPORTS ?? 0);
+if (reports > 0) {
+  // Report whatever token is current as rejected, again and again.
+  for (let i = 0; i < reports; i++) {
+    const current = await getToken(nc, provider);
+    try {
+      const token = await invalidate(nc, provider, current.access_token);
+      print({ event: "refreshed", token });
+    } catch (err) {
+      if (!(err instanceof TokenbusError)) throw err;
+      print({ event: "error", code: err.code, message: err.message, retry_after: err.retryAfter });
+    }
+  }
+  await nc.close();
+  process.exit(0);
 }
 
 // Follow: the current token first, then each new one as it is published.

@@ -5,13 +5,54 @@
 // file into a service.
 import { ErrorCode, Events } from "nats";
 
-/** An error answered by the refresher (SPEC §3): code 400, 404, 502 or 503. */
+/**
+ * An error answered by the refresher (SPEC §3): code 400, 404, 429, 502 or
+ * 503. For 429 (a refresh report within the provider's refresh cooldown),
+ * retryAfter is the seconds to wait (the Retry-After header).
+ */
 export class TokenbusError extends Error {
-  constructor(code, message) {
+  constructor(code, message, retryAfter = 0) {
     super(message);
     this.name = "TokenbusError";
     this.code = code;
+    this.retryAfter = retryAfter;
   }
+}
+
+// provider -> time (ms) before which no report is sent (a 429's Retry-After).
+const coolUntil = new Map();
+
+/**
+ * invalidate reports that the provider rejected token (token.refresh) and
+ * returns the token to use instead. The refresher refreshes only if token
+ * is still its current one, and at most once per the provider's refresh
+ * cooldown: within it, it answers 429 with Retry-After, which this function
+ * honours — it throws TokenbusError(429, …, retryAfter) and sends no report
+ * of that provider again until the cooldown is over.
+ */
+export async function invalidate(nc, provider, token, { timeout = 10000 } = {}) {
+  const until = coolUntil.get(provider) ?? 0;
+  const left = until - Date.now();
+  if (left > 0) {
+    throw new TokenbusError(429, `${provider}: refresh cooldown: not reported again before Retry-After`, Math.ceil(left / 1000));
+  }
+  coolUntil.delete(provider);
+  let msg;
+  try {
+    msg = await nc.request(`token.refresh.${provider}`, JSON.stringify({ invalid_token: token }), { timeout });
+  } catch (err) {
+    if (err.code === ErrorCode.NoResponders) {
+      throw new TokenbusError(503, "no refresher is answering");
+    }
+    throw err;
+  }
+  const code = msg.headers?.get("Nats-Service-Error-Code");
+  if (code) {
+    const retryAfter = Number(msg.headers.get("Retry-After") || 0);
+    if (Number(code) === 429 && retryAfter > 0) coolUntil.set(provider, Date.now() + retryAfter * 1000);
+    throw new TokenbusError(Number(code), msg.headers.get("Nats-Service-Error"), retryAfter);
+  }
+  return msg.json();
 }
 
 /**

@@ -90,6 +90,9 @@ type Client struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 	wg        sync.WaitGroup
+	// coolUntil maps a provider to the end of the refresh cooldown a 429
+	// announced: Invalidate sends no report of it before then.
+	coolUntil sync.Map
 }
 
 // New returns a Client on nc and, unless WithoutWatch is given, starts
@@ -246,7 +249,10 @@ func (c *Client) report(err error) {
 // current one, so any number of callers reporting the same token cause one
 // upstream call. The in-memory copy stops serving token at once.
 //
-// Errors are those of Token.
+// Errors are those of Token, and an *Error matching ErrCooldown when the
+// refresher refreshed on a report less than the provider's refresh_cooldown
+// ago (SPEC §3): no report changes the token before its RetryAfter, and
+// until then Invalidate answers the same without asking the refresher.
 func (c *Client) Invalidate(ctx context.Context, provider, token string) (Token, error) {
 	if err := ctx.Err(); err != nil {
 		return Token{}, err
@@ -254,11 +260,22 @@ func (c *Client) Invalidate(ctx context.Context, provider, token string) (Token,
 	if c.closed.Load() {
 		return Token{}, ErrClosed
 	}
+	if v, ok := c.coolUntil.Load(provider); ok {
+		if left := time.Until(v.(time.Time)); left > 0 {
+			return Token{}, &Error{Op: "token.refresh", Provider: provider, Code: wire.CodeTooManyRequests,
+				Message: "refresh cooldown: not reported again before Retry-After", RetryAfter: left}
+		}
+		c.coolUntil.Delete(provider)
+	}
 	body, err := json.Marshal(wire.RefreshRequest{InvalidToken: token})
 	if err != nil {
 		return Token{}, fmt.Errorf("tokenclient: encode refresh request: %w", err)
 	}
 	tok, err := c.request(ctx, "token.refresh", provider, wire.RefreshSubject(provider), body)
+	var e *Error
+	if errors.As(err, &e) && e.Code == wire.CodeTooManyRequests && e.RetryAfter > 0 {
+		c.coolUntil.Store(provider, time.Now().Add(e.RetryAfter))
+	}
 	if err != nil {
 		return Token{}, err
 	}
@@ -348,7 +365,7 @@ func (c *Client) requestRev(ctx context.Context, op, provider, subject string, b
 	if err != nil {
 		return Token{}, 0, requestError(op, provider, parent, err)
 	}
-	if err := replyError(op, provider, reply.Header.Get(wire.HeaderErrorCode), reply.Header.Get(wire.HeaderError)); err != nil {
+	if err := replyError(op, provider, reply.Header); err != nil {
 		return Token{}, 0, err
 	}
 	if err := json.Unmarshal(reply.Data, &tok); err != nil {

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
@@ -32,6 +35,11 @@ var (
 	ErrNotFollowing = errors.New("tokenclient: cannot follow token updates")
 	// ErrInvalidOption: an option was given a value it cannot take.
 	ErrInvalidOption = errors.New("tokenclient: invalid option")
+	// ErrCooldown: Invalidate reported the current token within the
+	// provider's refresh cooldown of the last refresh reports forced (429,
+	// SPEC §3); the *Error's RetryAfter says how long to wait. The client
+	// sends no report of that provider until then.
+	ErrCooldown = errors.New("tokenclient: refresh cooldown")
 )
 
 // Error is an error answered by the refresher, following the NATS micro
@@ -47,6 +55,9 @@ type Error struct {
 	Code int
 	// Message is the refresher's description, e.g. the provider's own code.
 	Message string
+	// RetryAfter is how long to wait before reporting again (429), 0 if
+	// the reply gave no Retry-After.
+	RetryAfter time.Duration
 }
 
 // Error returns "tokenclient: <op> <provider>: <code> <message>".
@@ -65,13 +76,16 @@ func (e *Error) Is(target error) bool {
 		return target == ErrProviderFailed
 	case wire.CodeUnavailable:
 		return target == ErrUnavailable
+	case wire.CodeTooManyRequests:
+		return target == ErrCooldown
 	}
 	return false
 }
 
 // replyError maps an error reply to an *Error, or returns nil when the reply
 // carries no error code. An unknown or unparsable code becomes a 503.
-func replyError(op, provider string, code, message string) error {
+func replyError(op, provider string, h nats.Header) error {
+	code := h.Get(wire.HeaderErrorCode)
 	if code == "" {
 		return nil
 	}
@@ -79,5 +93,9 @@ func replyError(op, provider string, code, message string) error {
 	if err != nil {
 		n = wire.CodeUnavailable
 	}
-	return &Error{Op: op, Provider: provider, Code: n, Message: message}
+	e := &Error{Op: op, Provider: provider, Code: n, Message: h.Get(wire.HeaderError)}
+	if s, err := strconv.Atoi(h.Get(wire.HeaderRetryAfter)); err == nil && s > 0 {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	return e
 }

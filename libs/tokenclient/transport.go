@@ -35,7 +35,9 @@ type tokenSource interface {
 //
 // An error getting a token is returned from RoundTrip wrapped, so that
 // errors.Is(err, ErrUnavailable) and the like hold for the error http.Client
-// returns.
+// returns. A rejection reported within the provider's refresh cooldown
+// (SPEC §3) is not retried: the error matches ErrCooldown and its *Error
+// carries RetryAfter.
 func (c *Client) Transport(provider string, base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport

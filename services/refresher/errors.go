@@ -137,6 +137,36 @@ func Classify(err error) Kind {
 type RemoteError struct {
 	Code    int
 	Message string
+	// RetryAfter is the reply's Retry-After (a refresh cooldown), 0 if none.
+	RetryAfter time.Duration
+}
+
+// ErrCooldown is matched by a CooldownError.
+var ErrCooldown = errors.New("refresher: refresh cooldown")
+
+// CooldownError is returned for a report of the current token within the
+// provider's refresh cooldown of its last forced refresh (SPEC §3): no
+// caller may make the provider issue tokens faster than that (for Daraja
+// each new token kills the last). Edges answer it 429 with Retry-After.
+type CooldownError struct {
+	// Cooldown is the provider's refresh_cooldown.
+	Cooldown time.Duration
+	// RetryAfter is how long until a report may refresh again.
+	RetryAfter time.Duration
+}
+
+// Error says how long to wait, in whole seconds (rounded up).
+func (e *CooldownError) Error() string {
+	return fmt.Sprintf("refresher: the token was refreshed on request less than %s ago (refresh_cooldown); retry in %d s", e.Cooldown, RetryAfterSeconds(e.RetryAfter))
+}
+
+// Is matches ErrCooldown.
+func (e *CooldownError) Is(target error) bool { return target == ErrCooldown }
+
+// RetryAfterSeconds rounds d up to whole seconds, at least 1: the value of a
+// Retry-After header.
+func RetryAfterSeconds(d time.Duration) int {
+	return max(int((d+time.Second-1)/time.Second), 1)
 }
 
 // Error returns the message with its code.

@@ -11,6 +11,7 @@
 package harness
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,6 +47,10 @@ type Config struct {
 	DarajaTTL time.Duration
 	// RefreshBefore is the refresher's refresh margin (default: its own).
 	RefreshBefore time.Duration
+	// RefreshCooldown is the refresher's refresh cooldown (SPEC §3). The
+	// default is 1ms, not the product's 5s, so that tests may force
+	// refreshes back to back; set it to test the cooldown.
+	RefreshCooldown time.Duration
 	// Users, if set, are the server's only users (anonymous connections are
 	// refused). The first one is the refresher's: give it every permission
 	// (nil Permissions). Connect then needs nats.UserInfo.
@@ -239,9 +244,10 @@ func (h *Harness) StartRefresher() *Refresher {
 		Provider: daraja.New(daraja.Config{
 			BaseURL: h.SimURL, ConsumerKey: "sim-consumer-key", ConsumerSecret: refresher.Secret("sim-consumer-secret"),
 		}),
-		Publisher:     store,
-		RefreshBefore: h.cfg.RefreshBefore,
-		Backoff:       refresher.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, PermanentInitial: time.Second, PermanentMax: time.Second},
+		Publisher:       store,
+		RefreshBefore:   h.cfg.RefreshBefore,
+		RefreshCooldown: cmp.Or(h.cfg.RefreshCooldown, time.Millisecond),
+		Backoff:         refresher.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, PermanentInitial: time.Second, PermanentMax: time.Second},
 	})
 	r := &Refresher{NC: nc, Manager: mgr}
 	status := func() wire.Status {

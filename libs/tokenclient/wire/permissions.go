@@ -25,17 +25,50 @@ func InboxPrefix(user string) string { return "_INBOX_" + user }
 
 // IsInbox reports whether subject is an inbox: under _INBOX. (the NATS
 // clients' default) or under a private prefix _INBOX_<user>. A refresher
-// replies only to inboxes.
+// replies only to inboxes. A subject with a wildcard token (* or >) or an
+// empty token is never an inbox: a reply is published to one subject.
 func IsInbox(subject string) bool {
 	rest, ok := strings.CutPrefix(subject, "_INBOX")
-	if !ok {
+	if !ok || !literal(subject) {
 		return false
 	}
 	if r, ok := strings.CutPrefix(rest, "."); ok {
 		return r != ""
 	}
 	prefix, r, ok := strings.Cut(rest, ".")
-	return ok && strings.HasPrefix(prefix, "_") && len(prefix) > 1 && r != "" && !strings.ContainsAny(prefix, "*>")
+	return ok && strings.HasPrefix(prefix, "_") && len(prefix) > 1 && r != ""
+}
+
+// literal reports whether subject is a valid literal subject: non-empty
+// tokens, no wildcard, no white space.
+func literal(subject string) bool {
+	if subject == "" {
+		return false
+	}
+	for tok := range strings.SplitSeq(subject, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n*>") {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidUser reports whether user may name a NATS user in a permissions block
+// and its inbox prefix _INBOX_<user>: one plain subject token of letters,
+// digits, '-' and '_', at most 64 characters (no '.', no wildcard, no white
+// space, nothing that could end a quoted string or a block).
+func ValidUser(user string) bool {
+	if user == "" || len(user) > 64 {
+		return false
+	}
+	for _, c := range user {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // ReaderPermissions returns exactly what a service that uses the tokens of
@@ -46,7 +79,7 @@ func ReaderPermissions(user string, providers ...string) Permissions {
 	var p Permissions
 	for _, name := range providers {
 		p.Publish = append(p.Publish, GetSubject(name), RefreshSubject(name))
-		p.Subscribe = append(p.Subscribe, UpdatesSubject(name))
+		p.Subscribe = append(p.Subscribe, UpdatesSubject(name), "token.events."+name)
 	}
 	p.Subscribe = append(p.Subscribe, InboxPrefix(user)+".>")
 	return p

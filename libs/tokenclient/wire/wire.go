@@ -109,12 +109,18 @@ const (
 	CodeUnavailable = 503
 	// CodeConflict: a runtime provider put names a config-file provider (SPEC §8).
 	CodeConflict = 409
+	// CodeTooManyRequests: a token.refresh report of the current token
+	// within the provider's refresh cooldown (SPEC §3); the reply carries
+	// HeaderRetryAfter.
+	CodeTooManyRequests = 429
 )
 
 // Header names of the NATS micro error convention.
 const (
 	HeaderErrorCode = "Nats-Service-Error-Code"
 	HeaderError     = "Nats-Service-Error"
+	// HeaderRetryAfter carries the whole seconds to wait with a 429.
+	HeaderRetryAfter = "Retry-After"
 )
 
 // ErrorBody is the JSON body of an error reply: {"error":{"code":N,"message":"…"}}.

@@ -4,6 +4,8 @@
 // setup. TestFailover runs them under kill -9, SIGSTOP and SIGCONT, a NATS
 // node restart and a KV stream leader step-down; TestSteadyManyProviders runs
 // them with no failure (30 s, or 60 s with TOKENBUS_CLUSTER_LONG=1);
-// TestFencedWritesOnR3 shows why token writes are serialised. It has no
-// non-test code.
+// TestFencedWritesOnR3 shows why token writes are serialised;
+// TestLeastPrivilege, TestAttackEveryRole and TestShippedClusterConfigs run
+// the shipped deploy/nats configuration and attack it with every role (the
+// stock nats CLI is built on first use). It has no non-test code.
 package clustertest

@@ -14,7 +14,7 @@ import (
 )
 
 // bin holds the binaries TestMain builds.
-var bin struct{ natsServer, refresher string }
+var bin struct{ dir, natsServer, refresher string }
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "tokenbus-clustertest-")
@@ -22,6 +22,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	bin.dir = dir
 	bin.natsServer = filepath.Join(dir, "nats-server")
 	bin.refresher = filepath.Join(dir, "refresher")
 	for out, pkg := range map[string]string{

@@ -69,6 +69,11 @@ type Credentials struct {
 	// Keys seal and open the secret fields: the first seals, every one opens.
 	// Without keys runtime providers are off.
 	Keys []CredentialKey `yaml:"keys"`
+	// MaxBytes bounds the bucket's size; 0 means 256 MiB (room for over
+	// 100,000 providers). At least 1 MiB.
+	MaxBytes int `yaml:"max_bytes"`
+	// MaxValueSize bounds one entry, sealed; 0 means 16 KiB. 1 KiB to 1 MiB.
+	MaxValueSize int `yaml:"max_value_size"`
 }
 
 // CredentialKey is one sealing key.
@@ -221,6 +226,9 @@ type Provider struct {
 	RefreshBefore Duration `yaml:"refresh_before"`
 	// Timeout bounds each token request; default 10s, 1s to 2m.
 	Timeout Duration `yaml:"timeout"`
+	// RefreshCooldown is the least time between two refreshes forced by
+	// token.refresh reports (SPEC §3); 0 means the default, 5s; at most 1h.
+	RefreshCooldown Duration `yaml:"refresh_cooldown"`
 }
 
 // Credential identifies the account p calls the provider with: its kind,
@@ -264,7 +272,7 @@ func (p Provider) CredentialField() string {
 
 // commonFields apply to every kind; kindFields to one kind each.
 var (
-	commonFields = []string{"name", "kind", "refresh_before", "timeout"}
+	commonFields = []string{"name", "kind", "refresh_before", "timeout", "refresh_cooldown"}
 	kindFields   = map[string][]string{
 		KindDaraja: {"base_url", "consumer_key", "consumer_secret"},
 		KindMPay:   {"base_url", "username", "password", "pool"},

@@ -199,6 +199,8 @@ func TestParseErrors(t *testing.T) {
 		{"number expected", "providers:" + mpay + "    pool: four\n", []string{"line 7: providers[0] (mpay).pool: want a whole number"}},
 		{"duration without unit", "lease: {ttl: 10}\nproviders:" + daraja, []string{"line 1: lease.ttl: a number needs a unit, such as 10s or 5m"}},
 		{"negative duration", "providers:" + daraja + "    refresh_before: -1m\n", []string{"providers[0] (daraja-sandbox).refresh_before: must not be negative"}},
+		{"cooldown out of range", "providers:" + daraja + "    refresh_cooldown: 2h\n", []string{"providers[0] (daraja-sandbox).refresh_cooldown: must be from 0 (the default, 5s) to 1h"}},
+		{"credentials limits", "credentials: {max_bytes: 1000, max_value_size: 10}\nproviders:" + daraja, []string{"credentials.max_bytes: must be at least 1048576", "credentials.max_value_size: must be from 1024 to 1048576"}},
 		{"bad duration", "providers:" + daraja + "    timeout: soon\n", []string{"providers[0] (daraja-sandbox).timeout: want a duration such as 10s"}},
 
 		// Values.
@@ -518,7 +520,7 @@ config: providers[0] (d): field "scopes" does not apply to kind daraja; it is fo
 }
 
 func TestFields(t *testing.T) {
-	if got := (Provider{Kind: KindMPay}).Fields(); !reflect.DeepEqual(got, []string{"name", "kind", "refresh_before", "timeout", "base_url", "username", "password", "pool"}) {
+	if got := (Provider{Kind: KindMPay}).Fields(); !reflect.DeepEqual(got, []string{"name", "kind", "refresh_before", "timeout", "refresh_cooldown", "base_url", "username", "password", "pool"}) {
 		t.Errorf("mpay fields: %q", got)
 	}
 	if got := (Provider{Kind: "x"}).Fields(); got != nil {

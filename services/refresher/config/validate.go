@@ -102,6 +102,12 @@ func (c *Config) validateCredentials(ps *problems) {
 		ps.add(0, "credentials.bucket", "must differ from bucket and from the lease bucket (bucket-lease)")
 	}
 	ids := make(map[string]int)
+	if mb := c.Credentials.MaxBytes; mb != 0 && mb < 1<<20 {
+		ps.add(0, "credentials.max_bytes", "must be at least 1048576 (1 MiB), or 0 for the default (256 MiB)")
+	}
+	if mv := c.Credentials.MaxValueSize; mv != 0 && (mv < 1<<10 || mv > 1<<20) {
+		ps.add(0, "credentials.max_value_size", "must be from 1024 to 1048576 bytes, or 0 for the default (16 KiB)")
+	}
 	for i, k := range c.Credentials.Keys {
 		path := itemPath("credentials.keys", i, "")
 		switch {
@@ -210,6 +216,9 @@ func (p *Provider) validate(ps *problems, path string) {
 
 	if p.RefreshBefore < 0 {
 		ps.add(0, at("refresh_before"), "must not be negative")
+	}
+	if p.RefreshCooldown < 0 || p.RefreshCooldown > Duration(time.Hour) {
+		ps.add(0, at("refresh_cooldown"), "must be from 0 (the default, 5s) to 1h")
 	}
 	if p.Timeout < Duration(time.Second) || p.Timeout > Duration(2*time.Minute) {
 		ps.add(0, at("timeout"), "must be from 1s to 2m")

@@ -2,9 +2,12 @@
 // JetStream KV bucket with one entry per provider, keyed by its name, whose
 // secret fields (consumer_secret, password, client_secret, header values) are
 // sealed with AES-256-GCM (package seal) before they leave the process and
-// whose other fields are stored in the clear. Every replica follows the
-// bucket with Watch; the lease holder re-seals entries sealed with an older
-// key (Reseal).
+// whose other fields are stored in the clear but authenticated: each secret's
+// additional data binds every field of the record (kind, URLs, ids, the set
+// of sealed fields), so an entry that is edited or moved does not open.
+// Every replica follows the bucket with Watch; the lease holder re-seals
+// entries sealed with an older key or the older format (Reseal). The bucket
+// is bounded (Limits).
 package credentials
 
 import (
@@ -14,6 +17,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,13 +34,53 @@ var ErrNotFound = errors.New("credentials: no runtime provider of that name")
 
 // Store is the credential bucket.
 type Store struct {
-	kv   jetstream.KeyValue
-	ring *seal.Keyring
+	kv     jetstream.KeyValue
+	ring   *seal.Keyring
+	limits Limits
 }
 
-// Open creates the bucket if it does not exist (file storage, history 1) and
+// Limits bound the bucket (SPEC §10): MaxBytes its whole size, MaxValueSize
+// one entry. Zero fields take the defaults.
+type Limits struct {
+	MaxBytes     int64
+	MaxValueSize int32
+}
+
+// Default limits: room for over 100,000 providers (an entry is well under
+// 1 KiB), and an entry far larger than any provider needs.
+const (
+	DefaultMaxBytes     = 256 << 20
+	DefaultMaxValueSize = 16 << 10
+)
+
+// Option configures Open.
+type Option func(*Store)
+
+// WithLimits bounds the bucket; zero fields keep the defaults.
+func WithLimits(l Limits) Option {
+	return func(s *Store) {
+		if l.MaxBytes > 0 {
+			s.limits.MaxBytes = l.MaxBytes
+		}
+		if l.MaxValueSize > 0 {
+			s.limits.MaxValueSize = l.MaxValueSize
+		}
+	}
+}
+
+// ErrTooLarge is returned by Put for an entry larger than the bucket's
+// per-value limit.
+var ErrTooLarge = errors.New("credentials: entry too large")
+
+// Open creates the bucket if it does not exist (file storage, history 1,
+// bounded by Limits, DefaultMaxBytes and DefaultMaxValueSize unless
+// WithLimits says otherwise), applies the limits to an existing one, and
 // returns a Store that seals and opens with ring.
-func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring *seal.Keyring) (*Store, error) {
+func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring *seal.Keyring, opts ...Option) (*Store, error) {
+	st := &Store{ring: ring, limits: Limits{MaxBytes: DefaultMaxBytes, MaxValueSize: DefaultMaxValueSize}}
+	for _, o := range opts {
+		o(st)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("credentials: jetstream: %w", err)
@@ -46,37 +90,50 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring 
 	var kv jetstream.KeyValue
 	err = refresher.UntilReady(ctx, nil, func(ctx context.Context) (err error) {
 		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      bucket,
-			Description: "tokenbus: runtime providers, secret fields sealed (AES-256-GCM)",
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    max(replicas, 1),
+			Bucket:       bucket,
+			Description:  "tokenbus: runtime providers, secret fields sealed (AES-256-GCM)",
+			History:      1,
+			Storage:      jetstream.FileStorage,
+			Replicas:     max(replicas, 1),
+			MaxBytes:     st.limits.MaxBytes,
+			MaxValueSize: st.limits.MaxValueSize,
 		})
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("credentials: open bucket %q: %w", bucket, err)
 	}
-	return &Store{kv: kv, ring: ring}, nil
+	st.kv = kv
+	return st, nil
 }
 
 // record is an entry as stored: non-secret fields in the clear, secrets
-// sealed with the provider name and field as additional data.
+// sealed with additional data that binds the whole record (recordAD).
+// Entries without V (the first format) bound the provider name and field
+// only; they still open, and are reported stale so that the lease holder
+// re-seals them.
 type record struct {
-	Name          string                 `json:"name"`
-	Kind          string                 `json:"kind"`
-	BaseURL       string                 `json:"base_url,omitempty"`
-	ConsumerKey   string                 `json:"consumer_key,omitempty"`
-	Username      string                 `json:"username,omitempty"`
-	Pool          int                    `json:"pool,omitempty"`
-	TokenURL      string                 `json:"token_url,omitempty"`
-	ClientID      string                 `json:"client_id,omitempty"`
-	AuthStyle     string                 `json:"auth_style,omitempty"`
-	Scopes        []string               `json:"scopes,omitempty"`
-	RefreshBefore config.Duration        `json:"refresh_before,omitempty"`
-	Timeout       config.Duration        `json:"timeout,omitempty"`
-	Sealed        map[string]seal.Sealed `json:"sealed"`
+	// V is the format: sealedWhole, or 0 for the first format.
+	V             int             `json:"v,omitempty"`
+	Name          string          `json:"name"`
+	Kind          string          `json:"kind"`
+	BaseURL       string          `json:"base_url,omitempty"`
+	ConsumerKey   string          `json:"consumer_key,omitempty"`
+	Username      string          `json:"username,omitempty"`
+	Pool          int             `json:"pool,omitempty"`
+	TokenURL      string          `json:"token_url,omitempty"`
+	ClientID      string          `json:"client_id,omitempty"`
+	AuthStyle     string          `json:"auth_style,omitempty"`
+	Scopes        []string        `json:"scopes,omitempty"`
+	RefreshBefore config.Duration `json:"refresh_before,omitempty"`
+	Timeout       config.Duration `json:"timeout,omitempty"`
+	// RefreshCooldown is the provider's refresh_cooldown.
+	RefreshCooldown config.Duration        `json:"refresh_cooldown,omitempty"`
+	Sealed          map[string]seal.Sealed `json:"sealed"`
 }
+
+// sealedWhole is the format whose additional data binds the whole record.
+const sealedWhole = 2
 
 // Secret field names in record.Sealed; a header value is "headers.<Name>".
 const (
@@ -86,31 +143,55 @@ const (
 	headerPrefix        = "headers."
 )
 
-func ad(name, field string) []byte { return []byte(name + "\x00" + field) }
+// legacyAD is the first format's additional data: the name and field only.
+func legacyAD(name, field string) []byte { return []byte(name + "\x00" + field) }
+
+// recordAD is the additional data of one sealed field of r: a format tag,
+// every clear field of r (its JSON without the sealed values, which is
+// deterministic: a struct, no maps), the names of every sealed field, and
+// the field itself. Changing the kind, a URL, an id, the name (moving the
+// entry) or the set of secrets makes every seal fail to open.
+func recordAD(r record, field string) []byte {
+	fields := slices.Sorted(maps.Keys(r.Sealed))
+	r.Sealed = nil
+	clear, _ := json.Marshal(r)
+	b := make([]byte, 0, 64+len(clear))
+	b = append(b, "tokenbus-credentials/v2\x00"...)
+	b = append(b, clear...)
+	b = append(b, 0)
+	b = append(b, strings.Join(fields, "\x01")...)
+	b = append(b, 0)
+	return append(b, field...)
+}
 
 func (s *Store) encode(p config.Provider) ([]byte, error) {
 	r := record{
-		Name: p.Name, Kind: p.Kind, BaseURL: p.BaseURL, ConsumerKey: p.ConsumerKey, Username: p.Username,
+		V: sealedWhole, Name: p.Name, Kind: p.Kind, BaseURL: p.BaseURL, ConsumerKey: p.ConsumerKey, Username: p.Username,
 		Pool: p.Pool, TokenURL: p.TokenURL, ClientID: p.ClientID, AuthStyle: p.AuthStyle, Scopes: p.Scopes,
-		RefreshBefore: p.RefreshBefore, Timeout: p.Timeout, Sealed: map[string]seal.Sealed{},
+		RefreshBefore: p.RefreshBefore, Timeout: p.Timeout, RefreshCooldown: p.RefreshCooldown,
 	}
-	add := func(field string, v refresher.Secret) error {
-		if v == "" {
-			return nil
+	secrets := map[string]refresher.Secret{}
+	for field, v := range map[string]refresher.Secret{fieldConsumerSecret: p.ConsumerSecret, fieldPassword: p.Password, fieldClientSecret: p.ClientSecret} {
+		if v != "" {
+			secrets[field] = v
 		}
-		sd, err := s.ring.Seal([]byte(v.Reveal()), ad(p.Name, field))
+	}
+	for h, v := range p.Headers {
+		if v != "" {
+			secrets[headerPrefix+h] = v
+		}
+	}
+	// The additional data names every sealed field: fix the set first.
+	r.Sealed = make(map[string]seal.Sealed, len(secrets))
+	for field := range secrets {
+		r.Sealed[field] = seal.Sealed{}
+	}
+	for _, field := range slices.Sorted(maps.Keys(secrets)) {
+		sd, err := s.ring.Seal([]byte(secrets[field].Reveal()), recordAD(r, field))
 		if err != nil {
-			return fmt.Errorf("credentials: %s: %w", p.Name, err)
+			return nil, fmt.Errorf("credentials: %s: %w", p.Name, err)
 		}
 		r.Sealed[field] = sd
-		return nil
-	}
-	errs := []error{add(fieldConsumerSecret, p.ConsumerSecret), add(fieldPassword, p.Password), add(fieldClientSecret, p.ClientSecret)}
-	for _, h := range slices.Sorted(maps.Keys(p.Headers)) {
-		errs = append(errs, add(headerPrefix+h, p.Headers[h]))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
 	}
 	return json.Marshal(r)
 }
@@ -124,13 +205,23 @@ func (s *Store) decode(key string, b []byte) (p config.Provider, stale bool, err
 	if r.Name != key {
 		return p, false, fmt.Errorf("credentials: %s: entry names another provider", key)
 	}
+	if r.V != 0 && r.V != sealedWhole {
+		return p, false, fmt.Errorf("credentials: %s: entry format %d is newer than this refresher knows", key, r.V)
+	}
 	p = config.Provider{
 		Name: r.Name, Kind: r.Kind, BaseURL: r.BaseURL, ConsumerKey: r.ConsumerKey, Username: r.Username,
 		Pool: r.Pool, TokenURL: r.TokenURL, ClientID: r.ClientID, AuthStyle: r.AuthStyle, Scopes: r.Scopes,
-		RefreshBefore: r.RefreshBefore, Timeout: r.Timeout,
+		RefreshBefore: r.RefreshBefore, Timeout: r.Timeout, RefreshCooldown: r.RefreshCooldown,
 	}
+	// An entry of the first format opens with the name alone bound, and is
+	// stale: the lease holder re-seals it whole.
+	stale = r.V == 0
 	for field, sd := range r.Sealed {
-		pt, err := s.ring.Open(sd, ad(r.Name, field))
+		ad := legacyAD(r.Name, field)
+		if r.V == sealedWhole {
+			ad = recordAD(r, field)
+		}
+		pt, err := s.ring.Open(sd, ad)
 		if err != nil {
 			return p, false, fmt.Errorf("credentials: %s: %s: %w", key, field, err)
 		}
@@ -161,6 +252,9 @@ func (s *Store) Put(ctx context.Context, p config.Provider) (uint64, error) {
 	b, err := s.encode(p)
 	if err != nil {
 		return 0, err
+	}
+	if len(b) > int(s.limits.MaxValueSize) {
+		return 0, fmt.Errorf("%w: %w: %s: %d bytes sealed, more than credentials.max_value_size (%d)", refresher.ErrBadRequest, ErrTooLarge, p.Name, len(b), s.limits.MaxValueSize)
 	}
 	rev, err := s.kv.Put(ctx, p.Name, b)
 	if err != nil {

@@ -454,7 +454,12 @@ func (l *Leader) checkInherited(ctx context.Context) {
 			k.Repair() // its own copy is another token: write that again
 			continue
 		}
-		// Its own copy is this token (taken while it stood by): fetch a new one.
+		// Its own copy is this token (taken while it stood by): fetch a new
+		// one, whatever the refresh cooldown (this is no caller's report).
+		if rp, ok := loop.(interface{ Replace(bad string) }); ok {
+			rp.Replace(tok.AccessToken)
+			continue
+		}
 		r := loop.(Refresher)
 		l.wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
@@ -592,7 +597,11 @@ func (l *Leader) reply(msg *nats.Msg, provider string, body []byte, err error) {
 	}
 	code, text := l.cfg.ErrorCode(provider, err)
 	body, _ = json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: text}})
-	_ = l.cfg.Conn.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {strconv.Itoa(code)}, wire.HeaderError: {text}}})
+	h := nats.Header{wire.HeaderErrorCode: {strconv.Itoa(code)}, wire.HeaderError: {text}}
+	if ce := (*refresher.CooldownError)(nil); errors.As(err, &ce) {
+		h.Set(wire.HeaderRetryAfter, strconv.Itoa(refresher.RetryAfterSeconds(ce.RetryAfter)))
+	}
+	_ = l.cfg.Conn.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: h})
 }
 
 // forward asks the leader to handle a refresh report for provider and returns
@@ -608,7 +617,8 @@ func (l *Leader) forward(ctx context.Context, provider, invalid string) ([]byte,
 	}
 	if c := reply.Header.Get(wire.HeaderErrorCode); c != "" {
 		code, _ := strconv.Atoi(c)
-		return nil, &refresher.RemoteError{Code: code, Message: reply.Header.Get(wire.HeaderError)}
+		wait, _ := strconv.Atoi(reply.Header.Get(wire.HeaderRetryAfter))
+		return nil, &refresher.RemoteError{Code: code, Message: reply.Header.Get(wire.HeaderError), RetryAfter: time.Duration(wait) * time.Second}
 	}
 	return reply.Data, nil
 }

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -310,4 +311,138 @@ authorization { users: [{user: refresher, password: "refresher-pw-123"}] }
 		t.Fatal(err)
 	}
 	in.Close()
+}
+
+// TestProtectedListeners: protected mode covers every listener the embedded
+// server opens (SPEC §10), not only the client port. Each unprotected shape
+// is refused, naming the listener; the same shape with authorization (or on
+// loopback) starts, which shows it is refused for that reason alone.
+func TestProtectedListeners(t *testing.T) {
+	users := "authorization { users: [{user: a, password: \"s3cret-pw\"}] }\n"
+	freePort := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, tc := range []struct {
+		name, listener  string
+		listen          string // the client listener; 127.0.0.1:0 if empty
+		open, protected string // config files; PORT is a free port; no protected: not started
+		cluster         bool   // the cluster comes from nats.embedded.cluster
+	}{
+		{name: "cluster in the file", listener: "cluster listener",
+			// A server with its own cluster block waits for JetStream peers
+			// before it is ready: the protected shape is the next case's.
+			open: "cluster { name: c, listen: \"0.0.0.0:PORT\" }\n"},
+		{name: "cluster from nats.embedded.cluster", listener: "cluster listener", cluster: true,
+			open:      "max_payload: 1MB\n",
+			protected: "cluster { authorization { user: route, password: \"route-pw\" } }\n"},
+		{name: "leaf nodes", listener: "leafnode listener",
+			open:      "leafnodes { listen: \"0.0.0.0:-1\" }\n",
+			protected: users + "leafnodes { listen: \"0.0.0.0:-1\" }\n"},
+		{name: "websocket", listener: "websocket listener",
+			open:      "websocket { listen: \"0.0.0.0:-1\", no_tls: true }\n",
+			protected: users + "websocket { listen: \"0.0.0.0:-1\", no_tls: true }\n"},
+		{name: "monitoring", listener: "monitoring listener",
+			open:      "http: \"0.0.0.0:-1\"\n",
+			protected: "http: \"127.0.0.1:-1\"\n"},
+		{name: "monitoring on the client's host", listener: "monitoring listener", listen: "0.0.0.0:0",
+			open:      users + "http_port: -1\n",
+			protected: users + "http: \"127.0.0.1:-1\"\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := func(file string) EmbeddedConfig {
+				listen := tc.listen
+				if listen == "" {
+					listen = "127.0.0.1:0"
+				}
+				file = strings.ReplaceAll(file, "PORT", freePort())
+				c := EmbeddedConfig{Listen: listen, StoreDir: t.TempDir(), ConfigFile: writeFile(t, "n.conf", file)}
+				if tc.cluster {
+					c.Cluster = &ClusterConfig{Name: "c", Listen: "0.0.0.0:" + freePort()}
+				}
+				return c
+			}
+			ns, err := StartEmbedded(cfg(tc.open))
+			if err == nil {
+				ns.Shutdown()
+				t.Fatalf("an unprotected %s started", tc.listener)
+			}
+			if !errors.Is(err, ErrUnprotected) || !strings.Contains(err.Error(), tc.listener) {
+				t.Fatalf("StartEmbedded = %v, want ErrUnprotected naming the %s", err, tc.listener)
+			}
+			if tc.protected == "" {
+				return
+			}
+			startEmbedded(t, cfg(tc.protected))
+			// The explicit opt-out covers it as well.
+			c := cfg(tc.open)
+			c.Insecure = true
+			startEmbedded(t, c)
+		})
+	}
+}
+
+// TestEmbeddedShippedRoles: the shipped deploy/nats/auth.conf, named as is in
+// nats.embedded.config, runs the embedded server with its accounts: the
+// refresher's user has JetStream in the TOKENBUS account and stores tokens;
+// a reader's token.get reaches a responder there through its import, with
+// the reply mapped to _R_.…, and its reply aimed at a KV key lands in its own
+// account (the bucket is untouched).
+func TestEmbeddedShippedRoles(t *testing.T) {
+	for k, v := range map[string]string{"TOKENBUS_REFRESHER_PASSWORD": "r-pw-1", "TOKENBUS_PAYMENTS_PASSWORD": "p-pw-2",
+		"TOKENBUS_CHECKOUT_PASSWORD": "c-pw-3", "TOKENBUS_ADMIN_PASSWORD": "a-pw-4", "TOKENBUS_OBSERVER_PASSWORD": "o-pw-5"} {
+		t.Setenv(k, v)
+	}
+	conf, err := filepath.Abs("../../../deploy/nats/auth.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := startEmbedded(t, EmbeddedConfig{Listen: "0.0.0.0:0", ConfigFile: conf})
+	nc, err := Connect(ConnectConfig{Name: "t", Embedded: ns, User: "tokenbus-refresher", Password: "r-pw-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Drain(nc, time.Second)
+	st, err := OpenStore(context.Background(), nc, "tokens", 1, nil)
+	if err != nil {
+		t.Fatalf("JetStream in the TOKENBUS account: %v", err)
+	}
+	now := time.Now()
+	if _, err := st.Publish(context.Background(), wire.Token{Provider: "daraja-sandbox", AccessToken: "a", ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	replies := make(chan string, 4)
+	if _, err := nc.Subscribe("token.get.*", func(m *nats.Msg) { replies <- m.Reply; _ = m.Respond([]byte("{}")) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	reader, err := nats.Connect(ns.ClientURL(), nats.UserInfo("payments", "p-pw-2"), nats.CustomInboxPrefix("_INBOX_payments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	if _, err := reader.Request("token.get.daraja-sandbox", nil, 2*time.Second); err != nil {
+		t.Fatalf("the reader's token.get through the import: %v", err)
+	}
+	if r := <-replies; !strings.HasPrefix(r, "_R_.") {
+		t.Fatalf("the service saw reply %q, want _R_.…", r)
+	}
+	if err := reader.PublishRequest("token.get.daraja-sandbox", "$KV.tokens.daraja-sandbox", nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-replies; !strings.HasPrefix(r, "_R_.") {
+		t.Fatalf("a reply aimed at the bucket reached the service as %q", r)
+	}
+	_ = nc.Flush()
+	e, err := st.kv.Get(context.Background(), "daraja-sandbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(e.Value()), `"access_token":"a"`) {
+		t.Fatalf("the bucket after the attack: %s", e.Value())
+	}
 }

@@ -5,6 +5,7 @@ package natsx
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -83,9 +84,6 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	opts.NoLog = true
 	// Tokens must survive a crash of the whole install: fsync each write.
 	opts.SyncAlways = true
-	if !cfg.Insecure && !isLoopback(host) && !authorizes(opts) {
-		return nil, fmt.Errorf("natsx: %w", ErrUnprotected)
-	}
 	if c := cfg.Cluster; c != nil {
 		chost, cport, err := net.SplitHostPort(c.Listen)
 		if err != nil {
@@ -107,6 +105,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 			}
 		}
 		opts.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
+	}
+	if open := unprotected(opts); !cfg.Insecure && len(open) > 0 {
+		return nil, fmt.Errorf("natsx: %w (%s)", ErrUnprotected, strings.Join(open, "; "))
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -296,6 +297,7 @@ func ctxTimeout(ctx context.Context, d time.Duration) (context.Context, context.
 // every token, forge one, or stop refreshing.
 var ErrUnprotected = errors.New(`the embedded NATS server would listen beyond loopback with no authorization, so anyone who can reach it could read and forge tokens: ` +
 	`set nats.embedded.config to a nats-server configuration file with an authorization or accounts block (see deploy/nats/auth.conf and docs/security.md), ` +
+	`authorize routes in its cluster block, keep monitoring on loopback, ` +
 	`or listen on 127.0.0.1, or set nats.embedded.insecure: true to accept the risk`)
 
 // serverOptions reads a nats-server configuration file (none: defaults).
@@ -322,6 +324,49 @@ func serverOptions(file string) (*server.Options, error) {
 		return nil, fmt.Errorf("natsx: nats.embedded.config %s sets %s, which the tokenbus configuration owns", file, strings.Join(conflicts, " and "))
 	}
 	return opts, nil
+}
+
+// unprotected lists the listeners of opts that would accept connections
+// from beyond this machine with no authentication (protected mode, SPEC
+// §10): the client port without users; a leaf node or websocket port
+// without users of its own or the clients'; a cluster port without route
+// credentials or verified TLS (routes carry every message and bypass every
+// permission); and any monitoring port (nats-server's monitoring has no
+// authentication). An empty host means every interface, as nats-server
+// reads it.
+func unprotected(o *server.Options) []string {
+	var open []string
+	reach := func(host string) bool { return !isLoopback(host) }
+	clients := authorizes(o)
+	if reach(o.Host) && !clients {
+		open = append(open, fmt.Sprintf("client listener %s has no authorization", net.JoinHostPort(o.Host, strconv.Itoa(o.Port))))
+	}
+	if o.Cluster.Port != 0 && reach(o.Cluster.Host) && o.Cluster.Username == "" && !verifies(o.Cluster.TLSConfig) {
+		open = append(open, fmt.Sprintf("cluster listener %s has no authorization: add authorization { user, password } (or tls { … verify: true }) to the cluster block and put the credentials in the route URLs",
+			net.JoinHostPort(o.Cluster.Host, strconv.Itoa(o.Cluster.Port))))
+	}
+	if l := o.LeafNode; l.Port != 0 && reach(l.Host) && !clients && l.Username == "" && l.Nkey == "" && len(l.Users) == 0 && !verifies(l.TLSConfig) {
+		open = append(open, fmt.Sprintf("leafnode listener %s has no authorization", net.JoinHostPort(l.Host, strconv.Itoa(l.Port))))
+	}
+	if w := o.Websocket; w.Port != 0 && reach(w.Host) && !clients && w.Username == "" && w.Token == "" && !verifies(w.TLSConfig) {
+		open = append(open, fmt.Sprintf("websocket listener %s has no authorization", net.JoinHostPort(w.Host, strconv.Itoa(w.Port))))
+	}
+	if o.HTTPPort != 0 || o.HTTPSPort != 0 {
+		host := o.HTTPHost
+		if host == "" {
+			host = o.Host // nats-server's default for the monitoring host
+		}
+		if reach(host) {
+			open = append(open, fmt.Sprintf("monitoring listener on %q has no authentication in nats-server: bind it to 127.0.0.1", host))
+		}
+	}
+	return open
+}
+
+// verifies reports whether a listener's TLS requires and verifies client
+// certificates.
+func verifies(c *tls.Config) bool {
+	return c != nil && c.ClientAuth == tls.RequireAndVerifyClientCert
 }
 
 // authorizes reports whether opts turn away anonymous clients.

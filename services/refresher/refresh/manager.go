@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,6 +73,9 @@ type Config struct {
 	// Discarded, if set, is told about each token the provider issued that
 	// was never published, with the reason (metrics.DiscardReasons).
 	Discarded func(reason string)
+	// RefreshCooldown is the least time between two refreshes forced by
+	// token.refresh reports (SPEC §3); DefaultRefreshCooldown if zero.
+	RefreshCooldown time.Duration
 	// StaleBefore, if set, marks a token issued before it as fetched with
 	// replaced credentials: Run fetches at once instead of keeping it (a
 	// runtime provider put with new credentials, SPEC §8).
@@ -113,7 +117,14 @@ type Manager struct {
 	call    Call
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
+	// forced is the last refresh forced by a report (the cooldown).
+	forcedMu  sync.Mutex
+	forcedAt  time.Time
+	forcedBad string
 }
+
+// DefaultRefreshCooldown is the refresh cooldown of a provider that sets none.
+const DefaultRefreshCooldown = 5 * time.Second
 
 // NewManager returns a manager for cfg.Provider.
 func NewManager(cfg Config) *Manager {
@@ -125,6 +136,9 @@ func NewManager(cfg Config) *Manager {
 	m.log = m.log.With(slog.String("provider", cfg.Name))
 	if m.now == nil {
 		m.now = time.Now
+	}
+	if m.cfg.RefreshCooldown <= 0 {
+		m.cfg.RefreshCooldown = DefaultRefreshCooldown
 	}
 	if m.tr == nil {
 		m.tr = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/refresh")
@@ -540,6 +554,17 @@ func (m *Manager) Repair() {
 	}
 }
 
+// Replace asks Run to fetch a new token at once if bad is still its current
+// one: the leader found bad in the bucket, written by no leader. Unlike
+// Refresh it is not subject to the refresh cooldown (it is no caller's
+// report), and it is asked again in every term that finds bad.
+func (m *Manager) Replace(bad string) {
+	select {
+	case m.kick <- kick{bad: bad}:
+	default:
+	}
+}
+
 // kick asks Run for a refresh because bad was rejected; from is the span of
 // the request that reported it.
 type kick struct {
@@ -552,6 +577,51 @@ type kick struct {
 func (m *Manager) failing() bool {
 	_, err := m.slot.LastError()
 	return err != nil
+}
+
+// CooldownLeft reports how long until a refresh may be forced again (0: now):
+// at most one forced refresh per RefreshCooldown (SPEC §3). Anything that
+// refreshes ahead of the schedule on a caller's behalf (token.refresh,
+// token.get's min_validity) asks here first and records its refresh with
+// ForceNow.
+func (m *Manager) CooldownLeft() time.Duration {
+	m.forcedMu.Lock()
+	defer m.forcedMu.Unlock()
+	return m.cooldownLeftLocked(m.now())
+}
+
+// ForceNow records a refresh forced now, for the token bad ("" if none):
+// the cooldown starts again.
+func (m *Manager) ForceNow(bad string) {
+	m.forcedMu.Lock()
+	defer m.forcedMu.Unlock()
+	m.forcedAt, m.forcedBad = m.now(), bad
+}
+
+func (m *Manager) cooldownLeftLocked(now time.Time) time.Duration {
+	if m.forcedAt.IsZero() {
+		return 0
+	}
+	return max(m.forcedAt.Add(m.cfg.RefreshCooldown).Sub(now), 0)
+}
+
+// forceFor decides what a report of bad, the current token, does: join the
+// forced refresh already under way for bad (join), force one now (no join,
+// no wait: the cooldown starts), or wait that long (the cooldown of the
+// last forced refresh, which produced the token now reported).
+func (m *Manager) forceFor(bad string) (join bool, wait time.Duration) {
+	m.forcedMu.Lock()
+	defer m.forcedMu.Unlock()
+	now := m.now()
+	left := m.cooldownLeftLocked(now)
+	switch {
+	case left > 0 && m.forcedBad == bad:
+		return true, 0
+	case left > 0:
+		return false, left
+	}
+	m.forcedAt, m.forcedBad = now, bad
+	return false, 0
 }
 
 // stale reports whether bad is still the current token (or there is none),
@@ -584,9 +654,14 @@ func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 		// the token the caller was told is rejected.
 		return nil, fmt.Errorf("%w: %w", refresher.ErrNoToken, err)
 	}
-	select {
-	case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:
-	default: // a refresh is already asked for; wait for it
+	if join, wait := m.forceFor(invalid); !join {
+		if wait > 0 {
+			return nil, &refresher.CooldownError{Cooldown: m.cfg.RefreshCooldown, RetryAfter: wait}
+		}
+		select {
+		case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:
+		default: // a refresh is already asked for; wait for it
+		}
 	}
 	for {
 		select {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
 
 // TestRepliesOnlyToInboxes is the confused-deputy attack: a client names a
@@ -30,7 +31,7 @@ func TestRepliesOnlyToInboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, subject := range []string{wire.GetSubject("p1"), wire.RefreshSubject("p1"), wire.StatusSubject} {
-		for _, reply := range []string{"$KV.tokens.forged", "$JS.API.STREAM.DELETE.KV_tokens", "token.updates.p2", "_INBOX", "_INBOX_", "_INBOX_*.x"} {
+		for _, reply := range []string{"$KV.tokens.forged", "$JS.API.STREAM.DELETE.KV_tokens", "token.updates.p2", "_INBOX", "_INBOX_", "_INBOX_*.x", "_INBOX.>", "_R_.>", "_R_"} {
 			if err := f.nc.PublishRequest(subject, reply, []byte(`{"invalid_token":"tok-1"}`)); err != nil {
 				t.Fatal(err)
 			}
@@ -52,5 +53,20 @@ func TestRepliesOnlyToInboxes(t *testing.T) {
 	}
 	if n := f.mgr.Status(); n.Name != "p1" {
 		t.Fatalf("status %+v", n)
+	}
+}
+
+// TestReplyAllowed: inboxes and service-import replies, never a wildcard or
+// anything else.
+func TestReplyAllowed(t *testing.T) {
+	for reply, want := range map[string]bool{
+		"_INBOX.abc": true, "_INBOX_payments.abc.def": true, "_R_.Rk6bCO.1i3wrP": true, "_R_.a": true,
+		"_R_": false, "_R_.": false, "_R_.>": false, "_R_.*": false, "_R_.a.>": false, "_R_..a": false,
+		"_INBOX.>": false, "_INBOX_payments.>": false, "_INBOX.*.x": false, "$KV.tokens-lease._lease": false,
+		"$KV.tokens._term": false, "$JS.API.STREAM.PURGE.KV_tokens": false, "": false, "_R_X.a": false,
+	} {
+		if got := rpc.ReplyAllowed(reply); got != want {
+			t.Errorf("ReplyAllowed(%q) = %v, want %v", reply, got, want)
+		}
 	}
 }

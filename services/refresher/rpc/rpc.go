@@ -79,8 +79,10 @@ type Config struct {
 	Registry Registry
 	// Timeout bounds a blocking request (refresh, single-use claim); 15s if zero.
 	Timeout time.Duration
-	// MaxInFlight bounds concurrent blocking requests; 1024 if zero. Past it,
-	// callers get a 503 at once.
+	// MaxInFlight bounds the requests in flight of each budget — token.get,
+	// single-use claims, token.refresh and tokenbus.providers.* have one
+	// each, so that a flood on one leaves the others answering (SPEC §10);
+	// 1024 if zero. Past it, callers of that budget get a 503 at once.
 	MaxInFlight int
 	Logger      *slog.Logger
 	Tracer      trace.Tracer
@@ -110,15 +112,16 @@ const codeOK = 200
 
 // Service is the running micro service.
 type Service struct {
-	cfg    Config
-	nc     *nats.Conn
-	svc    micro.Service
-	log    *slog.Logger
-	tr     trace.Tracer
-	sem    chan struct{}
-	wg     sync.WaitGroup
-	ctx    context.Context
-	cancel context.CancelFunc
+	cfg Config
+	nc  *nats.Conn
+	svc micro.Service
+	log *slog.Logger
+	tr  trace.Tracer
+	// budgets bound the requests in flight, one per budget name (budgetOf).
+	budgets map[string]chan struct{}
+	wg      sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
 }
 
 // Start registers the tokenbus micro service on nc.
@@ -132,7 +135,10 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 	if cfg.Version == "" {
 		cfg.Version = "0.0.0"
 	}
-	s := &Service{cfg: cfg, nc: nc, log: cfg.Logger, tr: cfg.Tracer, sem: make(chan struct{}, cfg.MaxInFlight)}
+	s := &Service{cfg: cfg, nc: nc, log: cfg.Logger, tr: cfg.Tracer, budgets: map[string]chan struct{}{}}
+	for _, b := range []string{budgetGet, budgetClaim, budgetRefresh, budgetProviders} {
+		s.budgets[b] = make(chan struct{}, cfg.MaxInFlight)
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -222,6 +228,7 @@ func (s *Service) handleGet(req micro.Request) {
 			s.end(c, wire.CodeBadRequest)
 			return
 		}
+		c.claim = true
 		s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
 		return
 	}
@@ -265,16 +272,18 @@ func (s *Service) handleRefresh(req micro.Request) {
 // async runs fn on its own goroutine and publishes the reply itself: micro's
 // Request must not be used once the handler has returned.
 func (s *Service) async(c call, reply string, fn func(context.Context) ([]byte, error)) {
+	name := budgetOf(c)
+	sem := s.budgets[name]
 	select {
-	case s.sem <- struct{}{}:
+	case sem <- struct{}{}:
 	default:
-		s.fail(c, reply, nil, fmt.Errorf("%w: too many requests in flight", refresher.ErrNoToken))
+		s.fail(c, reply, nil, &busyError{budget: name})
 		return
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer func() { <-s.sem }()
+		defer func() { <-sem }()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), s.cfg.Timeout)
 		defer cancel()
 		stop := context.AfterFunc(s.ctx, cancel)
@@ -298,6 +307,38 @@ type call struct {
 	endpoint string
 	provider string
 	start    time.Time
+	// claim marks a single-use claim (token.get of a Blocking source).
+	claim bool
+}
+
+// The in-flight budgets (Config.MaxInFlight each).
+const (
+	budgetGet       = "token.get"
+	budgetClaim     = "single-use claim"
+	budgetRefresh   = "token.refresh"
+	budgetProviders = "tokenbus.providers"
+)
+
+// busyError is the answer past a budget's bound: 503, naming the budget.
+type busyError struct{ budget string }
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("rpc: too many %s requests in flight; retry shortly", e.budget)
+}
+
+func (e *busyError) Unwrap() error { return refresher.ErrNoToken }
+
+// budgetOf names the budget a call counts against.
+func budgetOf(c call) string {
+	switch {
+	case c.claim:
+		return budgetClaim
+	case c.endpoint == EndpointRefresh:
+		return budgetRefresh
+	case strings.HasPrefix(c.endpoint, "tokenbus.providers."):
+		return budgetProviders
+	}
+	return budgetGet
 }
 
 // Span attributes of the server spans (OpenTelemetry messaging semantic
@@ -352,14 +393,22 @@ func (s *Service) fail(c call, reply string, req micro.Request, err error) {
 	defer s.end(c, code)
 	body, _ := json.Marshal(wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: msg}})
 	cs := fmt.Sprint(code)
+	var extra micro.Headers
+	if wait := RetryAfter(err); wait > 0 {
+		extra = micro.Headers{wire.HeaderRetryAfter: {strconv.Itoa(refresher.RetryAfterSeconds(wait))}}
+	}
 	if req != nil {
-		_ = req.Error(cs, msg, body)
+		_ = req.Error(cs, msg, body, micro.WithHeaders(extra))
 		return
 	}
 	if reply == "" {
 		return
 	}
-	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: nats.Header{wire.HeaderErrorCode: {cs}, wire.HeaderError: {msg}}})
+	h := nats.Header{wire.HeaderErrorCode: {cs}, wire.HeaderError: {msg}}
+	for k, v := range extra {
+		h[k] = v
+	}
+	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: h})
 }
 
 // Code maps a domain error to its wire code and message (SPEC §3): unknown
@@ -370,9 +419,17 @@ func Code(provider string, err error) (int, string) {
 		pe *refresher.ProviderError
 		re *refresher.RemoteError
 	)
+	var (
+		ce *refresher.CooldownError
+		be *busyError
+	)
 	switch {
+	case errors.As(err, &be):
+		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(be.Error(), "rpc: "))
 	case errors.As(err, &re):
 		return re.Code, re.Message
+	case errors.As(err, &ce):
+		return wire.CodeTooManyRequests, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(ce.Error(), "refresher: "))
 	case errors.Is(err, refresher.ErrUnknownProvider):
 		return wire.CodeUnknownProvider, fmt.Sprintf("unknown provider %q", provider)
 	case errors.Is(err, refresher.ErrBadRequest):
@@ -388,6 +445,22 @@ func Code(provider string, err error) (int, string) {
 	default:
 		return wire.CodeUnavailable, fmt.Sprintf("%s: no valid token available yet", provider)
 	}
+}
+
+// RetryAfter is how long err asks the caller to wait (a refresh cooldown,
+// here or on the leader a refresh was forwarded to); 0 if it does not.
+func RetryAfter(err error) time.Duration {
+	var (
+		ce *refresher.CooldownError
+		re *refresher.RemoteError
+	)
+	switch {
+	case errors.As(err, &ce):
+		return ce.RetryAfter
+	case errors.As(err, &re):
+		return re.RetryAfter
+	}
+	return 0
 }
 
 // emptyOrObject reports whether b is empty, blank or a JSON object.
@@ -411,13 +484,36 @@ func emptyOrObject(b []byte) bool {
 // could name $KV.<bucket>.B, or a JetStream API subject, as its reply
 // subject and have the refresher write a forged token or manage a stream on
 // its behalf (a confused deputy). Every NATS client's replies go to an inbox
-// (_INBOX. by default, _INBOX_<user>. with a private prefix, SPEC §10).
+// (_INBOX. by default, _INBOX_<user>. with a private prefix, SPEC §10); a
+// request imported from another NATS account (deploy/nats/auth.conf) carries
+// the reply subject nats-server mapped it to, _R_.<id>.<id>, which leads back
+// to the requester's own account only. The server enforces the same with the
+// shipped roles; this is the second wall.
 func (s *Service) inboxOnly(h micro.HandlerFunc) micro.HandlerFunc {
 	return func(req micro.Request) {
-		if !wire.IsInbox(req.Reply()) {
+		if !ReplyAllowed(req.Reply()) {
 			s.log.Warn("request dropped: its reply subject is not an inbox", slog.String("subject", req.Subject()), slog.String("reply", req.Reply()))
 			return
 		}
 		h(req)
 	}
+}
+
+// ReplyAllowed reports whether the refresher may answer at reply: an inbox
+// (wire.IsInbox) or the reply subject of a service import (_R_. and at
+// least one more token, no wildcard).
+func ReplyAllowed(reply string) bool {
+	if wire.IsInbox(reply) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(reply, "_R_.")
+	if !ok || rest == "" {
+		return false
+	}
+	for tok := range strings.SplitSeq(rest, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
+			return false
+		}
+	}
+	return true
 }

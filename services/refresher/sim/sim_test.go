@@ -314,9 +314,24 @@ func (w *world) startReplica(slot int) *replica {
 // manager builds a refresh manager of c on r, starting from the token in the
 // bucket, as a starting replica does.
 func (w *world) manager(r *replica, c *credential) *refresh.Manager {
+	m := w.newManager(r, c, time.Time{})
+	if e, ok := w.tokens.get(c.name); ok && e.op == jetstream.KeyValuePut {
+		var tok wire.Token
+		if json.Unmarshal(e.data, &tok) == nil {
+			if ent, err := refresh.NewEntry(tok, e.seq); err == nil {
+				m.Slot().Store(ent)
+			}
+		}
+	}
+	return m
+}
+
+// newManager builds a refresh manager of c on r with an empty slot.
+func (w *world) newManager(r *replica, c *credential, staleBefore time.Time) *refresh.Manager {
 	gate := r.l.Gate()
-	m := refresh.NewManager(refresh.Config{
-		Name: c.name, Kind: "daraja", Provider: caller{c: c, r: r}, Publisher: r.l, RefreshBefore: refreshBefore,
+	return refresh.NewManager(refresh.Config{
+		StaleBefore: staleBefore,
+		Name:        c.name, Kind: "daraja", Provider: caller{c: c, r: r}, Publisher: r.l, RefreshBefore: refreshBefore,
 		Backoff: refresher.Backoff{Initial: 200 * time.Millisecond, Max: 2 * time.Second},
 		Gate: func(ctx context.Context) (refresh.Call, error) {
 			call, err := gate.Enter(ctx, c.name)
@@ -327,15 +342,6 @@ func (w *world) manager(r *replica, c *credential) *refresh.Manager {
 		},
 		Discarded: func(reason string) { w.discard(r, reason) },
 	})
-	if e, ok := w.tokens.get(c.name); ok && e.op == jetstream.KeyValuePut {
-		var tok wire.Token
-		if json.Unmarshal(e.data, &tok) == nil {
-			if ent, err := refresh.NewEntry(tok, e.seq); err == nil {
-				m.Slot().Store(ent)
-			}
-		}
-	}
-	return m
 }
 
 func (w *world) discard(r *replica, reason string) {
@@ -551,7 +557,16 @@ func (w *world) event() {
 		c := w.creds[w.rng.IntN(len(w.creds))]
 		w.logf("rotate %s", c.name)
 		for _, r := range w.reps {
-			m := w.manager(r, c)
+			// As cmd/refresher's applyCredential: the new manager starts
+			// from the old one's copy and refetches a token issued before
+			// the put (StaleBefore).
+			w.mu.Lock()
+			old := r.mgrs[c.name]
+			w.mu.Unlock()
+			m := w.newManager(r, c, time.Now())
+			if e := old.Slot().Load(); e != nil {
+				m.Slot().Store(e)
+			}
 			w.mu.Lock()
 			r.mgrs[c.name] = m
 			w.mu.Unlock()

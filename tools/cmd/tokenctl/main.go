@@ -13,7 +13,7 @@
 //	refresh <provider>    report the current token (or --token T) rejected; print the new one
 //	status                every replica's view: leader, providers, expiry, last error
 //	permissions <role> [provider…]
-//	                      print the nats-server permissions of a role: reader (of the
+//	                      print the nats-server account of a role: reader (of the
 //	                      providers named), admin or observer (SPEC §10); --user names the user
 //	providers put <name> --kind K [fields]   add or replace a runtime provider (SPEC §8)
 //	providers put -       add or replace every JSON provider read from stdin
@@ -78,8 +78,8 @@ commands:
   refresh <provider>    report the current token (or --token T) as rejected; print the new one
   status                every refresher replica's view: leader, providers, expiry, last error
   permissions <role> [provider...]
-                        print a nats-server user block with the permissions of a role:
-                        reader (of the providers named), admin or observer; --user names the user
+                        print a nats-server account (its user, permissions and imports) for a
+                        role: reader (of the providers named), admin or observer; --user names the user
   providers put <name> --kind K [--base-url U --consumer-key K | --username U | --token-url U --client-id C | ...]
                         add or replace a runtime provider; its secret from $TOKENBUS_CONSUMER_SECRET,
                         $TOKENBUS_PASSWORD or $TOKENBUS_CLIENT_SECRET, or --secret-stdin (never an argument)
@@ -353,9 +353,12 @@ func watch(ctx context.Context, nc *nats.Conn, cfg config, provider string, out 
 	return nil
 }
 
-// permissions prints a nats-server user block for a role (SPEC §10). The
-// password is a reference to an environment variable of the server's, so
-// that no secret is printed.
+// permissions prints a nats-server account for a role (SPEC §10,
+// deploy/nats/auth.conf): one user with the role's permissions, and imports
+// from the TOKENBUS account of exactly the services and streams the role
+// uses. The password is a reference to an environment variable of the
+// server's, so that no secret is printed. The user name is spliced into the
+// configuration and the inbox prefix, so it must be one plain subject token.
 func permissions(cfg config, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "usage: tokenctl permissions reader|admin|observer [provider...] --user NAME")
@@ -366,8 +369,15 @@ func permissions(cfg config, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "tokenctl: permissions: --user names the NATS user the block is for")
 		return errUsage
 	}
+	if !wire.ValidUser(user) {
+		fmt.Fprintln(stderr, "tokenctl: permissions: --user: want one subject token of letters, digits, '-' and '_', at most 64 characters")
+		return errUsage
+	}
 	role, providers := args[0], args[1:]
-	var p wire.Permissions
+	var (
+		p                 wire.Permissions
+		services, streams []string
+	)
 	switch role {
 	case "reader":
 		if len(providers) == 0 {
@@ -381,23 +391,36 @@ func permissions(cfg config, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		p = wire.ReaderPermissions(user, providers...)
+		for _, name := range providers {
+			services = append(services, wire.GetSubject(name), wire.RefreshSubject(name))
+			streams = append(streams, wire.UpdatesSubject(name), "token.events."+name)
+		}
 	case "admin", "observer":
 		if len(providers) > 0 {
 			fmt.Fprintf(stderr, "tokenctl: permissions %s takes no providers\n", role)
 			return errUsage
 		}
-		p = wire.AdminPermissions(user)
+		p, services = wire.AdminPermissions(user), []string{"tokenbus.providers.*"}
 		if role == "observer" {
-			p = wire.ObserverPermissions(user)
+			p, services = wire.ObserverPermissions(user), []string{wire.StatusSubject, "$SRV.>"}
 		}
 	default:
 		fmt.Fprintf(stderr, "tokenctl: permissions: unknown role %q (reader, admin or observer)\n", role)
 		return errUsage
 	}
-	env := strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(user)) + "_PASSWORD"
-	_, err := fmt.Fprintf(stdout, "# tokenbus %s %q: add to the users list of an authorization or accounts block.\n"+
+	env := strings.ToUpper(strings.NewReplacer("-", "_").Replace(user)) + "_PASSWORD"
+	var b strings.Builder
+	fmt.Fprintf(&b, "# tokenbus %s %q: add to the accounts block of auth.conf, beside TOKENBUS.\n"+
 		"# It connects with user %q and inbox prefix %q (nats.CustomInboxPrefix).\n"+
-		"{ user: %q, password: $%s, permissions: %s }\n",
-		role, user, user, wire.InboxPrefix(user), user, env, strings.ReplaceAll(p.Conf(), "\n", "\n  "))
+		"%q: {\n  users: [\n    { user: %q, password: $%s, permissions: %s }\n  ]\n  imports: [\n",
+		role, user, user, wire.InboxPrefix(user), user, user, env, strings.ReplaceAll(p.Conf(), "\n", "\n      "))
+	for _, subj := range services {
+		fmt.Fprintf(&b, "    { service: { account: TOKENBUS, subject: %q } }\n", subj)
+	}
+	for _, subj := range streams {
+		fmt.Fprintf(&b, "    { stream: { account: TOKENBUS, subject: %q } }\n", subj)
+	}
+	b.WriteString("  ]\n}\n")
+	_, err := io.WriteString(stdout, b.String())
 	return err
 }

@@ -330,7 +330,8 @@ func (m *Main) openCredentials(ctx context.Context) (*credentials.Store, error) 
 	if err != nil {
 		return nil, fmt.Errorf("refresher: credentials.keys: %w", err)
 	}
-	return credentials.Open(ctx, m.nc, m.Config.Credentials.Bucket, m.Config.NATS.Replicas, ring)
+	return credentials.Open(ctx, m.nc, m.Config.Credentials.Bucket, m.Config.NATS.Replicas, ring,
+		credentials.WithLimits(credentials.Limits{MaxBytes: int64(m.Config.Credentials.MaxBytes), MaxValueSize: int32(m.Config.Credentials.MaxValueSize)}))
 }
 
 // openPool opens the single-use token pool of p (the pool stream first, once)

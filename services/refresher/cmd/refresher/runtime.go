@@ -341,7 +341,7 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	}
 	mgr := refresh.NewManager(refresh.Config{
 		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader,
-		RefreshBefore: p.RefreshBefore.D(), Backoff: m.opts.Backoff, Logger: m.logger,
+		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
 		Recorder: m.obs, StaleBefore: staleBefore, Discarded: discarded,
 		Gate: func(ctx context.Context) (refresh.Call, error) {
 			c, err := gate.Enter(ctx, cred)
