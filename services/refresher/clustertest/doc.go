@@ -5,6 +5,9 @@
 // node restart and a KV stream leader step-down; TestSteadyManyProviders runs
 // them with no failure (30 s, or 60 s with TOKENBUS_CLUSTER_LONG=1);
 // TestFencedWritesOnR3 shows why token writes are serialised;
+// TestRollingRestartThrowsNoTokenAway SIGTERMs and restarts each of three
+// replicas twice round with sixteen slow Daraja credentials (no token lost,
+// no call abandoned or overlapping, every stop exits 0);
 // TestLeastPrivilege, TestAttackEveryRole and TestShippedClusterConfigs run
 // the shipped deploy/nats configuration and attack it with every role (the
 // stock nats CLI is built on first use). It has no non-test code.

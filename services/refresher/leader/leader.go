@@ -202,18 +202,27 @@ func (l *Leader) Set(name string, loop Loop) {
 		l.leaving[name] = old.loop
 	}
 	l.loops[name] = loop
-	if l.lctx != nil {
+	leading := l.lctx != nil
+	if leading {
+		// The new loop's goroutine forgets old once it has taken over.
 		l.startLocked(name, loop, old)
 	}
 	l.mu.Unlock()
 	if old != nil {
 		<-old.done
-		l.mu.Lock()
-		if l.leaving[name] == old.loop {
-			delete(l.leaving, name)
+		if !leading {
+			l.forgetLeaving(name, old.loop)
 		}
-		l.mu.Unlock()
 	}
+}
+
+// forgetLeaving ends the time during which old's writes count as name's.
+func (l *Leader) forgetLeaving(name string, old Loop) {
+	l.mu.Lock()
+	if l.leaving[name] == old {
+		delete(l.leaving, name)
+	}
+	l.mu.Unlock()
 }
 
 // Remove stops name's loop (its call in flight finishes and its token is
@@ -271,6 +280,8 @@ func (l *Leader) startLocked(name string, loop Loop, after *running) {
 			if s, ok := loop.(Successor); ok && ctx.Err() == nil {
 				s.Takeover(ctx, after.loop)
 			}
+			// Only now are the old loop's last writes the new loop's own.
+			l.forgetLeaving(name, after.loop)
 		}
 		for ctx.Err() == nil {
 			err := loop.Run(ctx)
