@@ -297,3 +297,62 @@ func TestNodeExampleCooldown(t *testing.T) {
 		t.Fatalf("the flood made %d provider calls, want 1", n)
 	}
 }
+
+// TestNodeExampleEvents: with EVENTS=1 the Node.js example, connected as a
+// reader of its provider (SPEC §10: token.events.P included), prints the
+// provider's events: each token the refresher publishes comes with a
+// "refreshed" event.
+func TestNodeExampleEvents(t *testing.T) {
+	dir := nodeExample(t)
+	const provider = "daraja-test"
+	reader := &server.User{Username: "reader", Password: "reader-pw", Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"token.get." + provider, "token.refresh." + provider}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"token.updates." + provider, "token.events." + provider, "_INBOX_reader.>"}},
+	}}
+	h := harness.Start(t, harness.Config{Provider: provider, Users: []*server.User{
+		{Username: "refresher", Password: "refresher-pw"}, reader,
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "example.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NATS_URL="+h.URL, "PROVIDER="+provider, "BUCKET="+h.Bucket, "UPDATES=3", "EVENTS=1",
+		"NATS_USER=reader", "NATS_PASSWORD=reader-pw", "INBOX_PREFIX=_INBOX_reader")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	var events, updates int
+	for sc.Scan() {
+		var ev struct {
+			Event, Type, Provider string
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("not JSON: %q", sc.Text())
+		}
+		switch ev.Event {
+		case "ready":
+			h.ForceRefresh()
+			h.ForceRefresh()
+		case "update":
+			updates++
+		case "provider_event":
+			if ev.Type != wire.EventRefreshed || ev.Provider != provider {
+				t.Fatalf("event %s", sc.Text())
+			}
+			events++
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("example: %v\n%s", err, stderr.String())
+	}
+	if updates != 3 || events < 1 {
+		t.Fatalf("%d updates, %d refreshed events; want 3 and at least 1\n%s", updates, events, stderr.String())
+	}
+}

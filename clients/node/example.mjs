@@ -10,9 +10,11 @@
 // least-privilege reader (SPEC §10). REPORTS=n reports the current token as
 // rejected n times in a row and exits: one refresh, then the refresh
 // cooldown (429 with Retry-After) for the rest, which the client honours by
-// not sending them.
+// not sending them. EVENTS=1 also prints the provider's events
+// (token.events.<provider>: refresh_failed, expired, recovered, …) as
+// {"event":"provider_event",…}.
 import { connect } from "nats";
-import { getToken, invalidate, TokenCache, TokenbusError } from "./tokenbus.mjs";
+import { followEvents, getToken, invalidate, TokenCache, TokenbusError } from "./tokenbus.mjs";
 
 const servers = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const provider = process.env.PROVIDER ?? "daraja-sandbox";
@@ -56,6 +58,12 @@ if (reports > 0) {
   process.exit(0);
 }
 
+// Events: what happens to the provider, as it happens (opt-in).
+const events = process.env.EVENTS === "1"
+  ? followEvents(nc, provider, (ev) => print({ event: "provider_event", type: ev.type, provider: ev.provider, detail: ev.detail, cause: ev.cause }))
+  : null;
+if (events) await nc.flush();
+
 // Follow: the current token first, then each new one as it is published.
 const cache = new TokenCache(nc, { mode, bucket, providers: [provider] });
 let seen = 0;
@@ -77,5 +85,6 @@ const done = new Promise((resolve) => {
 if (updates > 0) {
   await done;
   cache.stop();
+  events?.stop();
   await nc.close();
 }

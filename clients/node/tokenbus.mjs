@@ -288,3 +288,29 @@ export class TokenCache {
     await loaded;
   }
 }
+
+/**
+ * followEvents calls onEvent with each event the refresher publishes for
+ * provider on token.events.<provider> (SPEC §9): {provider, type, at,
+ * detail, …} with type refreshed, refresh_failed (kind, cause, code, status,
+ * attempt, retry_in), credentials_rejected, recovered (failing_for), expired,
+ * added, rotated, removed or foreign_write. No secret and no token is in
+ * them: alert a merchant or page someone from here, without polling. A
+ * reader of provider may subscribe (SPEC §10). Returns {stop}.
+ */
+export function followEvents(nc, provider, onEvent) {
+  if (!NAME.test(provider)) throw new TokenbusError(400, `provider name "${provider}" is not valid`);
+  const sub = nc.subscribe(`token.events.${provider}`);
+  (async () => {
+    for await (const m of sub) {
+      let ev;
+      try {
+        ev = m.json();
+      } catch {
+        continue; // not an event: skip it
+      }
+      onEvent(ev);
+    }
+  })();
+  return { stop: () => sub.unsubscribe() };
+}

@@ -125,6 +125,7 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	w, err := newWatch(c)
 	if err != nil {
 		c.bgCancel()
+		c.wg.Wait()
 		return nil, err
 	}
 	go w.run()
@@ -150,19 +151,22 @@ func newClient(requestMsg func(context.Context, *nats.Msg) (*nats.Msg, error), o
 	c := &Client{
 		requestMsg: requestMsg,
 		o:          o,
-		cache:      newCache(),
+		cache:      newCache(o.clock),
 		tracer:     tp.Tracer("github.com/tokenbus/tokenbus/libs/tokenclient"),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 		ready:      make(chan struct{}),
 	}
 	c.bg, c.bgCancel = context.WithCancel(context.Background())
+	c.wg.Go(func() { c.cache.run(c.bg.Done()) })
 	return c, nil
 }
 
 // Token returns provider's current token. It answers from the in-memory copy
 // when that holds a token that has not expired: no network hop, no lock, no
-// allocation. Otherwise, and always for providers declared WithSingleUse, it
+// clock read, no allocation (a background check retires a cached token
+// within its clock-skew margin of expiry, by the wall and the monotonic
+// clock, and after a host resumes; see cache.go). Otherwise, and always for providers declared WithSingleUse, it
 // asks the refresher on token.get.<provider>, within ctx (or the client's
 // timeout when ctx has no deadline). It never returns an expired token.
 //

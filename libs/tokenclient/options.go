@@ -26,6 +26,8 @@ type options struct {
 	onError    func(error)
 	onUpdate   func(Event)
 	tp         trace.TracerProvider
+	// clock replaces the cache's clocks (tests only; nil: time.Now).
+	clock func() (wall time.Time, mono time.Duration)
 }
 
 func defaultOptions() options {

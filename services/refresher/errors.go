@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
 
 // Sentinel errors of the refresher domain. Edges map them to wire codes once:
@@ -23,6 +26,13 @@ var (
 	// ErrRuntimeOff is returned by the runtime provider endpoints when no
 	// sealing key is configured (503).
 	ErrRuntimeOff = errors.New("refresher: runtime providers are off")
+	// ErrMinValidity is returned for a token.get with min_validity when no
+	// token valid for that long can be had in time (503, SPEC §3).
+	ErrMinValidity = errors.New("refresher: no token valid for min_validity")
+	// ErrTimeout is wrapped in the *ProviderError of a token request that
+	// did not complete in time. Its text is a phrase ("timed out") because
+	// it ends the message of the error that wraps it.
+	ErrTimeout = errors.New("timed out")
 )
 
 // Kind says what to do about a failed token request.
@@ -130,6 +140,48 @@ func Classify(err error) Kind {
 		return Transient
 	}
 	return Transient
+}
+
+// Cause says why a refresh attempt failed, for the refresh_failed event, the
+// provider's status and the cause label of tokenbus_refresh_failures_total:
+// one of the wire.Cause* values. It is the one place that turns a failure
+// into a cause:
+//
+//   - rate_limited: HTTP 429, or the provider's own slow_down code;
+//   - timeout: the request did not complete in time (ErrTimeout, a network
+//     timeout, a context deadline);
+//   - malformed: the provider answered, but not with a usable token (a 2xx
+//     that could not be read, an answer that says "malformed", one too large);
+//   - rejected_credentials: a permanent refusal with an HTTP status (a 4xx,
+//     or a credentials code such as MoMo's 500 login_failed);
+//   - 5xx: a transient server error;
+//   - unreachable: a transient failure with no answer (refused, reset, DNS);
+//   - other: anything else (a publish that failed, a bad URL).
+func Cause(err error) string {
+	var pe *ProviderError
+	if !errors.As(err, &pe) {
+		var ne net.Error
+		if errors.Is(err, ErrTimeout) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+			return wire.CauseTimeout
+		}
+		return wire.CauseOther
+	}
+	var ne net.Error
+	switch {
+	case pe.StatusCode == 429 || pe.Code == "slow_down":
+		return wire.CauseRateLimited
+	case errors.Is(pe, ErrTimeout) || errors.Is(pe, context.DeadlineExceeded) || errors.As(pe, &ne) && ne.Timeout():
+		return wire.CauseTimeout
+	case pe.StatusCode >= 200 && pe.StatusCode < 300, strings.HasPrefix(pe.Message, "malformed"), strings.Contains(pe.Message, "is larger than"):
+		return wire.CauseMalformed
+	case pe.Kind == Permanent && pe.StatusCode != 0:
+		return wire.CauseRejectedCredentials
+	case pe.StatusCode >= 500:
+		return wire.Cause5xx
+	case pe.Kind == Transient && pe.StatusCode == 0:
+		return wire.CauseUnreachable
+	}
+	return wire.CauseOther
 }
 
 // RemoteError is an error reply from another replica (a refresh forwarded to

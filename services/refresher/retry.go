@@ -15,6 +15,10 @@ type Backoff struct {
 	// PermanentInitial and PermanentMax bound the slow retries after permanent
 	// failures such as bad credentials (defaults 30s and 10m).
 	PermanentInitial, PermanentMax time.Duration
+	// Urgent bounds the wait between retries of transient failures while
+	// the provider has no valid token (SPEC §3: default 5s), so that
+	// tokens come back within it of the provider's recovery.
+	Urgent time.Duration
 }
 
 // WithDefaults returns b with its zero durations set to the defaults.
@@ -28,6 +32,7 @@ func (b Backoff) WithDefaults() Backoff {
 	def(&b.Max, 30*time.Second)
 	def(&b.PermanentInitial, 30*time.Second)
 	def(&b.PermanentMax, 10*time.Minute)
+	def(&b.Urgent, 5*time.Second)
 	return b
 }
 

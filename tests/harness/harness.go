@@ -30,6 +30,7 @@ import (
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/events"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/daraja"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
@@ -248,6 +249,7 @@ func (h *Harness) StartRefresher() *Refresher {
 		RefreshBefore:   h.cfg.RefreshBefore,
 		RefreshCooldown: cmp.Or(h.cfg.RefreshCooldown, time.Millisecond),
 		Backoff:         refresher.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, PermanentInitial: time.Second, PermanentMax: time.Second},
+		Observer:        events.New(events.Config{Conn: nc, Leader: "harness-1"}),
 	})
 	r := &Refresher{NC: nc, Manager: mgr}
 	status := func() wire.Status {
@@ -266,8 +268,15 @@ func (h *Harness) StartRefresher() *Refresher {
 	h.mu.Lock()
 	h.ref = r
 	h.mu.Unlock()
+	// Ready once the first token is published, not only fetched: a token is
+	// served from memory a moment before its publish ends, without a KV
+	// revision, and a client's first read cannot order such a token against
+	// the updates that follow.
 	CheckFor(h.tb, 10*time.Second, 10*time.Millisecond, func() error {
-		_, err := mgr.Current()
+		e, err := mgr.Current()
+		if err == nil && e.Revision == 0 {
+			err = errors.New("first token not published yet")
+		}
 		return err
 	})
 	return r

@@ -73,13 +73,13 @@ func ValidUser(user string) bool {
 
 // ReaderPermissions returns exactly what a service that uses the tokens of
 // providers needs (SPEC §10): get and refresh them, follow their updates,
-// and receive replies in its own inbox. Nothing else: no other provider, no
+// follow its events (token.events.P), and receive replies in its own inbox. Nothing else: no other provider, no
 // KV or JetStream API, no tokenbus.providers.
 func ReaderPermissions(user string, providers ...string) Permissions {
 	var p Permissions
 	for _, name := range providers {
 		p.Publish = append(p.Publish, GetSubject(name), RefreshSubject(name))
-		p.Subscribe = append(p.Subscribe, UpdatesSubject(name), "token.events."+name)
+		p.Subscribe = append(p.Subscribe, UpdatesSubject(name), EventsSubject(name))
 	}
 	p.Subscribe = append(p.Subscribe, InboxPrefix(user)+".>")
 	return p

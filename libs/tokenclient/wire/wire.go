@@ -5,6 +5,7 @@
 package wire
 
 import (
+	"encoding/json"
 	"regexp"
 	"strings"
 	"time"
@@ -168,6 +169,8 @@ type StatusSummary struct {
 	Total int `json:"total"`
 	// States counts them by ProviderStatus.State.
 	States map[string]int `json:"states"`
+	// Conditions counts those that report one by ProviderStatus.Condition.
+	Conditions map[string]int `json:"conditions,omitempty"`
 }
 
 // StatusRequest is the optional body of a token.status request: a filter
@@ -177,6 +180,9 @@ type StatusRequest struct {
 	Provider string `json:"provider,omitempty"`
 	// State, if set, keeps the providers in that state (e.g. "failing").
 	State string `json:"state,omitempty"`
+	// Condition, if set, keeps the providers in that condition (e.g.
+	// "credentials_rejected").
+	Condition string `json:"condition,omitempty"`
 	// Search, if set, keeps the providers whose name contains it.
 	Search string `json:"search,omitempty"`
 	// After is the Next of the previous page.
@@ -198,6 +204,12 @@ func (st Status) Page(q StatusRequest) Status {
 	sum := &StatusSummary{Total: len(st.Providers), States: map[string]int{}}
 	for _, p := range st.Providers {
 		sum.States[p.State]++
+		if p.Condition != "" {
+			if sum.Conditions == nil {
+				sum.Conditions = map[string]int{}
+			}
+			sum.Conditions[p.Condition]++
+		}
 	}
 	all := st.Providers
 	st.Summary, st.Providers, st.Next = sum, nil, ""
@@ -217,7 +229,7 @@ func (st Status) Page(q StatusRequest) Status {
 	st.Providers = []ProviderStatus{}
 	for i := start; i < len(all); i++ {
 		p := all[i]
-		if q.Provider != "" && p.Name != q.Provider || q.State != "" && p.State != q.State || q.Search != "" && !strings.Contains(p.Name, q.Search) {
+		if q.Provider != "" && p.Name != q.Provider || q.State != "" && p.State != q.State || q.Condition != "" && p.Condition != q.Condition || q.Search != "" && !strings.Contains(p.Name, q.Search) {
 			continue
 		}
 		if len(st.Providers) == limit {
@@ -235,7 +247,45 @@ const (
 	ProvidersPutSubject    = "tokenbus.providers.put"
 	ProvidersDeleteSubject = "tokenbus.providers.delete"
 	ProvidersListSubject   = "tokenbus.providers.list"
+	// ProvidersPutManySubject is the bulk form of ProvidersPutSubject: up
+	// to ProvidersPutManyMax providers in one request, each validated and
+	// stored as a put of its own would be.
+	ProvidersPutManySubject = "tokenbus.providers.put_many"
 )
+
+// ProvidersPutManyMax is the most providers one tokenbus.providers.put_many
+// request may carry (the request must also fit the server's max_payload).
+const ProvidersPutManyMax = 1000
+
+// ProviderPutManyRequest is the body of tokenbus.providers.put_many: each
+// element one provider, as the body of tokenbus.providers.put.
+type ProviderPutManyRequest struct {
+	Providers []json.RawMessage `json:"providers"`
+}
+
+// ProviderPutManyReply answers tokenbus.providers.put_many once every
+// provider it reports stored is stored durably: one result per provider of
+// the request, in its order.
+type ProviderPutManyReply struct {
+	// Stored and Refused count the results without and with an error.
+	Stored  int                 `json:"stored"`
+	Refused int                 `json:"refused"`
+	Results []ProviderPutResult `json:"results"`
+}
+
+// ProviderPutResult is the outcome of one provider of a
+// tokenbus.providers.put_many request: its revision once stored, or the
+// error a tokenbus.providers.put of it alone would have answered (the same
+// code; the message names the field and the index, never a value).
+type ProviderPutResult struct {
+	// Index is the provider's position in the request, from 0.
+	Index int `json:"index"`
+	// Name is the provider's name when the request gave a valid one.
+	Name     string       `json:"name,omitempty"`
+	Kind     string       `json:"kind,omitempty"`
+	Revision uint64       `json:"revision,omitempty"`
+	Error    *ErrorDetail `json:"error,omitempty"`
+}
 
 // ProviderPutReply answers tokenbus.providers.put once the provider is
 // stored durably.
@@ -314,4 +364,33 @@ type ProviderStatus struct {
 	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
 	// Pool is the number of ready single-use tokens (single-use providers).
 	Pool *int `json:"pool,omitempty"`
+	// Condition is what the refresh loop knows of the provider: one of the
+	// Condition* constants (shared-token providers; on a standby, only
+	// what its copy of the token shows: starting, ok or expired).
+	Condition string `json:"condition,omitempty"`
+	// ConditionSince is when the provider entered Condition.
+	ConditionSince *time.Time `json:"condition_since,omitempty"`
+	// Cause is the cause of the last failure since the last success (one of
+	// the Cause* constants).
+	Cause string `json:"cause,omitempty"`
 }
+
+// Provider conditions reported in ProviderStatus.Condition: what is wrong, if
+// anything, with a shared-token provider's refreshes.
+const (
+	// ConditionStarting: no token yet and no failure yet.
+	ConditionStarting = "starting"
+	// ConditionOK: the last refresh succeeded and its token is valid.
+	ConditionOK = "ok"
+	// ConditionRetrying: refreshes are failing and being retried (a valid
+	// token may still be served: State says).
+	ConditionRetrying = "retrying"
+	// ConditionCredentialsRejected: the provider rejects the credentials;
+	// retried slowly until they are fixed.
+	ConditionCredentialsRejected = "credentials_rejected"
+	// ConditionExpired: the last token expired with no replacement.
+	ConditionExpired = "expired"
+)
+
+// Conditions lists every condition.
+var Conditions = []string{ConditionStarting, ConditionOK, ConditionRetrying, ConditionCredentialsRejected, ConditionExpired}

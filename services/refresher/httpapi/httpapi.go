@@ -63,7 +63,7 @@ type StatusJSON struct {
 const DefaultPage = 100
 
 // statusQuery reads the filter and page of a /status.json request:
-// ?provider=, ?state=, ?search=, ?after= and ?limit=. The reply always
+// ?provider=, ?state=, ?condition=, ?search=, ?after= and ?limit=. The reply always
 // carries the summary of every provider by state.
 func statusQuery(r *http.Request) wire.StatusRequest {
 	q := r.URL.Query()
@@ -71,7 +71,7 @@ func statusQuery(r *http.Request) wire.StatusRequest {
 	if err != nil || limit <= 0 {
 		limit = DefaultPage
 	}
-	return wire.StatusRequest{Provider: q.Get("provider"), State: q.Get("state"), Search: q.Get("search"), After: q.Get("after"), Limit: limit}
+	return wire.StatusRequest{Provider: q.Get("provider"), State: q.Get("state"), Condition: q.Get("condition"), Search: q.Get("search"), After: q.Get("after"), Limit: limit}
 }
 
 // Handler returns the mux with /healthz and /readyz only.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
 )
@@ -37,6 +38,9 @@ func TestGrafanaDashboardQueriesExistingMetrics(t *testing.T) {
 	m.RegisterPool("mpay", func() int { return 3 })
 	m.SetLeader(true)
 	m.LeaseRenewalFailed()
+	m.TrackCondition("daraja", func() string { return "ok" })
+	m.RegisterConditions(func() map[string]int { return map[string]int{"ok": 1} })
+	m.Event(wire.Event{Provider: "daraja", Type: wire.EventRefreshed})
 
 	rec := httptest.NewRecorder()
 	prom.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))

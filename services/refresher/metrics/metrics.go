@@ -15,6 +15,11 @@
 //	tokenbus_foreign_writes_total{provider}             token writes the leader did not make (replaced at once)
 //	tokenbus_tokens_discarded_total{reason}             tokens a provider issued that were never published (reasons: DiscardReasons)
 //	tokenbus_providers{state}                           providers served, by state (ok, failing, no_token)
+//	tokenbus_refresh_failures_total{provider,cause}     failed upstream token requests by cause (wire.Causes)
+//	tokenbus_events_total{provider,type}                provider events published (token.events.<provider>)
+//	tokenbus_provider_condition{provider,condition}     1 for the provider's condition (wire.Conditions), else 0
+//	tokenbus_providers_by_condition{condition}          providers served, by condition
+//	tokenbus_token_lifetime_seconds{provider}           the current token's lifetime (expires_at - issued_at)
 //
 // Series per provider are bounded (docs/observability.md): the first
 // MaxProviderSeries config-file providers have their own provider label;
@@ -31,6 +36,7 @@ package metrics
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -78,6 +84,12 @@ const (
 	OtherProviders = "_other"
 	// CodeOK is the code label of a successful request.
 	CodeOK = 200
+	// KeyCause labels a failed upstream request's cause (wire.Causes).
+	KeyCause = attribute.Key("cause")
+	// KeyType labels an event's type (wire.EventTypes).
+	KeyType = attribute.Key("type")
+	// KeyCondition labels a provider's condition (wire.Conditions).
+	KeyCondition = attribute.Key("condition")
 )
 
 // MaxProviderSeries is how many providers have series of their own.
@@ -106,6 +118,8 @@ type Metrics struct {
 	foreign    metric.Int64Counter
 	discarded  metric.Int64Counter
 	discardOpt map[string]metric.AddOption
+	failures   metric.Int64Counter
+	events     metric.Int64Counter
 	leader     atomic.Int64
 
 	providers map[string]*providerOpts
@@ -122,12 +136,24 @@ type Metrics struct {
 	regs    []metric.Registration
 	gExpiry metric.Float64ObservableGauge
 	gPool   metric.Int64ObservableGauge
+	gLife   metric.Float64ObservableGauge
+	gCond   metric.Int64ObservableGauge
+	gConds  metric.Int64ObservableGauge
+	conds   []conditionSource
+	// condCounts counts every provider by condition.
+	condCounts atomic.Pointer[func() map[string]int]
+}
+
+type conditionSource struct {
+	attrs []metric.ObserveOption // by wire.Conditions
+	fn    func() string
 }
 
 type expirySource struct {
 	provider string
 	attrs    metric.ObserveOption
 	fn       func() (time.Time, bool)
+	life     func() (time.Duration, bool)
 }
 
 type poolSource struct {
@@ -144,6 +170,8 @@ type providerOpts struct {
 	upstream []metric.RecordOption // {provider}
 	reqAdd   [2][len(codes)][]metric.AddOption
 	reqRec   [2][len(codes)][]metric.RecordOption
+	cause    map[string][]metric.AddOption // by wire.Causes
+	event    map[string][]metric.AddOption // by wire.EventTypes
 }
 
 func newProviderOpts(name string) *providerOpts {
@@ -152,6 +180,13 @@ func newProviderOpts(name string) *providerOpts {
 		p.outcome[i] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(KeyProvider.String(name), KeyOutcome.String(o)))}
 	}
 	p.upstream = []metric.RecordOption{metric.WithAttributeSet(p.set)}
+	p.cause, p.event = make(map[string][]metric.AddOption, len(wire.Causes)), make(map[string][]metric.AddOption, len(wire.EventTypes))
+	for _, c := range wire.Causes {
+		p.cause[c] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(KeyProvider.String(name), KeyCause.String(c)))}
+	}
+	for _, t := range wire.EventTypes {
+		p.event[t] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(KeyProvider.String(name), KeyType.String(t)))}
+	}
 	for e, ep := range endpoints {
 		for c, code := range codes {
 			opt := metric.WithAttributeSet(attribute.NewSet(KeyEndpoint.String(ep), KeyProvider.String(name), KeyCode.String(strconv.Itoa(code))))
@@ -224,16 +259,40 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	m.gStates, e = meter.Int64ObservableGauge("tokenbus.providers", metric.WithUnit("{provider}"),
 		metric.WithDescription("Providers served by this replica, by state (ok, failing, no_token)."))
 	mk(e)
+	m.failures, e = meter.Int64Counter("tokenbus.refresh_failures", metric.WithUnit("{failure}"),
+		metric.WithDescription("Failed upstream token requests by provider and cause (timeout, 5xx, rejected_credentials, malformed, rate_limited, unreachable, other)."))
+	mk(e)
+	m.events, e = meter.Int64Counter("tokenbus.events", metric.WithUnit("{event}"),
+		metric.WithDescription("Provider events published on token.events.<provider>, by provider and type."))
+	mk(e)
+	m.gLife, e = meter.Float64ObservableGauge("tokenbus.token.lifetime", metric.WithUnit("s"),
+		metric.WithDescription("The current token's lifetime (expires_at - issued_at), by provider; absent before the first token."))
+	mk(e)
+	m.gCond, e = meter.Int64ObservableGauge("tokenbus.provider.condition",
+		metric.WithDescription("1 for the provider's condition (starting, ok, retrying, credentials_rejected, expired), 0 for the others."))
+	mk(e)
+	m.gConds, e = meter.Int64ObservableGauge("tokenbus.providers.by_condition", metric.WithUnit("{provider}"),
+		metric.WithDescription("Providers served by this replica, by condition (starting, ok, retrying, credentials_rejected, expired)."))
+	mk(e)
 	if err != nil {
 		return nil, err
 	}
-	reg, err := meter.RegisterCallback(m.observe, m.gExpiry, m.gPool, m.gStates)
+	reg, err := meter.RegisterCallback(m.observe, m.gExpiry, m.gPool, m.gStates, m.gLife, m.gCond, m.gConds)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	m.regs = append(m.regs, reg)
-	// Export the counter from the start, so rate() and alerts see a zero.
+	// Export the counters from the start, so rate() and alerts see a zero.
 	m.renewals.Add(context.Background(), 0, m.noAttrs)
+	// Per provider too: increase() over a counter that first appears at 1
+	// sees no increase, so an alert on the first foreign write or failure
+	// would never fire.
+	for _, p := range append(slices.Collect(maps.Values(m.providers)), m.other) {
+		for _, o := range p.cause {
+			m.failures.Add(context.Background(), 0, o...)
+		}
+		m.foreign.Add(context.Background(), 0, metric.WithAttributeSet(p.set))
+	}
 	return m, nil
 }
 
@@ -245,6 +304,30 @@ func (m *Metrics) observe(_ context.Context, o metric.Observer) error {
 	for _, s := range expiry {
 		if at, ok := s.fn(); ok {
 			o.ObserveFloat64(m.gExpiry, at.Sub(now).Seconds(), s.attrs)
+		}
+		if s.life != nil {
+			if life, ok := s.life(); ok {
+				o.ObserveFloat64(m.gLife, life.Seconds(), s.attrs)
+			}
+		}
+	}
+	m.mu.Lock()
+	conds := m.conds
+	m.mu.Unlock()
+	for _, s := range conds {
+		cur := s.fn()
+		for i, c := range wire.Conditions {
+			v := int64(0)
+			if c == cur {
+				v = 1
+			}
+			o.ObserveInt64(m.gCond, v, s.attrs[i])
+		}
+	}
+	if fn := m.condCounts.Load(); fn != nil {
+		n := (*fn)()
+		for _, c := range wire.Conditions {
+			o.ObserveInt64(m.gConds, int64(n[c]), metric.WithAttributes(KeyCondition.String(c)))
 		}
 	}
 	for _, s := range pools {
@@ -304,7 +387,55 @@ func (m *Metrics) TrackExpiry(provider string, fn func() (expiresAt time.Time, o
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.expiry = append(slices.Clip(m.expiry), expirySource{provider, metric.WithAttributeSet(m.opts(provider).set), fn})
+	m.expiry = append(slices.Clip(m.expiry), expirySource{provider, metric.WithAttributeSet(m.opts(provider).set), fn, nil})
+}
+
+// TrackToken reports provider's token expiry (as TrackExpiry) and its
+// lifetime (tokenbus_token_lifetime_seconds) on every collection: fn returns
+// the current token's issue and expiry times, or false when there is none.
+func (m *Metrics) TrackToken(provider string, fn func() (issuedAt, expiresAt time.Time, ok bool)) {
+	if m == nil || !m.hasSeries(provider) {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.expiry = append(slices.Clip(m.expiry), expirySource{provider, metric.WithAttributeSet(m.opts(provider).set),
+		func() (time.Time, bool) { _, exp, ok := fn(); return exp, ok },
+		func() (time.Duration, bool) { iss, exp, ok := fn(); return exp.Sub(iss), ok }})
+}
+
+// TrackCondition reports provider's condition in tokenbus_provider_condition
+// on every collection: fn returns one of wire.Conditions.
+func (m *Metrics) TrackCondition(provider string, fn func() string) {
+	if m == nil || !m.hasSeries(provider) {
+		return
+	}
+	src := conditionSource{fn: fn}
+	for _, c := range wire.Conditions {
+		src.attrs = append(src.attrs, metric.WithAttributeSet(attribute.NewSet(KeyProvider.String(provider), KeyCondition.String(c))))
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.conds = append(slices.Clip(m.conds), src)
+}
+
+// RegisterConditions reports tokenbus_providers_by_condition{condition} on
+// every collection: fn counts the providers served by condition.
+func (m *Metrics) RegisterConditions(fn func() map[string]int) {
+	if m == nil {
+		return
+	}
+	m.condCounts.Store(&fn)
+}
+
+// Event counts one provider event published (tokenbus_events_total).
+func (m *Metrics) Event(ev wire.Event) {
+	if m == nil {
+		return
+	}
+	if o, ok := m.opts(ev.Provider).event[ev.Type]; ok {
+		m.events.Add(context.Background(), 1, o...)
+	}
 }
 
 // RegisterPool reports provider's single-use pool size on every collection:
@@ -337,6 +468,9 @@ func (m *Metrics) RecordAttempt(provider string, took time.Duration, err error) 
 	ctx := context.Background()
 	m.refreshes.Add(ctx, 1, p.outcome[i]...)
 	m.upstream.Record(ctx, took.Seconds(), p.upstream...)
+	if err != nil {
+		m.failures.Add(ctx, 1, p.cause[refresher.Cause(err)]...)
+	}
 }
 
 // RecordRequest records one request to endpoint (EndpointGet or

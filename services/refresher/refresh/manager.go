@@ -80,6 +80,9 @@ type Config struct {
 	// replaced credentials: Run fetches at once instead of keeping it (a
 	// runtime provider put with new credentials, SPEC §8).
 	StaleBefore time.Time
+	// Observer is told about the provider's transitions while Run runs
+	// (events); nil tells no one.
+	Observer Observer
 }
 
 // Call is one provider call admitted by the gate (leader.Call).
@@ -117,6 +120,9 @@ type Manager struct {
 	call    Call
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
+	// health follows the run of failures since the last success, for the
+	// provider's condition and its events.
+	health *health
 	// forced is the last refresh forced by a report (the cooldown).
 	forcedMu  sync.Mutex
 	forcedAt  time.Time
@@ -143,6 +149,7 @@ func NewManager(cfg Config) *Manager {
 	if m.tr == nil {
 		m.tr = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/refresh")
 	}
+	m.health = newHealth(cfg.Name, cfg.Observer, m.now, m.slot)
 	return m
 }
 
@@ -163,6 +170,8 @@ func (m *Manager) Status() wire.ProviderStatus {
 			st.State = wire.StateFailing
 		}
 	}
+	cond, since, cause := m.health.condition()
+	st.Condition, st.ConditionSince, st.Cause = cond, &since, cause
 	return st
 }
 
@@ -246,6 +255,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		span, attempts = nil, 0
 	}
 	defer func() { endSpan("cancelled", nil) }()
+	m.health.run(true)
+	defer m.health.run(false)
 
 	for {
 		select {
@@ -290,6 +301,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				sctx = trace.ContextWithSpan(base, span)
 			}
 			attempts++
+			fetch := m.pending == nil // else it only publishes a token already issued
 			tok, err := m.attempt(sctx, attempts)
 			if base.Err() != nil {
 				return true
@@ -298,6 +310,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				transient.Reset()
 				permanent.Reset()
 				endSpan("ok", nil)
+				m.health.succeeded(tok.Wire(m.cfg.Name), m.published.Load(), fetch)
 				next := m.refreshAt(tok)
 				m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
 				timer.Reset(max(next.Sub(m.now()), 0))
@@ -328,10 +341,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			} else {
 				wait = transient.NextBackOff()
 			}
-			var pe *refresher.ProviderError
-			if errors.As(err, &pe) && pe.RetryAfter > wait {
-				wait = pe.RetryAfter
-			}
+			wait = retryIn(kind, err, wait, m.cfg.Backoff, m.slot.Load(), m.now())
+			m.health.failed(err, wait)
 			m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
 			timer.Reset(wait)
 			return false
@@ -548,6 +559,7 @@ func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
 // Repair asks Run to publish its token again at once (or to fetch one if it
 // holds none): someone else's token was written to its key.
 func (m *Manager) Repair() {
+	m.health.repair()
 	select {
 	case m.repair <- struct{}{}:
 	default:

@@ -1,11 +1,13 @@
 package rpc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -33,10 +35,16 @@ type Registry interface {
 
 // Endpoint names of the runtime provider endpoints, as given to Recorder.
 const (
-	EndpointProvidersPut    = wire.ProvidersPutSubject
-	EndpointProvidersDelete = wire.ProvidersDeleteSubject
-	EndpointProvidersList   = wire.ProvidersListSubject
+	EndpointProvidersPut     = wire.ProvidersPutSubject
+	EndpointProvidersDelete  = wire.ProvidersDeleteSubject
+	EndpointProvidersList    = wire.ProvidersListSubject
+	EndpointProvidersPutMany = wire.ProvidersPutManySubject
 )
+
+// putManyWorkers is how many providers of one put_many request are stored
+// at once: each store is a JetStream publish awaiting its ack, so the
+// acks of a batch overlap instead of queueing one behind the other.
+const putManyWorkers = 32
 
 // errRuntimeOff is the 503 answer when no sealing key is configured.
 var errRuntimeOff = fmt.Errorf("%w: set credentials.keys in the refresher configuration "+
@@ -50,6 +58,7 @@ func (s *Service) addProviders() error {
 		{"providers-put", wire.ProvidersPutSubject, s.handlePut},
 		{"providers-delete", wire.ProvidersDeleteSubject, s.handleDelete},
 		{"providers-list", wire.ProvidersListSubject, s.handleList},
+		{"providers-put-many", wire.ProvidersPutManySubject, s.handlePutMany},
 	} {
 		if err := s.svc.AddEndpoint(ep.name, s.inboxOnly(ep.h), micro.WithEndpointSubject(ep.subject),
 			micro.WithEndpointMetadata(map[string]string{"subject": ep.subject})); err != nil {
@@ -87,6 +96,107 @@ func (s *Service) handlePut(req micro.Request) {
 		}
 		return json.Marshal(wire.ProviderPutReply{Name: p.Name, Kind: p.Kind, Revision: rev})
 	})
+}
+
+// handlePutMany answers tokenbus.providers.put_many: each provider is parsed,
+// validated and stored as handlePut would (the same Registry.Put, the same
+// codes), and the reply, sent once every store has answered, says per
+// provider its revision or its error. Only a request that is not a list of
+// providers at all is refused as a whole.
+func (s *Service) handlePutMany(req micro.Request) {
+	c := s.beginAdmin(req, EndpointProvidersPutMany)
+	if s.cfg.Registry == nil {
+		s.fail(c, req.Reply(), req, errRuntimeOff)
+		return
+	}
+	var r wire.ProviderPutManyRequest
+	dec := json.NewDecoder(bytes.NewReader(req.Data()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil || dec.More() {
+		s.fail(c, req.Reply(), req, fmt.Errorf(`%w: providers: tokenbus.providers.put_many takes {"providers":[<provider>, …]}`, refresher.ErrBadRequest))
+		return
+	}
+	if len(r.Providers) == 0 || len(r.Providers) > wire.ProvidersPutManyMax {
+		s.fail(c, req.Reply(), req, fmt.Errorf("%w: providers: want 1 to %d providers, got %d", refresher.ErrBadRequest, wire.ProvidersPutManyMax, len(r.Providers)))
+		return
+	}
+	results := make([]wire.ProviderPutResult, len(r.Providers))
+	parsed := make([]config.Provider, len(r.Providers))
+	seen := make(map[string]int, len(r.Providers))
+	refuse := func(i int, err error) {
+		code, msg := Code(results[i].Name, err)
+		results[i].Error = &wire.ErrorDetail{Code: code, Message: fmt.Sprintf("providers[%d]: %s", i, msg)}
+	}
+	for i, raw := range r.Providers {
+		results[i].Index = i
+		p, err := config.ParseProvider(raw)
+		if err != nil {
+			if wire.ValidName(p.Name) {
+				results[i].Name = p.Name // a name is no secret, and says which
+			}
+			// The messages name fields, never values.
+			refuse(i, fmt.Errorf("%w: %s", refresher.ErrBadRequest, strings.ReplaceAll(err.Error(), "\n", "; ")))
+			continue
+		}
+		results[i].Name, results[i].Kind = p.Name, p.Kind
+		if j, dup := seen[p.Name]; dup {
+			refuse(i, fmt.Errorf("%w: name: the same as providers[%d]; put each provider once per request", refresher.ErrBadRequest, j))
+			continue
+		}
+		seen[p.Name] = i
+		parsed[i] = p
+	}
+	s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) {
+		next := make(chan int)
+		var wg sync.WaitGroup
+		for range min(putManyWorkers, len(results)) {
+			wg.Go(func() {
+				for i := range next {
+					rev, err := s.putOne(ctx, parsed[i])
+					switch {
+					case err == nil:
+						results[i].Revision = rev
+					case errors.Is(err, refresher.ErrBadRequest), errors.Is(err, refresher.ErrConflict), errors.Is(err, refresher.ErrRuntimeOff):
+						refuse(i, err)
+					default:
+						// The store did not acknowledge it (a timeout, JetStream
+						// unavailable): the error names the provider and the
+						// cause, never a value.
+						results[i].Error = &wire.ErrorDetail{Code: wire.CodeUnavailable,
+							Message: fmt.Sprintf("providers[%d]: not stored, put it again: %v", i, err)}
+					}
+				}
+			})
+		}
+		for i := range results {
+			if results[i].Error == nil {
+				next <- i
+			}
+		}
+		close(next)
+		wg.Wait()
+		reply := wire.ProviderPutManyReply{Results: results}
+		for _, res := range results {
+			if res.Error != nil {
+				reply.Refused++
+			} else {
+				reply.Stored++
+			}
+		}
+		return json.Marshal(reply)
+	})
+}
+
+// putOne stores one provider of a put_many batch within its own timeout (a
+// batch waits for the store's acknowledgements one after another, so one
+// deadline for the whole batch would fail its tail under load), ending at
+// once if the service stops.
+func (s *Service) putOne(ctx context.Context, p config.Provider) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+	return s.cfg.Registry.Put(ctx, p)
 }
 
 func (s *Service) handleDelete(req micro.Request) {

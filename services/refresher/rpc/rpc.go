@@ -7,6 +7,7 @@
 package rpc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,6 +49,16 @@ type Source interface {
 // implement it: their replies carry no revision and are never cached.
 type Revisioned interface {
 	GetRevision(ctx context.Context) ([]byte, uint64, error)
+}
+
+// Fresher is implemented by sources of a shared token that can answer a
+// token.get with min_validity (SPEC §3): GetFresh returns a token valid for
+// at least d — the current one, or one refreshed early — with its KV
+// revision (0 if not stored yet), or an error wrapping refresher.ErrNoToken
+// (503) if none can be had in time. The service calls it off the endpoint
+// goroutine only when the current token does not live long enough.
+type Fresher interface {
+	GetFresh(ctx context.Context, d time.Duration) ([]byte, uint64, error)
 }
 
 // Blocking is implemented by sources whose Get may wait on the network (a
@@ -217,8 +228,9 @@ func (s *Service) handleGet(req micro.Request) {
 		s.fail(c, req.Reply(), req, refresher.ErrUnknownProvider)
 		return
 	}
-	if !emptyOrObject(req.Data()) {
-		s.fail(c, req.Reply(), req, fmt.Errorf("%w: token.get takes an empty body or {}", refresher.ErrBadRequest))
+	minValidity, err := parseGet(req.Data())
+	if err != nil {
+		s.fail(c, req.Reply(), req, err)
 		return
 	}
 	if b, ok := src.(Blocking); ok && b.Blocking() {
@@ -229,18 +241,33 @@ func (s *Service) handleGet(req micro.Request) {
 			return
 		}
 		c.claim = true
-		s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) { return src.Get(ctx) })
+		s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) {
+			body, err := src.Get(ctx)
+			if err == nil && minValidity > 0 && !lastsFor(body, s.now(), minValidity) {
+				return nil, fmt.Errorf("%w: the single-use token claimed expires sooner", refresher.ErrMinValidity)
+			}
+			return body, err
+		})
 		return
+	}
+	if f, ok := src.(Fresher); ok && minValidity > 0 {
+		if r, ok := src.(Revisioned); !ok || !s.fresh(c.ctx, r, minValidity) {
+			s.asyncRev(c, req.Reply(), func(ctx context.Context) ([]byte, uint64, error) { return f.GetFresh(ctx, minValidity) })
+			return
+		}
 	}
 	var (
 		body []byte
 		rev  uint64
-		err  error
 	)
 	if r, ok := src.(Revisioned); ok {
 		body, rev, err = r.GetRevision(c.ctx)
 	} else {
 		body, err = src.Get(c.ctx)
+	}
+	if err == nil && minValidity > 0 && !lastsFor(body, s.now(), minValidity) {
+		// A source that cannot refresh early (it is no Fresher).
+		err = fmt.Errorf("%w: the current token expires sooner", refresher.ErrMinValidity)
 	}
 	if err != nil {
 		s.fail(c, req.Reply(), req, err)
@@ -252,6 +279,58 @@ func (s *Service) handleGet(req micro.Request) {
 		_ = req.Respond(body)
 	}
 	s.end(c, codeOK)
+}
+
+// parseGet reads a token.get body: empty, {} or {"min_validity":"30s"}
+// (other fields are ignored, for requests from newer clients). It returns
+// the minimum validity asked for, 0 if none.
+func parseGet(b []byte) (time.Duration, error) {
+	if !emptyOrObject(b) {
+		return 0, fmt.Errorf(`%w: token.get takes an empty body, {} or {"min_validity":"30s"}`, refresher.ErrBadRequest)
+	}
+	if !bytes.Contains(b, []byte("min_validity")) {
+		return 0, nil // the hot path: no decoding
+	}
+	var req struct {
+		MinValidity json.RawMessage `json:"min_validity"`
+	}
+	if err := json.Unmarshal(b, &req); err != nil || len(req.MinValidity) == 0 {
+		return 0, nil
+	}
+	var v string
+	if err := json.Unmarshal(req.MinValidity, &v); err != nil {
+		return 0, fmt.Errorf(`%w: min_validity: must be a duration string such as "30s"`, refresher.ErrBadRequest)
+	}
+	d, err := wire.ParseMinValidity(v)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", refresher.ErrBadRequest, err)
+	}
+	return d, nil
+}
+
+// fresh reports whether src's current token is valid for at least d.
+func (s *Service) fresh(ctx context.Context, src Revisioned, d time.Duration) bool {
+	body, _, err := src.GetRevision(ctx)
+	return err == nil && lastsFor(body, s.now(), d)
+}
+
+// lastsFor reports whether the token JSON body stays valid until now+d,
+// keeping the refresher's expiry margin (min(1 s, a tenth of its life)).
+func lastsFor(body []byte, now time.Time, d time.Duration) bool {
+	var tok wire.Token
+	if json.Unmarshal(body, &tok) != nil {
+		return false
+	}
+	margin := min(time.Second, tok.ExpiresAt.Sub(tok.IssuedAt)/10)
+	return !tok.Expired(now.Add(d + margin))
+}
+
+// now returns the service's current time.
+func (s *Service) now() time.Time {
+	if s.cfg.Now != nil {
+		return s.cfg.Now()
+	}
+	return time.Now()
 }
 
 func (s *Service) handleRefresh(req micro.Request) {
@@ -272,6 +351,15 @@ func (s *Service) handleRefresh(req micro.Request) {
 // async runs fn on its own goroutine and publishes the reply itself: micro's
 // Request must not be used once the handler has returned.
 func (s *Service) async(c call, reply string, fn func(context.Context) ([]byte, error)) {
+	s.asyncRev(c, reply, func(ctx context.Context) ([]byte, uint64, error) {
+		b, err := fn(ctx)
+		return b, 0, err
+	})
+}
+
+// asyncRev is async for a reply that carries the token's revision (header
+// wire.HeaderRevision) when it is not 0.
+func (s *Service) asyncRev(c call, reply string, fn func(context.Context) ([]byte, uint64, error)) {
 	name := budgetOf(c)
 	sem := s.budgets[name]
 	select {
@@ -288,13 +376,17 @@ func (s *Service) async(c call, reply string, fn func(context.Context) ([]byte, 
 		defer cancel()
 		stop := context.AfterFunc(s.ctx, cancel)
 		defer stop()
-		body, err := fn(ctx)
+		body, rev, err := fn(ctx)
 		if err != nil {
 			s.fail(c, reply, nil, err)
 			return
 		}
 		if reply != "" {
-			_ = s.nc.Publish(reply, body)
+			msg := &nats.Msg{Subject: reply, Data: body}
+			if rev > 0 {
+				msg.Header = nats.Header{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}
+			}
+			_ = s.nc.PublishMsg(msg)
 		}
 		s.end(c, codeOK)
 	}()
@@ -438,6 +530,8 @@ func Code(provider string, err error) (int, string) {
 		return wire.CodeConflict, strings.TrimPrefix(err.Error(), "refresher: ")
 	case errors.Is(err, refresher.ErrRuntimeOff):
 		return wire.CodeUnavailable, strings.TrimPrefix(err.Error(), "refresher: ")
+	case errors.Is(err, refresher.ErrMinValidity):
+		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(err.Error(), "refresher: "))
 	case errors.As(err, &pe) && pe.Kind == refresher.Permanent:
 		return wire.CodeProviderFailed, fmt.Sprintf("%s: %s", provider, pe.Error())
 	case errors.As(err, &pe):

@@ -293,11 +293,11 @@ func TestServiceIsDiscoverable(t *testing.T) {
 	if err := json.Unmarshal(msg.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.Name != "tokenbus" || len(info.Endpoints) != 5 || info.Endpoints[0].Subject != "token.get.*" || info.Endpoints[1].Subject != "token.refresh.*" || info.Endpoints[0].QueueGroup != "tokenbus" {
+	if info.Name != "tokenbus" || len(info.Endpoints) != 6 || info.Endpoints[0].Subject != "token.get.*" || info.Endpoints[1].Subject != "token.refresh.*" || info.Endpoints[0].QueueGroup != "tokenbus" {
 		t.Fatalf("info: %s", msg.Data)
 	}
 	// The runtime provider endpoints answer in the same queue group (SPEC §8).
-	for i, want := range []string{"tokenbus.providers.put", "tokenbus.providers.delete", "tokenbus.providers.list"} {
+	for i, want := range []string{"tokenbus.providers.put", "tokenbus.providers.delete", "tokenbus.providers.list", "tokenbus.providers.put_many"} {
 		if e := info.Endpoints[2+i]; e.Subject != want || e.QueueGroup != "tokenbus" {
 			t.Fatalf("info: %s", msg.Data)
 		}
@@ -354,5 +354,62 @@ func TestGetCarriesRevision(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// fresher answers min_validity with the manager's early refresh.
+type fresher struct{ *refresh.Manager }
+
+func (f fresher) GetFresh(ctx context.Context, d time.Duration) ([]byte, uint64, error) {
+	return f.Manager.GetFresh(ctx, d, f.Manager.Refresh)
+}
+
+// TestGetMinValidity: token.get with min_validity answers a token that is
+// valid at least that long — the current one, or one refreshed early — or
+// 503; a bad value is a 400 that names the field and never echoes it.
+func TestGetMinValidity(t *testing.T) {
+	clk := newClock()
+	prov := &countingProvider{life: 10 * time.Minute, now: clk.now}
+	ns := testutil.RunServer(t)
+	nc := testutil.Connect(t, ns)
+	mgr := refresh.NewManager(refresh.Config{Name: "p1", Provider: prov, Now: clk.now})
+	svc, err := rpc.Start(nc, rpc.Config{Sources: map[string]rpc.Source{"p1": fresher{mgr}, "plain": mgr}, Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = mgr.Run(ctx) }()
+	defer func() { cancel(); <-done; _ = svc.Stop() }()
+	waitToken(t, &fixture{nc: nc, mgr: mgr})
+
+	for _, body := range []string{`{"min_validity":"soon-xyz"}`, `{"min_validity":30}`, `{"min_validity":"-1s"}`, `{"min_validity":"0s"}`, `{"min_validity":"25h"}`} {
+		_, code, msg := request(t, nc, wire.GetSubject("p1"), []byte(body))
+		if code != wire.CodeBadRequest || !strings.Contains(msg, "min_validity") || strings.Contains(msg, "xyz") {
+			t.Fatalf("%s: %d %q, want 400 naming min_validity", body, code, msg)
+		}
+	}
+	get := func(subject, d string) (wire.Token, int, string) {
+		return request(t, nc, subject, []byte(`{"min_validity":"`+d+`"}`))
+	}
+	if tok, code, msg := get(wire.GetSubject("p1"), "5m"); code != 0 || tok.AccessToken != "tok-1" {
+		t.Fatalf("a current token that lives long enough: %v %d %s", tok, code, msg)
+	}
+	clk.set(clk.now().Add(6 * time.Minute)) // tok-1 has 4 minutes left
+	if tok, code, msg := get(wire.GetSubject("plain"), "5m"); code != wire.CodeUnavailable || !strings.Contains(msg, "min_validity") {
+		t.Fatalf("a source that cannot refresh early: %v %d %s, want 503", tok, code, msg)
+	}
+	if tok, code, msg := get(wire.GetSubject("p1"), "3m"); code != 0 || tok.AccessToken != "tok-1" {
+		t.Fatalf("min_validity within what is left: %v %d %s", tok, code, msg)
+	}
+	tok, code, msg := get(wire.GetSubject("p1"), "5m")
+	if code != 0 || tok.AccessToken != "tok-2" || tok.ExpiresAt.Sub(clk.now()) < 5*time.Minute {
+		t.Fatalf("refreshed early: %v %d %s, want tok-2 valid 5m more", tok, code, msg)
+	}
+	if tok, code, msg := get(wire.GetSubject("p1"), "20m"); code != wire.CodeUnavailable || !strings.Contains(msg, "min_validity") {
+		t.Fatalf("beyond the tokens' lifetime: %v %d %s, want 503", tok, code, msg)
+	}
+	if n := prov.calls.Load(); n != 2 {
+		t.Fatalf("%d provider calls, want 2", n)
 	}
 }

@@ -9,7 +9,17 @@
 //   - the peak number of token requests in flight at the simulator (bounded
 //     by fetch_concurrency);
 //   - the refresher's resident memory (VmRSS once ready, and its peak VmHWM);
-//   - token.get latency (p50, p99) over random providers once ready.
+//   - the put rate (api): tokenbus.providers.put_many batches of --put-batch
+//     providers, 4 in flight (--put-batch 1: single puts, 32 in flight);
+//   - the refresher's CPU: process CPU seconds until ready, and its idle
+//     CPU (share of one core) over --idle once every token is fresh;
+//   - token.get latency (p50, p99) during the fill (2 callers asking for
+//     providers already put; a 503 for a token not yet fetched counts as an
+//     answer) and over random providers once ready;
+//   - with --pprof DIR: a CPU profile of the refresher over the first
+//     --cpu-profile of the fill and over the idle window, heap profiles
+//     (after a GC) once ready and once idle, MemStats and the goroutine
+//     count, written to DIR for go tool pprof.
 //
 // Usage:
 //
@@ -42,6 +52,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,6 +80,10 @@ type options struct {
 	gets        int
 	timeout     time.Duration
 	keep        bool
+	putBatch    int
+	idle        time.Duration
+	pprofDir    string
+	cpuProfile  time.Duration
 }
 
 // Result is one run's figures.
@@ -78,6 +93,8 @@ type Result struct {
 	FetchConcurrency int     `json:"fetch_concurrency"`
 	LatencyMS        float64 `json:"token_latency_ms"`
 	PutSeconds       float64 `json:"put_seconds,omitempty"`
+	PutPerSecond     float64 `json:"puts_per_second,omitempty"`
+	PutBatch         int     `json:"put_batch,omitempty"`
 	ReadySeconds     float64 `json:"ready_seconds"`
 	BoundSeconds     float64 `json:"bound_seconds"`
 	PeakInFlight     int64   `json:"peak_in_flight"`
@@ -86,6 +103,14 @@ type Result struct {
 	GetP50MS         float64 `json:"token_get_p50_ms"`
 	GetP99MS         float64 `json:"token_get_p99_ms"`
 	Gets             int     `json:"token_gets"`
+	FillGetP50MS     float64 `json:"fill_token_get_p50_ms,omitempty"`
+	FillGetP99MS     float64 `json:"fill_token_get_p99_ms,omitempty"`
+	FillGets         int     `json:"fill_token_gets,omitempty"`
+	CPUSecondsReady  float64 `json:"cpu_seconds_to_ready"`
+	IdleCPUPercent   float64 `json:"idle_cpu_percent_of_core"`
+	IdleSeconds      float64 `json:"idle_window_seconds"`
+	IdleRSSMiB       float64 `json:"idle_rss_mib"`
+	LoadAvg          string  `json:"loadavg_at_end"`
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -100,11 +125,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.gets, "gets", 20000, "token.get requests to time once ready")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	fs.IntVar(&o.putBatch, "put-batch", 250, "api: providers per tokenbus.providers.put_many (1: single tokenbus.providers.put requests)")
+	fs.DurationVar(&o.idle, "idle", 10*time.Second, "how long to measure idle CPU once every token is fresh")
+	fs.StringVar(&o.pprofDir, "pprof", "", "write CPU and heap profiles of the refresher to this directory (runs it with --debug-pprof)")
+	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "with --pprof: length of the CPU profile taken from the first put")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if o.providers < 1 || o.providers > 100000 || (o.source != "api" && o.source != "config") || o.concurrency < 1 {
-		return errors.New("want --providers 1..100000, --source api|config, --fetch-concurrency ≥ 1")
+	if o.providers < 1 || o.providers > 100000 || (o.source != "api" && o.source != "config") || o.concurrency < 1 ||
+		o.putBatch < 1 || o.putBatch > wire.ProvidersPutManyMax || o.idle < 0 {
+		return fmt.Errorf("want --providers 1..100000, --source api|config, --fetch-concurrency ≥ 1, --put-batch 1..%d, --idle ≥ 0", wire.ProvidersPutManyMax)
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
@@ -186,8 +216,21 @@ credentials:
 		return nil, err
 	}
 
+	args := []string{"--config", cfgPath}
+	var pprofURL string
+	if o.pprofDir != "" {
+		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+			return nil, err
+		}
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		pprofURL = fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/", port)
+		args = append(args, "--debug-pprof", fmt.Sprintf("127.0.0.1:%d", port))
+	}
 	start := time.Now()
-	cmd := exec.Command(bin, "--config", cfgPath)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = io.Discard, log
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -227,17 +270,47 @@ credentials:
 		}
 	}
 	res := &Result{Providers: o.providers, Source: o.source, FetchConcurrency: o.concurrency, LatencyMS: float64(o.latency) / 1e6}
+	pid := cmd.Process.Pid
+	var profiles sync.WaitGroup
+	if pprofURL != "" {
+		profiles.Go(func() {
+			if err := fetch(ctx, fmt.Sprintf("%sprofile?seconds=%d", pprofURL, int(o.cpuProfile.Seconds())),
+				filepath.Join(o.pprofDir, fmt.Sprintf("cpu-fill-%d.pprof", o.providers)), o.cpuProfile+30*time.Second); err != nil {
+				fmt.Fprintln(log, "cpu profile:", err)
+			}
+		})
+	}
+	// token.get during the fill: 2 callers, providers already put.
+	var put atomic.Int64
+	if o.source == "config" {
+		put.Store(int64(o.providers))
+	}
+	fillCtx, endFill := context.WithCancel(ctx)
+	defer endFill()
+	fillLat := make(chan []time.Duration, 1)
+	go func() {
+		fillLat <- fillGets(fillCtx, nc, func() string { return name(mrand.IntN(int(max(put.Load(), 1)))) })
+	}()
 	if o.source == "api" {
 		start = time.Now()
-		if err := putAll(ctx, nc, o.providers, func(i int) []byte {
+		body := func(i int) json.RawMessage {
 			b, _ := json.Marshal(map[string]string{"name": name(i), "kind": "daraja", "base_url": simURL,
 				"consumer_key": cred(i), "consumer_secret": simulator.DerivedSecret(cred(i))})
 			return b
-		}); err != nil {
+		}
+		var err error
+		if o.putBatch == 1 {
+			err = putAll(ctx, nc, o.providers, body, &put)
+		} else {
+			err = putBatches(ctx, nc, o.providers, o.putBatch, body, &put)
+		}
+		if err != nil {
 			return nil, err
 		}
 		res.PutSeconds = time.Since(start).Seconds()
-		fmt.Fprintf(log, "%d providers put in %.1fs\n", o.providers, res.PutSeconds)
+		res.PutPerSecond = float64(o.providers) / res.PutSeconds
+		res.PutBatch = o.putBatch
+		fmt.Fprintf(log, "%d providers put in %.1fs (%.0f/s)\n", o.providers, res.PutSeconds, res.PutPerSecond)
 	}
 	// Ready: every provider ok.
 	for {
@@ -255,9 +328,19 @@ credentials:
 		}
 	}
 	res.ReadySeconds = time.Since(start).Seconds()
+	res.CPUSecondsReady = procCPU(pid)
+	endFill()
+	fl := <-fillLat
+	res.FillGets = len(fl)
+	res.FillGetP50MS, res.FillGetP99MS = percentile(fl, 0.50), percentile(fl, 0.99)
 	res.BoundSeconds = float64(o.providers) * o.latency.Seconds() / float64(o.concurrency)
 	_, res.PeakInFlight = sim.InFlight()
-	fmt.Fprintf(log, "ready in %.1fs (bound %.1fs + a few); peak in flight %d\n", res.ReadySeconds, res.BoundSeconds, res.PeakInFlight)
+	fmt.Fprintf(log, "ready in %.1fs (bound %.1fs + a few); peak in flight %d; %.1f CPU seconds\n", res.ReadySeconds, res.BoundSeconds, res.PeakInFlight, res.CPUSecondsReady)
+	if pprofURL != "" {
+		if err := fetch(ctx, pprofURL+"heap?gc=1", filepath.Join(o.pprofDir, fmt.Sprintf("heap-ready-%d.pprof", o.providers)), time.Minute); err != nil {
+			fmt.Fprintln(log, "heap profile:", err)
+		}
+	}
 
 	// token.get latency, 8 callers, random providers.
 	lat, err := gets(ctx, nc, o.gets, func() string { return name(mrand.IntN(o.providers)) })
@@ -266,12 +349,183 @@ credentials:
 	}
 	res.Gets = len(lat)
 	res.GetP50MS, res.GetP99MS = percentile(lat, 0.50), percentile(lat, 0.99)
-	res.RSSMiB, res.PeakRSSMiB = procMem(cmd.Process.Pid)
+	res.RSSMiB, res.PeakRSSMiB = procMem(pid)
+
+	// Idle: every token fresh, nobody asking.
+	if o.idle > 0 {
+		cpu0, t0 := procCPU(pid), time.Now()
+		if pprofURL != "" {
+			// The idle window is a CPU profile: what the refresher does
+			// when there is nothing to do.
+			if err := fetch(ctx, fmt.Sprintf("%sprofile?seconds=%d", pprofURL, max(int(o.idle.Seconds()), 1)),
+				filepath.Join(o.pprofDir, fmt.Sprintf("cpu-idle-%d.pprof", o.providers)), o.idle+30*time.Second); err != nil {
+				fmt.Fprintln(log, "idle cpu profile:", err)
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(o.idle):
+			}
+		}
+		res.IdleSeconds = time.Since(t0).Seconds()
+		res.IdleCPUPercent = 100 * (procCPU(pid) - cpu0) / res.IdleSeconds
+		res.IdleRSSMiB, _ = procMem(pid)
+		fmt.Fprintf(log, "idle: %.2f%% of a core over %.0fs\n", res.IdleCPUPercent, res.IdleSeconds)
+	}
+	if pprofURL != "" {
+		for file, what := range map[string]string{
+			"heap-idle-%d.pprof": "heap?gc=1",
+			// MemStats (stacks, heap, GC goal) and the goroutine count.
+			"memstats-idle-%d.txt":   "heap?debug=1",
+			"goroutines-idle-%d.txt": "goroutine?debug=1",
+		} {
+			if err := fetch(ctx, pprofURL+what, filepath.Join(o.pprofDir, fmt.Sprintf(file, o.providers)), time.Minute); err != nil {
+				fmt.Fprintln(log, "profile:", err)
+			}
+		}
+		profiles.Wait()
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		res.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
 	return res, nil
 }
 
-// putAll puts n providers, 32 requests at a time.
-func putAll(ctx context.Context, nc *nats.Conn, n int, body func(int) []byte) error {
+// putBatches puts n providers through tokenbus.providers.put_many, batch at
+// a time, 4 batches in flight; put counts the providers stored so far.
+func putBatches(ctx context.Context, nc *nats.Conn, n, batch int, body func(int) json.RawMessage, put *atomic.Int64) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	sem := make(chan struct{}, 4)
+	for lo := 0; lo < n; lo += batch {
+		hi := min(lo+batch, n)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			req := wire.ProviderPutManyRequest{}
+			for i := lo; i < hi; i++ {
+				req.Providers = append(req.Providers, body(i))
+			}
+			b, _ := json.Marshal(req)
+			msg, err := nc.RequestWithContext(ctx, wire.ProvidersPutManySubject, b)
+			var r wire.ProviderPutManyReply
+			switch {
+			case err != nil:
+			case msg.Header.Get(wire.HeaderErrorCode) != "":
+				err = fmt.Errorf("put_many %d–%d: %s %s", lo, hi-1, msg.Header.Get(wire.HeaderErrorCode), msg.Header.Get(wire.HeaderError))
+			case json.Unmarshal(msg.Data, &r) != nil || r.Stored != hi-lo:
+				err = fmt.Errorf("put_many %d–%d: %d refused: %s", lo, hi-1, r.Refused, firstRefusal(r))
+			}
+			if err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+				return
+			}
+			// Providers are put in order; a caller may ask for any below.
+			for cur := put.Load(); int64(hi) > cur && !put.CompareAndSwap(cur, int64(hi)); cur = put.Load() {
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+func firstRefusal(r wire.ProviderPutManyReply) string {
+	for _, res := range r.Results {
+		if res.Error != nil {
+			return res.Error.Message
+		}
+	}
+	return "malformed reply"
+}
+
+// fillGets asks token.get of random providers already put, 2 callers, until
+// ctx ends, and returns how long each answer took (a 503 for a token not yet
+// fetched counts: the answer is what is timed).
+func fillGets(ctx context.Context, nc *nats.Conn, pick func() string) []time.Duration {
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		out []time.Duration
+	)
+	for range 2 {
+		wg.Go(func() {
+			var local []time.Duration
+			for ctx.Err() == nil {
+				t := time.Now()
+				_, err := nc.Request(wire.GetSubject(pick()), nil, 5*time.Second)
+				if err == nil {
+					local = append(local, time.Since(t))
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			mu.Lock()
+			out = append(out, local...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// fetch GETs url into path.
+func fetch(ctx context.Context, url, path string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// procCPU returns pid's CPU time (user + system) in seconds.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) in parentheses.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
+// putAll puts n providers, 32 requests at a time; put counts the
+// providers stored below which all are stored (approximately: single puts
+// finish out of order).
+func putAll(ctx context.Context, nc *nats.Conn, n int, body func(int) json.RawMessage, put *atomic.Int64) error {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -292,7 +546,9 @@ func putAll(ctx context.Context, nc *nats.Conn, n int, body func(int) []byte) er
 					first = err
 				}
 				mu.Unlock()
+				return
 			}
+			put.Store(int64(max(i-32, 0)))
 		})
 	}
 	wg.Wait()

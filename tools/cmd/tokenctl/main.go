@@ -10,13 +10,14 @@
 //
 //	get <provider>        print the provider's current token
 //	watch [provider]      print each token as it is published (Ctrl-C stops)
+//	events [provider]     print each provider event (refresh_failed, expired, …) as it happens
 //	refresh <provider>    report the current token (or --token T) rejected; print the new one
 //	status                every replica's view: leader, providers, expiry, last error
 //	permissions <role> [provider…]
 //	                      print the nats-server account of a role: reader (of the
 //	                      providers named), admin or observer (SPEC §10); --user names the user
 //	providers put <name> --kind K [fields]   add or replace a runtime provider (SPEC §8)
-//	providers put -       add or replace every JSON provider read from stdin
+//	providers put -       add or replace every provider of a JSON-lines stream on stdin
 //	providers list        every provider, config-file and runtime, by name
 //	providers delete <name>                  remove a runtime provider
 //
@@ -75,6 +76,8 @@ const usage = `usage: tokenctl [flags] <command> [arguments]
 commands:
   get <provider>        print the provider's current token
   watch [provider]      print each token as it is published (Ctrl-C stops)
+  events [provider]     print each provider event as the leader publishes it: refreshed,
+                        refresh_failed, credentials_rejected, recovered, expired, ... (Ctrl-C stops)
   refresh <provider>    report the current token (or --token T) as rejected; print the new one
   status                every refresher replica's view: leader, providers, expiry, last error
   permissions <role> [provider...]
@@ -83,7 +86,8 @@ commands:
   providers put <name> --kind K [--base-url U --consumer-key K | --username U | --token-url U --client-id C | ...]
                         add or replace a runtime provider; its secret from $TOKENBUS_CONSUMER_SECRET,
                         $TOKENBUS_PASSWORD or $TOKENBUS_CLIENT_SECRET, or --secret-stdin (never an argument)
-  providers put -       add or replace every JSON provider read from stdin
+  providers put -       add or replace every provider of a JSON-lines stream on stdin
+                        (in batches; a progress bar on a terminal; refusals listed by line)
   providers list        every provider by name (--after, --limit, --all)
   providers delete <name>  remove a runtime provider
 
@@ -134,7 +138,7 @@ func parse(args []string, stderr io.Writer) (config, []string, error) {
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "how long a request may take")
 	fs.DurationVar(&cfg.wait, "wait", 300*time.Millisecond, "status: how long to gather replies from replicas")
 	fs.StringVar(&cfg.token, "token", "", "refresh: the rejected access token (default: the current one)")
-	fs.IntVar(&cfg.count, "count", 0, "watch: exit after this many tokens (0: run until interrupted)")
+	fs.IntVar(&cfg.count, "count", 0, "watch, events: exit after this many tokens or events (0: run until interrupted)")
 	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	fs.StringVar(&cfg.prov.kind, "kind", "", "providers put: daraja, mpay, oauth2 or airtel")
 	fs.StringVar(&cfg.prov.baseURL, "base-url", "", "providers put: base_url (daraja, mpay, airtel)")
@@ -199,7 +203,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := need(1, "<provider>"); err != nil {
 			return err
 		}
-	case "watch":
+	case "watch", "events":
 		if len(rest) > 1 {
 			return need(0, "[provider]")
 		}
@@ -235,7 +239,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.inbox != "" {
 		opts = append(opts, nats.CustomInboxPrefix(cfg.inbox))
 	}
-	if cmd == "watch" {
+	if cmd == "watch" || cmd == "events" {
 		opts = append(opts, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
 	}
 	nc, err := nats.Connect(cfg.server, opts...)
@@ -243,7 +247,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("connect to %s: %w", redact(cfg.server), err)
 	}
 	defer nc.Close()
-	out := &printer{w: stdout, json: cfg.json, now: time.Now}
+	out := &printer{w: stdout, errw: stderr, json: cfg.json, now: time.Now}
 
 	switch cmd {
 	case "get":
@@ -254,6 +258,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return status(ctx, nc, cfg, out)
 	case "providers":
 		return providers(ctx, nc, cfg, rest, out)
+	case "events":
+		provider := ""
+		if len(rest) == 1 {
+			provider = rest[0]
+		}
+		return followEvents(ctx, nc, cfg, provider, out)
 	default:
 		provider := ""
 		if len(rest) == 1 {
@@ -346,6 +356,46 @@ func watch(ctx context.Context, nc *nats.Conn, cfg config, provider string, out 
 			return nil
 		case ev := <-events:
 			if err := out.event(ev); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// followEvents prints provider events (token.events.<provider>, or every
+// provider's) until ctx ends or --count events were printed.
+func followEvents(ctx context.Context, nc *nats.Conn, cfg config, provider string, out *printer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tc, err := requestClient(nc, cfg)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+	events := make(chan tokenclient.ProviderEvent, 256)
+	sub, err := tc.Events(provider, func(ev tokenclient.ProviderEvent) {
+		select {
+		case events <- ev:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cancel()
+		_ = sub.Stop()
+	}()
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	for n := 0; cfg.count == 0 || n < cfg.count; n++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-events:
+			if err := out.providerEvent(ev); err != nil {
 				return err
 			}
 		}

@@ -193,3 +193,68 @@ func (s *syncWriter) String() string {
 	defer s.mu.Unlock()
 	return s.w.String()
 }
+
+// TestEvents: tokenctl events prints a provider's events as the refresher
+// publishes them: failed refreshes during an outage, then the recovery, as
+// JSON lines, never with a token; and one line of text per event.
+func TestEvents(t *testing.T) {
+	h := harness.Start(t, harness.Config{})
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stderr := &syncWriter{w: &strings.Builder{}}
+	go func() {
+		done <- exitCode(run(ctx, []string{"--server", h.URL, "--json", "events", h.Provider}, pw, stderr), stderr)
+		pw.Close()
+	}()
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	// In an outage a reported token makes the refresher fail and retry
+	// every 20-200 ms: events keep coming until tokenctl has seen one.
+	h.Sim.SetFaults(simulator.Daraja, simulator.Faults{Outage: true})
+	_, _ = h.TryForceRefresh()
+	var types []string
+	tokens := []string{h.Current().AccessToken}
+	for line := range lines {
+		var ev wire.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.Provider != h.Provider {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		if len(types) == 0 || types[len(types)-1] != ev.Type {
+			types = append(types, ev.Type)
+		}
+		if ev.Type == wire.EventRefreshFailed {
+			h.Sim.SetFaults(simulator.Daraja, simulator.Faults{})
+		}
+		if ev.Type == wire.EventRefreshed {
+			tokens = append(tokens, h.Current().AccessToken)
+			cancel()
+		}
+		for _, tok := range tokens {
+			if strings.Contains(line, tok) {
+				t.Fatalf("an event carries a token: %s", line)
+			}
+		}
+	}
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if got := strings.Join(types, " "); got != "refresh_failed recovered refreshed" {
+		t.Fatalf("events %q", got)
+	}
+	// Text: one line per event with its fields.
+	var out strings.Builder
+	p := &printer{w: &out, now: time.Now}
+	retry := wire.Duration(1500 * time.Millisecond)
+	_ = p.providerEvent(wire.Event{Provider: "p", Type: wire.EventRefreshFailed, At: time.Now(), Kind: "transient", Cause: "5xx", Status: 503, Attempt: 2, RetryIn: &retry, Detail: "provider error: HTTP 503"})
+	if s := out.String(); !strings.Contains(s, "p  refresh_failed kind=transient cause=5xx status=503 attempt=2 retry_in=1.5s  provider error: HTTP 503") {
+		t.Fatalf("text output %q", s)
+	}
+}

@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 )
 
 // printer writes results for people, or as JSON.
 type printer struct {
 	w    io.Writer
+	errw io.Writer // progress and refusals (stderr)
 	json bool
 	now  func() time.Time
 }
@@ -79,6 +81,44 @@ func (p *printer) event(ev tokenclient.Event) error {
 		return err
 	}
 	_, err := fmt.Fprintf(p.w, "%s  %s  rev %d  token %s  expires %s\n", ts, ev.Provider, ev.Revision, short(ev.Token.AccessToken), p.when(ev.Token.ExpiresAt))
+	return err
+}
+
+// providerEvent prints one provider event: the JSON as published with
+// --json, else one line.
+func (p *printer) providerEvent(ev tokenclient.ProviderEvent) error {
+	if p.json {
+		return p.writeJSON(ev)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s  %s  %s", ev.At.Local().Format("15:04:05.000"), ev.Provider, ev.Type)
+	for _, kv := range [][2]string{{"kind", ev.Kind}, {"cause", ev.Cause}, {"code", ev.Code}} {
+		if kv[1] != "" {
+			fmt.Fprintf(&b, " %s=%s", kv[0], kv[1])
+		}
+	}
+	if ev.Status != 0 {
+		fmt.Fprintf(&b, " status=%d", ev.Status)
+	}
+	if ev.Attempt != 0 {
+		fmt.Fprintf(&b, " attempt=%d", ev.Attempt)
+	}
+	if ev.RetryIn != nil {
+		fmt.Fprintf(&b, " retry_in=%v", ev.RetryIn.D().Round(time.Millisecond))
+	}
+	if ev.FailingFor != nil {
+		fmt.Fprintf(&b, " failing_for=%v", ev.FailingFor.D().Round(time.Millisecond))
+	}
+	if ev.ExpiresAt != nil {
+		fmt.Fprintf(&b, " expires=%s", p.when(*ev.ExpiresAt))
+	}
+	if ev.Type == wire.EventForeignWrite {
+		fmt.Fprintf(&b, " repaired=%t", ev.Repaired)
+	}
+	if ev.Detail != "" {
+		fmt.Fprintf(&b, "  %s", ev.Detail)
+	}
+	_, err := fmt.Fprintln(p.w, b.String())
 	return err
 }
 

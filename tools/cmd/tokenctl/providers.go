@@ -58,7 +58,7 @@ func providers(ctx context.Context, nc *nats.Conn, cfg config, args []string, ou
 	switch args[0] {
 	case "put":
 		if args[1] == "-" {
-			return putStream(ctx, nc, cfg, out)
+			return putStream(ctx, nc, cfg, out, out.errw)
 		}
 		body, err := providerJSON(args[1], cfg.prov)
 		if err != nil {
@@ -126,29 +126,6 @@ func providerJSON(name string, f providerFlags) ([]byte, error) {
 	}
 	p[field] = secret
 	return json.Marshal(p)
-}
-
-// putStream puts every JSON provider read from stdin (one object after
-// another, e.g. one per line), for onboarding many at once.
-func putStream(ctx context.Context, nc *nats.Conn, cfg config, out *printer) error {
-	dec := json.NewDecoder(stdin)
-	n := 0
-	for {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return fmt.Errorf("providers put: stdin: provider %d: not JSON", n+1)
-		}
-		if err := putOne(ctx, nc, cfg, raw, out); err != nil {
-			return err
-		}
-		n++
-	}
-	if n == 0 {
-		return errors.New("providers put: no provider on stdin")
-	}
-	return nil
 }
 
 func putOne(ctx context.Context, nc *nats.Conn, cfg config, body []byte, out *printer) error {

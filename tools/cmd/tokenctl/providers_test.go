@@ -6,6 +6,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -140,3 +144,84 @@ func TestProvidersPutListDelete(t *testing.T) {
 }
 
 func encodeKey(raw []byte) string { return base64.StdEncoding.EncodeToString(raw) }
+
+// TestProvidersPutStream: "providers put -" streams a JSON-lines file in
+// batches through tokenbus.providers.put_many: every valid provider is
+// stored, blank lines are skipped, a line that is not JSON and each provider
+// the refresher refuses are listed by line and name with the code, never
+// with a value; on a terminal stderr shows a progress bar; the exit status
+// says that some were refused.
+func TestProvidersPutStream(t *testing.T) {
+	h := harness.New(t, harness.Config{})
+	nc, err := nats.Connect(h.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw)
+	key, _ := seal.ParseKey("k1", encodeKey(raw))
+	ring, _ := seal.NewKeyring(key)
+	st, err := credentials.Open(t.Context(), nc, "tokenbus-credentials", 1, ring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &storeRegistry{st: st, seen: map[string]rconfig.Provider{}}
+	svc, err := rpc.Start(nc, rpc.Config{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+
+	const n = 5*batchSize + 50 // six batches
+	var in strings.Builder
+	for i := range n {
+		fmt.Fprintf(&in, `{"name":"m-%05d","kind":"daraja","base_url":%q,"consumer_key":"k-%05d","consumer_secret":"SECRET-%05d"}`+"\n", i, h.SimURL, i, i)
+		switch i {
+		case 10:
+			in.WriteString("\n") // blank: skipped
+		case 20:
+			in.WriteString(`{"name":"m-bad","kind":"daraja","base_url":"x","consumer_key":"k","consumer_secret":"SECRET-BAD"}` + "\n")
+		case 30:
+			in.WriteString(`not json SECRET-LINE` + "\n")
+		case 40:
+			in.WriteString(`{"name":"daraja-test","kind":"daraja","base_url":"http://x","consumer_key":"k","consumer_secret":"SECRET-409"}` + "\n")
+		}
+	}
+	path := filepath.Join(t.TempDir(), "merchants.jsonl")
+	if err := os.WriteFile(path, []byte(in.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stdin = f
+	isTerminal = func(io.Writer) bool { return true }
+	defer func() { stdin, isTerminal = os.Stdin, func(io.Writer) bool { return false } }()
+
+	code, out, errOut := tokenctl(t, "--server", h.URL, "providers", "put", "-")
+	if code != 1 || !strings.Contains(out, fmt.Sprintf("stored %d providers, refused 3", n)) {
+		t.Fatalf("put -: %d\n%s\n%s", code, out, errOut)
+	}
+	if len(reg.seen) != n {
+		t.Fatalf("stored %d, want %d", len(reg.seen), n)
+	}
+	// Lines: provider i is on line i+1, plus one line for each extra line
+	// before it.
+	for _, want := range []string{
+		"line 23 (m-bad): 400 bad request: base_url",
+		"line 34 (-): 400 not a JSON object",
+		"line 45 (daraja-test): 409 ",
+		"\r[##############################] 100%",
+		"3 of " + fmt.Sprint(n+3) + " providers refused",
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut[max(0, len(errOut)-600):])
+		}
+	}
+	if strings.Contains(out+errOut, "SECRET") {
+		t.Fatal("tokenctl printed a secret or a line's content")
+	}
+}

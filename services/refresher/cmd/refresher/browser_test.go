@@ -89,6 +89,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if s := row("daraja-broken", "expires"); s != "—" {
 		t.Errorf("expiry of a provider without a token: %q", s)
 	}
+	if s := row("daraja-broken", "condition"); !strings.Contains(s, "Credentials rejected") || !strings.Contains(s, "cause: rejected_credentials") || !strings.Contains(s, "ago") {
+		t.Errorf("condition of a provider whose credentials are rejected: %q", s)
+	}
+	if s := row("daraja-test", "condition"); !strings.HasPrefix(s, "OK") {
+		t.Errorf("condition of a healthy provider: %q", s)
+	}
 
 	// The countdown moves on its own, between polls, and stays below the lifetime.
 	countdown := regexp.MustCompile(`^(\d+)s$`)

@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&opts.Demo, "demo", false, "start the built-in provider simulator; without --config, use the demo configuration")
 	fs.StringVar(&opts.SimulatorListen, "simulator-listen", "127.0.0.1:8090", "address of the built-in simulator with --demo")
 	version := fs.Bool("version", false, "print the version and exit")
+	debugPprof := fs.String("debug-pprof", "", "serve net/http/pprof on this loopback host:port (off by default; for profiling)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: refresher --config FILE | --demo [--config FILE]\n\nKeeps payment-provider access tokens fresh and serves them over NATS (docs/configuration.md).\n\n")
 		fs.PrintDefaults()
@@ -68,6 +69,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if opts.ConfigPath == "" && !opts.Demo {
 		fs.Usage()
 		return errors.New("--config FILE or --demo is required")
+	}
+	if *debugPprof != "" {
+		if err := servePprof(ctx, *debugPprof); err != nil {
+			return err
+		}
 	}
 	m := NewMain(opts, stdout, stderr)
 	if err := m.Run(ctx); err != nil {

@@ -47,14 +47,17 @@ func (o *observability) RecordAttempt(provider string, took time.Duration, err e
 	o.history.RecordAttempt(provider, took, err)
 }
 
-// trackExpiry reports mgr's token expiry in tokenbus_token_expires_in_seconds.
+// trackExpiry reports mgr's token expiry and lifetime
+// (tokenbus_token_expires_in_seconds, tokenbus_token_lifetime_seconds) and
+// its condition (tokenbus_provider_condition).
 func (o *observability) trackExpiry(mgr *refresh.Manager) {
-	o.metrics.TrackExpiry(mgr.Name(), func() (time.Time, bool) {
+	o.metrics.TrackToken(mgr.Name(), func() (time.Time, time.Time, bool) {
 		if e := mgr.Slot().Load(); e != nil {
-			return e.Token.ExpiresAt, true
+			return e.Token.IssuedAt, e.Token.ExpiresAt, true
 		}
-		return time.Time{}, false
+		return time.Time{}, time.Time{}, false
 	})
+	o.metrics.TrackCondition(mgr.Name(), func() string { return mgr.Status().Condition })
 }
 
 func (o *observability) close(ctx context.Context) error {

@@ -11,9 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -124,6 +126,18 @@ func testRedaction(t *testing.T, row redactionRow) {
 	nc := testutil.Connect(t, m.ns)
 
 	var leaks []string // everything that must not hold a secret, as text
+	// Provider events (token.events.*), from the start.
+	var evMu sync.Mutex
+	var events []string
+	evSub, err := nc.Subscribe(wire.EventsPrefix+"*", func(msg *nats.Msg) {
+		evMu.Lock()
+		events = append(events, "event on "+msg.Subject+": "+string(msg.Data))
+		evMu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = evSub.Unsubscribe() }()
 	ask := func(subject, body string) (wire.Token, bool) {
 		t.Helper()
 		msg, err := nc.Request(subject, []byte(body), 5*time.Second)
@@ -237,6 +251,9 @@ func testRedaction(t *testing.T, row redactionRow) {
 		leaks = append(leaks, b.String())
 	}
 	leaks = append(leaks, strings.Split(logs.String(), "\n")...)
+	evMu.Lock()
+	leaks = append(leaks, events...)
+	evMu.Unlock()
 
 	for _, e := range sim.Log() {
 		if e.Token != "" {
@@ -258,6 +275,9 @@ func testRedaction(t *testing.T, row redactionRow) {
 	mustSee := row.mustSee
 	if mustSee == nil {
 		mustSee = defaultMustSee
+	}
+	if row.kind != simulator.MPay { // single-use pools publish no events
+		mustSee = append(mustSee[:len(mustSee):len(mustSee)], `"type":"refreshed"`, `"type":"refresh_failed"`)
 	}
 	for _, want := range append([]string{"error reply to token.get." + bad}, mustSee...) {
 		if !strings.Contains(all, want) {

@@ -22,6 +22,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/credentials"
+	"github.com/tokenbus/tokenbus/services/refresher/events"
 	"github.com/tokenbus/tokenbus/services/refresher/httpapi"
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
@@ -72,6 +73,8 @@ type Main struct {
 	Metrics  *metrics.Metrics
 	instance string
 	leader   *leader.Leader
+	// events publishes provider events (token.events.<provider>).
+	events *events.Publisher
 	// ready answers /readyz: start-up's progress, then a live check.
 	ready readiness
 	// demoDir is the demo's temporary JetStream store, removed by Close.
@@ -162,7 +165,7 @@ func (m *Main) Run(ctx context.Context) error {
 		instance = instanceID()
 	}
 	// Every provider request is checked against the lease as it leaves.
-	transport := httpx.WithUserAgent(leader.Guard(nil), "tokenbus-refresher/"+Version+" ("+instance+")")
+	transport := httpx.WithUserAgent(leader.Guard(httpx.NewTransport(cfg.FetchConcurrency)), "tokenbus-refresher/"+Version+" ("+instance+")")
 
 	m.instance = instance
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
@@ -204,6 +207,9 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Provider events go out on the refresher's own connection; only the
+	// lease holder publishes them.
+	m.events = events.New(events.Config{Conn: m.nc, Leader: instance, Logger: m.logger, OnPublish: m.Metrics.Event})
 	m.store, err = natsx.OpenStore(ctx, m.nc, cfg.Bucket, cfg.NATS.Replicas, m.waitingForJetStream)
 	if err != nil {
 		return natsx.JetStreamProblem(err)
@@ -228,8 +234,12 @@ func (m *Main) Run(ctx context.Context) error {
 		},
 		JetStream: m.store.JetStream(), Tokens: m.store.KV(), Conn: m.nc,
 		ErrorCode: rpc.Code, Logger: m.logger,
-		OnForeignWrite: m.Metrics.ForeignWrite, FetchConcurrency: cfg.FetchConcurrency,
-		Loaded: loaded,
+		OnForeignWrite: func(provider string) {
+			m.Metrics.ForeignWrite(provider)
+			m.events.ForeignWrite(provider)
+		},
+		FetchConcurrency: cfg.FetchConcurrency,
+		Loaded:           loaded,
 	})
 	if err != nil {
 		return err
@@ -238,6 +248,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.set = newProviderSet()
 	m.Metrics.SetKnown(m.set.known)
 	m.Metrics.RegisterStates(m.stateCounts)
+	m.Metrics.RegisterConditions(m.conditionCounts)
 	for _, p := range cfg.Providers {
 		if err := m.serveConfig(ctx, p, transport); err != nil {
 			return err
@@ -312,6 +323,18 @@ func (m *Main) stateCounts() map[string]int {
 	n := map[string]int{}
 	for _, p := range m.set.statuses() {
 		n[p.State]++
+	}
+	return n
+}
+
+// conditionCounts counts every provider that reports a condition by it
+// (tokenbus_providers_by_condition).
+func (m *Main) conditionCounts() map[string]int {
+	n := map[string]int{}
+	for _, p := range m.set.statuses() {
+		if p.Condition != "" {
+			n[p.Condition]++
+		}
 	}
 	return n
 }

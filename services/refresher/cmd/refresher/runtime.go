@@ -342,7 +342,7 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	mgr := refresh.NewManager(refresh.Config{
 		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader,
 		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-		Recorder: m.obs, StaleBefore: staleBefore, Discarded: discarded,
+		Recorder: m.obs, StaleBefore: staleBefore, Discarded: discarded, Observer: m.events,
 		Gate: func(ctx context.Context) (refresh.Call, error) {
 			c, err := gate.Enter(ctx, cred)
 			if err != nil {
@@ -352,8 +352,27 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		},
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
-	sv.src = leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}
+	sv.src = freshSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, mgr: mgr}
 	return sv, nil
+}
+
+// freshSource is a shared-token provider's rpc.Source that also answers
+// token.get with min_validity: an early refresh goes through the provider's
+// token.refresh path (the manager on the lease holder, forwarded from a
+// standby).
+type freshSource struct {
+	leader.Source
+	mgr *refresh.Manager
+}
+
+var (
+	_ rpc.Fresher    = freshSource{}
+	_ rpc.Revisioned = freshSource{}
+)
+
+// GetFresh returns a token valid for at least d, or 503 (SPEC §3).
+func (s freshSource) GetFresh(ctx context.Context, d time.Duration) ([]byte, uint64, error) {
+	return s.mgr.GetFresh(ctx, d, s.Source.Refresh)
 }
 
 // applyCredential follows one change of the credential bucket: every replica
@@ -412,6 +431,13 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		}
 	}
 	m.set.add(sv)
+	if m.leader.Valid() { // the lease holder tells, before the new loop's first event
+		if old == nil {
+			m.events.Added(ev.Name, ev.Provider.Kind)
+		} else {
+			m.events.Rotated(ev.Name, ev.Provider.Kind)
+		}
+	}
 	m.leader.Set(ev.Name, sv.loop)
 	if old == nil {
 		m.logger.Info("runtime provider added", slog.String("provider", ev.Name), slog.String("kind", ev.Provider.Kind))
@@ -426,6 +452,9 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 func (m *Main) removeRuntime(ctx context.Context, name string) {
 	if sv := m.set.remove(name); sv == nil {
 		return
+	}
+	if m.leader.Valid() {
+		m.events.Removed(name)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -17,6 +17,7 @@ import (
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
+	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
 
 // startReplica runs one refresher replica against an external server.
@@ -133,5 +134,58 @@ func TestStandbyServesAndTakesOverOnCleanShutdown(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if n := sim.Stats(simulator.Daraja).TokenRequests; n != 2 {
 		t.Fatalf("new leader re-fetched a fresh token: %d upstream calls", n)
+	}
+}
+
+// TestStandbyMinValidity: a standby answers token.get with min_validity from
+// its copy when that lives long enough, and otherwise has the leader refresh
+// early (forwarded as token.refresh does): the new token, one provider call.
+func TestStandbyMinValidity(t *testing.T) {
+	sim := simulator.New(simulator.Config{DarajaTTL: 20 * time.Second})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+	ns := testutil.RunServer(t)
+	nc := testutil.Connect(t, ns)
+	a := startReplica(t, ns.ClientURL(), srv.URL, "replica-a")
+	defer a.Close()
+	var first wire.Token
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		var e string
+		first, e = getToken(t, nc, "daraja-test")
+		return errorIf(e)
+	})
+	b := startReplica(t, ns.ClientURL(), srv.URL, "replica-b")
+	defer b.Close()
+	src, ok := b.set.lookup("daraja-test")
+	fresher, isFresher := src.(rpc.Fresher)
+	if !ok || !isFresher {
+		t.Fatalf("the standby's source %T answers no min_validity", src)
+	}
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if b.leader.Valid() {
+			return errors.New("replica-b leads")
+		}
+		_, err := b.set.get("daraja-test").mgr.Current()
+		return err
+	})
+	ctx := context.Background()
+	issued := sim.Stats(simulator.Daraja).TokensIssued
+	body, _, err := fresher.GetFresh(ctx, 5*time.Second)
+	var tok wire.Token
+	if err != nil || json.Unmarshal(body, &tok) != nil || tok.AccessToken != first.AccessToken {
+		t.Fatalf("a copy that lives long enough: %s %v", body, err)
+	}
+	for time.Until(first.ExpiresAt) > 14*time.Second { // age it: 17 s is then more than it has left
+		time.Sleep(100 * time.Millisecond)
+	}
+	body, _, err = fresher.GetFresh(ctx, 17*time.Second)
+	if err != nil || json.Unmarshal(body, &tok) != nil || tok.AccessToken == first.AccessToken || time.Until(tok.ExpiresAt) < 17*time.Second {
+		t.Fatalf("refreshed early through the leader: %s %v", body, err)
+	}
+	if n := sim.Stats(simulator.Daraja).TokensIssued - issued; n != 1 {
+		t.Fatalf("%d tokens issued, want 1", n)
+	}
+	if protected(t, sim, tok.AccessToken) != 200 {
+		t.Fatal("the simulator rejects the token refreshed early")
 	}
 }

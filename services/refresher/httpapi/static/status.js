@@ -5,6 +5,7 @@
 
 const POLL_MS = 2000;
 const STATES = { ok: "OK", failing: "Failing", no_token: "No token" };
+const CONDITIONS = { ok: "OK", retrying: "Retrying", credentials_rejected: "Credentials rejected", expired: "Expired", starting: "Starting" };
 let data = null;      // last status.json
 let offset = 0;       // server clock − browser clock, in ms
 let lastOK = 0;       // browser time of the last successful poll
@@ -16,8 +17,10 @@ function query() {
   const p = new URLSearchParams({ limit: PAGE });
   const search = document.getElementById("search").value.trim();
   const state = document.getElementById("state").value;
+  const condition = document.getElementById("condition").value;
   if (search) p.set("search", search);
   if (state) p.set("state", state);
+  if (condition) p.set("condition", condition);
   if (after) p.set("after", after);
   return "status.json?" + p.toString();
 }
@@ -116,6 +119,18 @@ function renderProviders(st) {
     const state = el("td", "state");
     state.append(el("span", "badge " + p.state, STATES[p.state] || p.state));
     tr.append(state);
+    // The refresh loop's view: what is wrong, since when, and why.
+    const cond = el("td", "condition");
+    if (p.condition) {
+      cond.append(el("span", "badge cond-" + p.condition, CONDITIONS[p.condition] || p.condition));
+      const since = el("div", "muted when");
+      if (p.condition_since) since.dataset.at = p.condition_since;
+      cond.append(since);
+      if (p.cause) cond.append(el("div", "muted cause", "cause: " + p.cause));
+    } else {
+      cond.append(el("span", "muted", "—"));
+    }
+    tr.append(cond);
     const exp = el("td", "expires");
     if (p.expires_at) {
       exp.dataset.expires = p.expires_at;
@@ -225,6 +240,7 @@ document.getElementById("first").onclick = () => { after = ""; poll(); };
 let typing = 0;
 document.getElementById("search").oninput = () => { clearTimeout(typing); typing = setTimeout(() => { after = ""; poll(); }, 250); };
 document.getElementById("state").onchange = () => { after = ""; poll(); };
+document.getElementById("condition").onchange = () => { after = ""; poll(); };
 
 poll();
 setInterval(poll, POLL_MS);

@@ -34,6 +34,20 @@ const DefaultTimeout = 10 * time.Second
 // DefaultUserAgent is sent on token requests whose transport sets none.
 const DefaultUserAgent = "tokenbus-refresher"
 
+// NewTransport returns the transport the refresher calls token endpoints
+// through: http.DefaultTransport's settings, but keeping up to inFlight idle
+// connections per host instead of 2. Many providers share one host (every
+// Daraja merchant calls api.safaricom.co.ke) and up to fetch_concurrency
+// token requests run at once; with 2 idle connections kept, all but 2 of
+// them would dial — and in production, handshake TLS — again for every
+// fetch (TestTransportReusesConnections).
+func NewTransport(inFlight int) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = max(inFlight, 2)
+	t.MaxIdleConns = max(t.MaxIdleConns, t.MaxIdleConnsPerHost)
+	return t
+}
+
 // WithUserAgent returns a transport that sends ua as the User-Agent of every
 // request through base (http.DefaultTransport if nil). The refresher names
 // itself and its replica there, so a provider's logs tell replicas apart.
@@ -151,7 +165,7 @@ func scrubURL(err error) error {
 		Timeout() bool
 	}
 	if errors.As(err, &ue) && ue.Timeout() {
-		return errTimeout
+		return refresher.ErrTimeout
 	}
 	if u, ok := err.(urlError); ok && u.Unwrap() != nil {
 		return u.Unwrap()
@@ -160,7 +174,6 @@ func scrubURL(err error) error {
 }
 
 var (
-	errTimeout    = errors.New("timed out")
 	errNotSeconds = errors.New("expires_in is not a whole number of seconds")
 )
 

@@ -226,7 +226,7 @@ func (p *Provider) failed(err error) error {
 		why := ue.Err
 		var ne interface{ Timeout() bool }
 		if errors.As(err, &ne) && ne.Timeout() {
-			why = errors.New("timed out")
+			why = refresher.ErrTimeout
 		}
 		return &refresher.ProviderError{Kind: refresher.Transient, Message: "token request to " + p.host + " failed", Err: why}
 	case strings.Contains(err.Error(), "cannot fetch token"):

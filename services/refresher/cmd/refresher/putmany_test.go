@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenbus/tokenbus/libs/simulator"
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
+)
+
+// TestRuntimeProvidersPutMany: tokenbus.providers.put_many stores every valid
+// provider of a batch before it answers (each entry is in the credentials
+// bucket at the revision the reply gives), refuses each invalid one with the
+// code a put of it alone would get and a message naming its index and field,
+// never a value, and refuses as a whole only a request that is not a list
+// of 1 to ProvidersPutManyMax providers. Each stored provider is served.
+func TestRuntimeProvidersPutMany(t *testing.T) {
+	sim := simulator.New(simulator.Config{})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	m, _ := startRuntime(t, runtimeSetup{dir: t.TempDir(), simURL: srv.URL, keys: fmt.Sprintf("[{id: k1, key: %q}]", newKey())})
+	t.Cleanup(func() { _ = m.Close() })
+	nc := testutil.Connect(t, m.ns)
+
+	bad := darajaEntry("m-bad", "not-a-url-SECRETISH", "merchant-bad")
+	delete(bad, "consumer_secret")
+	items := []map[string]string{
+		darajaEntry("m-a", srv.URL, "merchant-a"),
+		bad,
+		darajaEntry("daraja-test", srv.URL, "merchant-x"), // a config-file name: 409
+		darajaEntry("m-b", srv.URL, "merchant-b"),
+		darajaEntry("m-a", srv.URL, "merchant-a2"), // the same name twice: 400
+		darajaEntry("m-c", srv.URL, "merchant-c"),
+	}
+	raws := make([]json.RawMessage, len(items))
+	for i, it := range items {
+		raws[i], _ = json.Marshal(it)
+	}
+	code, b := request(t, nc, wire.ProvidersPutManySubject, wire.ProviderPutManyRequest{Providers: raws})
+	var r wire.ProviderPutManyReply
+	if code != 0 || json.Unmarshal(b, &r) != nil || len(r.Results) != len(items) || r.Stored != 3 || r.Refused != 3 {
+		t.Fatalf("put_many: %d %s", code, b)
+	}
+	for _, it := range items {
+		if s := it["consumer_secret"]; s != "" && strings.Contains(string(b), s) {
+			t.Fatalf("the reply holds a secret: %s", b)
+		}
+	}
+	if strings.Contains(string(b), "SECRETISH") {
+		t.Fatalf("the reply echoes a value: %s", b)
+	}
+	wantErr := map[int]struct {
+		code int
+		has  []string
+	}{
+		1: {400, []string{"providers[1]: ", "base_url", "consumer_secret: missing"}},
+		2: {409, []string{"providers[2]: "}},
+		4: {400, []string{"providers[4]: ", "name: the same as providers[0]"}},
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), "tokenbus-credentials")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, res := range r.Results {
+		if res.Index != i {
+			t.Fatalf("result %d has index %d", i, res.Index)
+		}
+		if w, refused := wantErr[i]; refused {
+			if res.Error == nil || res.Error.Code != w.code {
+				t.Fatalf("result %d: %+v, want code %d", i, res, w.code)
+			}
+			for _, s := range w.has {
+				if !strings.Contains(res.Error.Message, s) {
+					t.Fatalf("result %d: message %q lacks %q", i, res.Error.Message, s)
+				}
+			}
+			continue
+		}
+		if res.Error != nil || res.Name != items[i]["name"] || res.Kind != "daraja" || res.Revision == 0 {
+			t.Fatalf("result %d: %+v", i, res)
+		}
+		// Stored before the reply, at the revision it gives.
+		e, err := kv.Get(context.Background(), res.Name)
+		if err != nil || e.Revision() != res.Revision {
+			t.Fatalf("%s in the bucket: %v, %v; reply says revision %d", res.Name, e, err, res.Revision)
+		}
+	}
+	for _, name := range []string{"m-a", "m-b", "m-c"} {
+		testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+			_, e := getToken(t, nc, name)
+			return errorIf(e)
+		})
+	}
+	if tok, _ := getToken(t, nc, "daraja-test"); tok.AccessToken == "" {
+		t.Fatal("the config-file provider stopped serving")
+	}
+
+	// Refused as a whole: not the documented shape, empty, too many.
+	tooMany := make([]json.RawMessage, wire.ProvidersPutManyMax+1)
+	for i := range tooMany {
+		tooMany[i] = json.RawMessage(`{}`)
+	}
+	for _, body := range []any{
+		`[{"name":"m-x"}]`,
+		`{"provider":[]}`,
+		`{"providers":[]}`,
+		`not json`,
+		wire.ProviderPutManyRequest{Providers: tooMany},
+	} {
+		code, b := request(t, nc, wire.ProvidersPutManySubject, body)
+		if code != 400 || !strings.Contains(string(b), "providers") {
+			t.Fatalf("put_many %.40v: %d %s", body, code, b)
+		}
+	}
+}
