@@ -7,6 +7,9 @@
 // TestFencedWritesOnR3 shows why token writes are serialised; TestPartition
 // cuts the leader's node off from the other two (its route connections pass
 // through TCP proxies the test cuts and restores) for 15 s under load;
+// TestRollingRestartThrowsNoTokenAway SIGTERMs and restarts each of three
+// replicas twice round with sixteen slow Daraja credentials (no token lost,
+// no call abandoned or overlapping, every stop exits 0);
 // TestLeastPrivilege, TestAttackEveryRole and TestShippedClusterConfigs run
 // the shipped deploy/nats configuration and attack it with every role (the
 // stock nats CLI is built on first use).

@@ -21,6 +21,8 @@ package config
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -227,6 +229,45 @@ type Provider struct {
 	// RefreshCooldown is the least time between two refreshes forced by
 	// token.refresh reports (SPEC §3); 0 means the default, 5s; at most 1h.
 	RefreshCooldown Duration `yaml:"refresh_cooldown"`
+}
+
+// Credential identifies the account p calls the provider with: its kind,
+// its token endpoint and its key, client or user (never the secret), as a
+// SHA-256 digest, so the value held in memory reveals nothing. Two providers
+// with the same Credential share one account: the refresher refuses that
+// (for Daraja each would kill the other's token), and its gate admits one
+// call per Credential at a time. "" if p has no key set (invalid anyway).
+func (p Provider) Credential() string {
+	var endpoint, id string
+	switch p.Kind {
+	case KindDaraja:
+		endpoint, id = p.BaseURL, p.ConsumerKey
+	case KindMPay:
+		endpoint, id = p.BaseURL, p.Username
+	case KindOAuth2:
+		endpoint, id = p.TokenURL, p.ClientID
+	case KindAirtel:
+		endpoint, id = p.BaseURL, p.ClientID
+	}
+	if id == "" {
+		return ""
+	}
+	endpoint = strings.TrimRight(strings.ToLower(strings.TrimSpace(endpoint)), "/")
+	sum := sha256.Sum256([]byte(p.Kind + "\x00" + endpoint + "\x00" + id))
+	return hex.EncodeToString(sum[:])
+}
+
+// CredentialField names the YAML field that identifies p's account (the
+// field a shared-credential error points at).
+func (p Provider) CredentialField() string {
+	switch p.Kind {
+	case KindDaraja:
+		return "consumer_key"
+	case KindMPay:
+		return "username"
+	default:
+		return "client_id"
+	}
 }
 
 // commonFields apply to every kind; kindFields to one kind each.

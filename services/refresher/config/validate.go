@@ -78,6 +78,21 @@ func (c *Config) validate(ps *problems) {
 			first[p.Name] = i
 		}
 	}
+	// Two providers may not share one credential (SPEC §8): for Daraja each
+	// refresh would kill the other's token.
+	shared := make(map[string]int) // credential → index of its first use
+	for i := range c.Providers {
+		p := &c.Providers[i]
+		id := p.Credential()
+		if id == "" {
+			continue
+		}
+		if j, dup := shared[id]; dup {
+			ps.add(0, itemPath("providers", i, p.Name)+"."+p.CredentialField(), "shared: providers[%d] (%s) uses the same credential; for Daraja each would invalidate the other's token", j, c.Providers[j].Name)
+		} else {
+			shared[id] = i
+		}
+	}
 }
 
 func (c *Config) validateCredentials(ps *problems) {

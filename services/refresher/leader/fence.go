@@ -56,23 +56,46 @@ type fence struct {
 	kv     jetstream.KeyValue // the tokens bucket
 	writer string
 
-	mu   sync.Mutex
-	term uint64 // 0: no term written, no write allowed
-	seq  uint64 // TermKey's revision written by this term
+	// turn serialises writes and term rewrites; a writer waiting for its
+	// turn gives up when its context ends (a channel, not a mutex: a write
+	// stuck on an unreachable server does not hold the others past their
+	// own deadlines).
+	turn chan struct{}
+	mu   sync.Mutex // guards term and seq
+	term uint64     // 0: no term written, no write allowed
+	seq  uint64     // TermKey's revision written by this term
 }
+
+// lock waits for the fence's turn, or for ctx to end.
+func (f *fence) lock(ctx context.Context) error {
+	select {
+	case f.turn <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("leader: waiting for the previous token write: %w", ctx.Err())
+	}
+}
+
+func (f *fence) unlock() { <-f.turn }
 
 func (f *fence) subject(key string) string { return "$KV." + f.kv.Bucket() + "." + key }
 
 // begin writes TermKey for term (compare-and-swap on the revision it read)
-// and arms the fence.
-func (f *fence) begin(ctx context.Context, term uint64, now time.Time) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.beginLocked(ctx, term, now)
+// and arms the fence. held reports whether the lease still names this
+// replica in term (read from the server): a term record of a higher term is
+// only written over by a holder the lease confirms (the lease bucket was
+// recreated), never by a deposed holder's late begin. A begin that fails
+// leaves the fence as it was: a failed rewrite of the term record does not
+// stop every write for the rest of the term.
+func (f *fence) begin(ctx context.Context, term uint64, now time.Time, held func(context.Context) bool) error {
+	if err := f.lock(ctx); err != nil {
+		return err
+	}
+	defer f.unlock()
+	return f.beginLocked(ctx, term, now, held)
 }
 
-func (f *fence) beginLocked(ctx context.Context, term uint64, now time.Time) error {
-	f.term, f.seq = 0, 0
+func (f *fence) beginLocked(ctx context.Context, term uint64, now time.Time, held func(context.Context) bool) error {
 	body, _ := json.Marshal(TermRecord{Holder: f.writer, Term: term, Since: now.UTC()})
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -87,12 +110,18 @@ func (f *fence) beginLocked(ctx context.Context, term uint64, now time.Time) err
 	case gerr != nil:
 		err = gerr
 	default:
+		var rec TermRecord
+		if json.Unmarshal(cur.Value(), &rec) == nil && rec.Term > term && (held == nil || !held(ctx)) {
+			return fmt.Errorf("leader: the term record names term %d, newer than this replica's %d: %w", rec.Term, term, refresher.ErrNotAllowed)
+		}
 		rev, err = f.kv.Update(ctx, TermKey, body, cur.Revision())
 	}
 	if err != nil {
 		return fmt.Errorf("leader: write the term record: %w", err)
 	}
+	f.mu.Lock()
 	f.term, f.seq = term, rev
+	f.mu.Unlock()
 	return nil
 }
 
@@ -107,15 +136,20 @@ func (f *fence) end() {
 // current term. A write that collides with one still being committed (10164)
 // is tried again a few times.
 func (f *fence) write(ctx context.Context, key string, data []byte, del bool) (uint64, error) {
+	if err := f.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer f.unlock()
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.seq == 0 {
+	term, seq := f.term, f.seq
+	f.mu.Unlock()
+	if seq == 0 {
 		return 0, refresher.ErrNotAllowed
 	}
 	msg := &nats.Msg{
 		Subject: f.subject(key),
 		Data:    data,
-		Header:  nats.Header{HeaderTerm: {strconv.FormatUint(f.term, 10)}, HeaderWriter: {f.writer}},
+		Header:  nats.Header{HeaderTerm: {strconv.FormatUint(term, 10)}, HeaderWriter: {f.writer}},
 	}
 	if del {
 		msg.Header.Set("KV-Operation", "DEL")
@@ -123,7 +157,12 @@ func (f *fence) write(ctx context.Context, key string, data []byte, del bool) (u
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for try := 0; ; try++ {
-		ack, err := f.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequenceForSubject(f.seq, f.subject(TermKey)))
+		// The headers jetstream.WithExpectLastSequenceForSubject sets, set
+		// here so that the expectation is in the message itself (a
+		// simulated JetStream reads it there).
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(seq, 10))
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, f.subject(TermKey))
+		ack, err := f.js.PublishMsg(ctx, msg)
 		if err == nil {
 			return ack.Sequence, nil
 		}
@@ -152,11 +191,13 @@ func (f *fence) armed() uint64 {
 
 // rearm writes TermKey again for term, unless another writer of this
 // replica already did since stale was armed.
-func (f *fence) rearm(ctx context.Context, stale, term uint64, now time.Time) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.seq != stale {
+func (f *fence) rearm(ctx context.Context, stale, term uint64, now time.Time, held func(context.Context) bool) error {
+	if err := f.lock(ctx); err != nil {
+		return err
+	}
+	defer f.unlock()
+	if f.armed() != stale {
 		return nil
 	}
-	return f.beginLocked(ctx, term, now)
+	return f.beginLocked(ctx, term, now, held)
 }

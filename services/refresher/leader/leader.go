@@ -12,6 +12,14 @@
 // it leads it checks every write to a token key (Accept): a token it did not
 // write is logged, counted and replaced at once.
 //
+// Every provider call passes through the leader's Gate (lease held with time
+// left, one call per credential, fetch_concurrency, calls in flight
+// tracked). A stop is graceful: a loop that is stopped (SIGTERM, a provider
+// removed or replaced) lets its call in flight finish and publishes its
+// token, and the lease is renewed until every call has ended, and only then
+// released. Only a lost lease cancels calls; a token fetched then cannot be
+// written, and its loop counts it (tokenbus_tokens_discarded_total).
+//
 // docs/leadership.md gives the reasoning and the assumptions (pause and
 // clock-rate bounds).
 package leader
@@ -81,7 +89,15 @@ type Config struct {
 	OnForeignWrite func(provider string)
 	// RefreshTimeout bounds a forwarded refresh; 15 s if zero.
 	RefreshTimeout time.Duration
-	Logger         *slog.Logger
+	// FetchConcurrency bounds the provider calls in flight at once
+	// (fetch_concurrency); 16 if zero.
+	FetchConcurrency int
+	// Loaded, if set, is closed once this replica knows every provider it
+	// serves (the credential bucket is read): a new leader deletes the
+	// token keys of providers it has no loop for only after that, never
+	// the tokens of runtime providers it has not loaded yet.
+	Loaded <-chan struct{}
+	Logger *slog.Logger
 }
 
 // Leader runs the election and, while this replica leads, its loops.
@@ -89,12 +105,17 @@ type Leader struct {
 	cfg   Config
 	lease *Lease
 	fence fence
+	gate  *Gate
 	log   *slog.Logger
 
 	mu      sync.Mutex
 	loops   map[string]Loop
 	lctx    context.Context // non-nil while leading
 	running map[string]*running
+	// leaving holds, per provider, a loop being stopped (replaced or
+	// removed) until it has: the tokens it publishes meanwhile are its own,
+	// not foreign writes.
+	leaving map[string]Loop
 	// counted is the revision of the last foreign write counted per
 	// provider: the watch and the takeover check may both see one write.
 	counted map[string]uint64
@@ -102,8 +123,23 @@ type Leader struct {
 }
 
 type running struct {
+	loop   Loop
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+// Successor is a Loop that takes over from the loop it replaces (Set), once
+// that one has stopped and before it starts: a refresh manager adopts the
+// token its predecessor published last; a pool filler drops the tokens
+// minted with the replaced credentials.
+type Successor interface {
+	Takeover(ctx context.Context, old any)
+}
+
+// Retirer is a Loop with something to clean up when its provider is
+// removed, after it has stopped (a pool filler empties its pool).
+type Retirer interface {
+	Retire(ctx context.Context) error
 }
 
 // New returns a Leader for cfg.
@@ -123,10 +159,13 @@ func New(cfg Config) (*Leader, error) {
 	if cfg.JetStream == nil || cfg.Tokens == nil {
 		return nil, errors.New("leader: the tokens bucket is required")
 	}
+	if cfg.FetchConcurrency <= 0 {
+		cfg.FetchConcurrency = 16
+	}
 	l := &Leader{
 		cfg: cfg, log: cfg.Logger,
-		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder},
-		loops: map[string]Loop{}, running: map[string]*running{}, counted: map[string]uint64{},
+		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, turn: make(chan struct{}, 1)},
+		loops: map[string]Loop{}, running: map[string]*running{}, leaving: map[string]Loop{}, counted: map[string]uint64{},
 	}
 	if cfg.Conn != nil && cfg.Lease.OnLapse == nil && cfg.Lease.HolderResuming == nil {
 		cfg.Lease.OnLapse, cfg.Lease.HolderResuming = l.lapsed, l.resuming
@@ -135,7 +174,7 @@ func New(cfg Config) (*Leader, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.lease = ls
+	l.lease, l.gate = ls, newGate(ls, cfg.FetchConcurrency)
 	return l, nil
 }
 
@@ -169,6 +208,9 @@ func (l *Leader) resuming(ctx context.Context, term uint64) bool {
 	return err == nil
 }
 
+// Gate returns the gate every provider call of this replica passes through.
+func (l *Leader) Gate() *Gate { return l.gate }
+
 // Valid reports whether this replica holds a valid lease; loops check it
 // immediately before every provider call.
 func (l *Leader) Valid() bool { return l.lease.Valid() }
@@ -177,101 +219,204 @@ func (l *Leader) Valid() bool { return l.lease.Valid() }
 func (l *Leader) State() State { return l.lease.State() }
 
 // Run campaigns until ctx ends, leading whenever it holds the lease. When ctx
-// ends a held lease is released, so a standby takes over at once.
+// ends, the loops are stopped gracefully (their calls in flight finish and
+// their tokens are published, within the lease's DrainTimeout), and then the
+// lease is released, so a standby takes over at once.
 func (l *Leader) Run(ctx context.Context) error { return l.lease.Run(ctx, l.lead) }
 
-// Set makes loop the loop of name: started at once if this replica leads
-// (stopping the loop it replaces), else when it does.
+// Set makes loop the loop of name: started at once if this replica leads,
+// else when it does. A loop it replaces is stopped first (its call in flight
+// finishes and its token is published) and Set waits for that; the leader's
+// mutex is not held meanwhile.
 func (l *Leader) Set(name string, loop Loop) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.stopLocked(name)
+	old := l.running[name]
+	delete(l.running, name)
+	if old != nil {
+		old.cancel()
+		l.leaving[name] = old.loop
+	}
 	l.loops[name] = loop
-	if l.lctx != nil {
-		l.startLocked(name, loop)
+	leading := l.lctx != nil
+	if leading {
+		// The new loop's goroutine forgets old once it has taken over.
+		l.startLocked(name, loop, old)
+	}
+	l.mu.Unlock()
+	if old != nil {
+		<-old.done
+		if !leading {
+			l.forgetLeaving(name, old.loop)
+		}
 	}
 }
 
-// Remove stops name's loop and, if this replica leads, deletes its token
-// key with a fenced delete (a replica that does not lead leaves that to the
-// leader, which deletes keys it has no loop for).
+// forgetLeaving ends the time during which old's writes count as name's.
+func (l *Leader) forgetLeaving(name string, old Loop) {
+	l.mu.Lock()
+	if l.leaving[name] == old {
+		delete(l.leaving, name)
+	}
+	l.mu.Unlock()
+}
+
+// Remove stops name's loop (its call in flight finishes and its token is
+// published first) and, if this replica leads, deletes its token key with a
+// fenced delete (a replica that does not lead leaves that to the leader,
+// which deletes keys it has no loop for).
 func (l *Leader) Remove(ctx context.Context, name string) error {
 	l.mu.Lock()
-	l.stopLocked(name)
+	old := l.running[name]
+	delete(l.running, name)
 	delete(l.loops, name)
+	delete(l.counted, name)
+	if old != nil {
+		old.cancel()
+		l.leaving[name] = old.loop
+	}
 	leading := l.lctx != nil
 	l.mu.Unlock()
-	if !leading {
-		return nil
+	if old != nil {
+		<-old.done
+		if r, ok := old.loop.(Retirer); ok && leading {
+			if err := r.Retire(ctx); err != nil {
+				l.log.Warn("leader: cleaning up after a removed provider", slog.String("provider", name), slog.String("error", err.Error()))
+			}
+		}
 	}
-	if _, err := l.write(ctx, name, nil, true); err != nil {
-		return fmt.Errorf("leader: delete the token of %s: %w", name, err)
+	var err error
+	if leading {
+		if _, werr := l.write(ctx, name, nil, true); werr != nil {
+			err = fmt.Errorf("leader: delete the token of %s: %w", name, werr)
+		}
 	}
-	return nil
+	if old != nil {
+		l.mu.Lock()
+		if l.leaving[name] == old.loop {
+			delete(l.leaving, name)
+		}
+		l.mu.Unlock()
+	}
+	return err
 }
 
-// startLocked runs loop under the leading context.
-func (l *Leader) startLocked(name string, loop Loop) {
+// startLocked runs loop under the leading context, once after (the loop it
+// replaces, if any) has stopped. A loop that returns an error before its
+// context ends is run again after a retry period: a failure (a subscription
+// that could not be made) does not disable a provider for a whole term.
+func (l *Leader) startLocked(name string, loop Loop, after *running) {
 	ctx, cancel := context.WithCancel(l.lctx)
-	r := &running{cancel: cancel, done: make(chan struct{})}
+	r := &running{loop: loop, cancel: cancel, done: make(chan struct{})}
 	l.running[name] = r
 	go func() {
 		defer close(r.done)
-		if err := loop.Run(ctx); err != nil {
-			l.log.Error("provider loop stopped", slog.String("provider", name), slog.String("error", err.Error()))
+		if after != nil {
+			<-after.done
+			if s, ok := loop.(Successor); ok && ctx.Err() == nil {
+				s.Takeover(ctx, after.loop)
+			}
+			// Only now are the old loop's last writes the new loop's own.
+			l.forgetLeaving(name, after.loop)
+		}
+		for ctx.Err() == nil {
+			err := loop.Run(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			msg := "provider loop ended; starting it again"
+			if err != nil {
+				msg = "provider loop failed; starting it again: " + err.Error()
+			}
+			l.log.Error(msg, slog.String("provider", name))
+			select {
+			case <-ctx.Done():
+			case <-time.After(l.lease.cfg.RetryPeriod):
+			}
 		}
 	}()
 }
 
-// stopLocked stops name's loop, if running, and waits for it.
-func (l *Leader) stopLocked(name string) {
-	if r := l.running[name]; r != nil {
-		r.cancel()
-		<-r.done
-		delete(l.running, name)
-	}
-}
-
-// lead is the leader's work for one term.
-func (l *Leader) lead(ctx context.Context) {
+// lead is the leader's work for one term: stop ends it gracefully (the calls
+// in flight finish and their tokens are published), lost ends when the
+// lease is lost (calls are cancelled).
+func (l *Leader) lead(stop, lost context.Context) {
 	term := l.lease.State().Term
 	for {
-		err := l.fence.begin(ctx, term, time.Now())
+		err := l.fence.begin(stop, term, time.Now(), l.lease.Held)
 		if err == nil {
 			break
 		}
+		if errors.Is(err, refresher.ErrNotAllowed) {
+			l.log.Warn("leader: a newer term has written the term record; this replica does not lead", slog.String("error", err.Error()))
+			<-stop.Done()
+			return
+		}
 		l.log.Warn("leader: cannot write the term record; retrying", slog.String("error", err.Error()))
+		select {
+		case <-stop.Done():
+			return
+		case <-time.After(l.lease.cfg.RetryPeriod):
+		}
+	}
+	defer l.fence.end()
+	l.gate.begin(lost)
+	l.mu.Lock()
+	l.lctx = stop
+	for name, loop := range l.loops {
+		l.startLocked(name, loop, nil)
+	}
+	l.mu.Unlock()
+
+	l.wg.Go(func() { l.serveForwarded(stop) })
+	l.wg.Go(func() {
+		if l.cfg.Loaded != nil {
+			select {
+			case <-l.cfg.Loaded:
+			case <-stop.Done():
+				return
+			}
+		}
+		l.sweep(stop)
+	})
+	l.checkInherited(stop)
+	<-stop.Done()
+	l.mu.Lock()
+	var stopping []*running
+	for name, r := range l.running {
+		r.cancel()
+		stopping = append(stopping, r)
+		delete(l.running, name)
+	}
+	l.lctx = nil
+	l.mu.Unlock()
+	for _, r := range stopping {
+		<-r.done
+	}
+	l.wg.Wait()
+	// Calls that are not a loop's (a forwarded refresh's) end too before
+	// the lease is released.
+	l.gate.end(lost)
+}
+
+// serveForwarded answers refreshes forwarded by standbys until ctx ends, in
+// a queue group: with two replicas that both believe they lead (for at most
+// a renewal), each forwarded refresh is handled once. A subscription that
+// fails is tried again every retry period.
+func (l *Leader) serveForwarded(ctx context.Context) {
+	for {
+		sub, err := l.cfg.Conn.QueueSubscribe(RefreshPrefix+"*", "tokenbus-leader", l.onForwarded(ctx))
+		if err == nil {
+			<-ctx.Done()
+			_ = sub.Unsubscribe()
+			return
+		}
+		l.log.Error("leader: cannot serve forwarded refreshes; retrying", slog.String("error", err.Error()))
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(l.lease.cfg.RetryPeriod):
 		}
 	}
-	defer l.fence.end()
-	l.mu.Lock()
-	l.lctx = ctx
-	for name, loop := range l.loops {
-		l.startLocked(name, loop)
-	}
-	l.mu.Unlock()
-
-	sub, err := l.cfg.Conn.Subscribe(RefreshPrefix+"*", l.onForwarded(ctx))
-	if err != nil {
-		l.log.Error("leader: cannot serve forwarded refreshes", slog.String("error", err.Error()))
-	}
-	l.sweep(ctx)
-	l.checkInherited(ctx)
-	<-ctx.Done()
-	if sub != nil {
-		_ = sub.Unsubscribe()
-	}
-	l.mu.Lock()
-	for name := range l.running {
-		l.stopLocked(name)
-	}
-	l.lctx = nil
-	l.mu.Unlock()
-	l.wg.Wait()
 }
 
 // sweep deletes the token keys of providers this leader has no loop for.
@@ -296,6 +441,9 @@ func (l *Leader) sweep(ctx context.Context) {
 		}
 	}
 	for _, k := range stale {
+		l.mu.Lock()
+		delete(l.counted, k)
+		l.mu.Unlock()
 		if _, err := l.write(ctx, k, nil, true); err != nil {
 			l.log.Warn("leader: cannot delete the token of a provider no longer configured", slog.String("provider", k), slog.String("error", err.Error()))
 			continue
@@ -306,23 +454,33 @@ func (l *Leader) sweep(ctx context.Context) {
 
 // checkInherited looks at the token each keeper inherits from before this
 // term: one that no leader wrote (no writer header: a `nats kv put` while no
-// replica led) is counted and replaced by a fresh token.
+// replica led) is counted and replaced by a fresh token. A stream it cannot
+// open is tried again every retry period for the term.
 func (l *Leader) checkInherited(ctx context.Context) {
-	stream, err := l.cfg.JetStream.Stream(ctx, "KV_"+l.cfg.Tokens.Bucket())
-	if err != nil {
-		return
+	var stream jetstream.Stream
+	for {
+		var err error
+		if stream, err = l.cfg.JetStream.Stream(ctx, "KV_"+l.cfg.Tokens.Bucket()); err == nil {
+			break
+		}
+		l.log.Warn("leader: cannot open the tokens stream to check inherited tokens; retrying", slog.String("error", err.Error()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(l.lease.cfg.RetryPeriod):
+		}
 	}
 	l.mu.Lock()
-	keepers := map[string]Refresher{}
+	keepers := map[string]Loop{}
 	for name, loop := range l.loops {
-		if r, ok := loop.(Refresher); ok {
+		if _, ok := loop.(Refresher); ok {
 			if _, ok := loop.(Keeper); ok {
-				keepers[name] = r
+				keepers[name] = loop
 			}
 		}
 	}
 	l.mu.Unlock()
-	for name, r := range keepers {
+	for name, loop := range keepers {
 		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
 		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
 			continue
@@ -331,10 +489,24 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
 			continue
 		}
-		if !l.foreign(name, msg.Sequence) {
-			continue // the watch saw this write first and repairs it
+		// Counted once (this replica's watch may have seen it in an earlier
+		// term), but repaired in every term that finds it: a repair that an
+		// earlier term could not write is not skipped.
+		if l.foreign(name, msg.Sequence) {
+			l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
 		}
-		l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
+		k := loop.(Keeper)
+		if !k.Owns(tok, msg.Sequence) {
+			k.Repair() // its own copy is another token: write that again
+			continue
+		}
+		// Its own copy is this token (taken while it stood by): fetch a new
+		// one, whatever the refresh cooldown (this is no caller's report).
+		if rp, ok := loop.(interface{ Replace(bad string) }); ok {
+			rp.Replace(tok.AccessToken)
+			continue
+		}
+		r := loop.(Refresher)
 		l.wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
 			defer cancel()
@@ -370,7 +542,7 @@ func (l *Leader) write(ctx context.Context, key string, data []byte, del bool) (
 		return 0, fmt.Errorf("%w: %w", refresher.ErrNotAllowed, err)
 	}
 	l.log.Warn("leader: the term record was changed by someone else; writing it again", slog.String("key", TermKey))
-	if err := l.fence.rearm(ctx, seq, l.lease.State().Term, time.Now()); err != nil {
+	if err := l.fence.rearm(ctx, seq, l.lease.State().Term, time.Now(), l.lease.Held); err != nil {
 		return 0, err
 	}
 	return l.fence.write(ctx, key, data, del)
@@ -384,14 +556,24 @@ func (l *Leader) write(ctx context.Context, key string, data []byte, del bool) (
 func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	l.mu.Lock()
 	loop, ok := l.loops[tok.Provider]
+	old := l.leaving[tok.Provider]
 	leading := l.lctx != nil
 	l.mu.Unlock()
-	if !leading || !l.lease.Valid() {
+	if !leading {
 		return true
+	}
+	// While leading, a write is checked even when the lease is in doubt
+	// (a renewal failing): a foreign token is not taken, and the repair is
+	// retried by the keeper until its fenced write goes through or the term
+	// ends.
+	if k, isKeeper := old.(Keeper); isKeeper && k.Owns(tok, rev) {
+		return true // the last token of a loop being replaced or removed
 	}
 	if !ok {
 		l.log.Warn("leader: a token was written for a provider this leader does not have; deleting it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
-		l.foreign(tok.Provider, rev)
+		if l.cfg.OnForeignWrite != nil {
+			l.cfg.OnForeignWrite(tok.Provider)
+		}
 		if _, err := l.write(ctx, tok.Provider, nil, true); err != nil {
 			l.log.Warn("leader: cannot delete a foreign token", slog.String("provider", tok.Provider), slog.String("error", err.Error()))
 		}
@@ -425,7 +607,7 @@ func (l *Leader) foreign(provider string, rev uint64) bool {
 	return true
 }
 
-// onForwarded answers refreshes forwarded by standbys.
+// onForwarded answers refreshes forwarded by standbys (serveForwarded).
 func (l *Leader) onForwarded(ctx context.Context) nats.MsgHandler {
 	return func(msg *nats.Msg) {
 		name := strings.TrimPrefix(msg.Subject, RefreshPrefix)

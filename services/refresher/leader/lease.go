@@ -22,8 +22,6 @@ type KV interface {
 	Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error)
 	Create(ctx context.Context, key string, value []byte) (uint64, error)
 	Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error)
-	// Delete deletes key if its last revision is still revision.
-	Delete(ctx context.Context, key string, revision uint64) error
 	// Watch reports changes of key from now on.
 	Watch(ctx context.Context, key string) (jetstream.KeyWatcher, error)
 }
@@ -33,17 +31,26 @@ func LeaseBucket(kv jetstream.KeyValue) KV { return jsKV{kv} }
 
 type jsKV struct{ kv jetstream.KeyValue }
 
+// Get returns key's entry. A key whose last entry is a delete or purge
+// marker answers jetstream.ErrKeyDeleted, a key that never existed
+// jetstream.ErrKeyNotFound: a standby creates a lease that never existed at
+// once, but waits a ttl before it creates one someone deleted (the holder
+// may still act until its next renewal).
 func (b jsKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
-	return b.kv.Get(ctx, key)
+	e, err := b.kv.Get(ctx, key)
+	if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return e, err
+	}
+	if h, herr := b.kv.History(ctx, key); herr == nil && len(h) > 0 {
+		return nil, jetstream.ErrKeyDeleted
+	}
+	return nil, err
 }
 func (b jsKV) Create(ctx context.Context, key string, value []byte) (uint64, error) {
 	return b.kv.Create(ctx, key, value)
 }
 func (b jsKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
 	return b.kv.Update(ctx, key, value, rev)
-}
-func (b jsKV) Delete(ctx context.Context, key string, rev uint64) error {
-	return b.kv.Delete(ctx, key, jetstream.LastRevision(rev))
 }
 func (b jsKV) Watch(ctx context.Context, key string) (jetstream.KeyWatcher, error) {
 	return b.kv.Watch(ctx, key, jetstream.UpdatesOnly())
@@ -74,6 +81,10 @@ type Record struct {
 	TTLMillis int64 `json:"ttl_ms"`
 	// RenewedAt is the holder's wall clock at renewal, for people only.
 	RenewedAt time.Time `json:"renewed_at"`
+	// Released is set by a holder that stopped cleanly: every call it made
+	// has finished and its tokens are published, so a standby takes the
+	// lease over at once instead of after a ttl.
+	Released bool `json:"released,omitempty"`
 }
 
 // LeaseConfig configures a Lease. Zero durations take defaults derived from TTL.
@@ -94,6 +105,12 @@ type LeaseConfig struct {
 	// so that calls a deposed holder had in flight have finished; default
 	// RetryPeriod, at most 1 s.
 	AcquireDelay time.Duration
+	// DrainTimeout bounds a clean stop: after the context of Run ends, the
+	// holder keeps renewing while its work finishes the provider calls in
+	// flight and publishes their tokens, for at most this long; then the
+	// work is cancelled as on a lost lease. Default 15 s (the default
+	// provider request timeout, 10 s, and a publish).
+	DrainTimeout time.Duration
 	// Clock tells the time; the real clock if nil.
 	Clock Clock
 	// Logger receives leadership changes.
@@ -122,6 +139,9 @@ func (c LeaseConfig) withDefaults() LeaseConfig {
 	}
 	if c.AcquireDelay <= 0 {
 		c.AcquireDelay = min(c.RetryPeriod, time.Second)
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 15 * time.Second
 	}
 	if c.Clock == nil {
 		c.Clock = realClock{}
@@ -193,6 +213,17 @@ func (l *Lease) Valid() bool {
 	return l.leader && l.clock.Now().Before(l.deadline)
 }
 
+// Left returns how long this replica may still act as leader without
+// another renewal (0 if it does not hold the lease).
+func (l *Lease) Left() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.leader {
+		return 0
+	}
+	return max(l.deadline.Sub(l.clock.Now()), 0)
+}
+
 // State returns the leadership as this replica sees it.
 func (l *Lease) State() State {
 	l.mu.Lock()
@@ -221,31 +252,51 @@ func (l *Lease) Held(ctx context.Context) bool {
 }
 
 // Run campaigns until ctx ends. While this replica holds the lease it calls
-// lead with a context that is cancelled as soon as the lease is lost or
-// cannot be renewed in time, and waits for lead to return before campaigning
-// again. When ctx ends, a held lease is released so a standby takes over at
-// once.
-func (l *Lease) Run(ctx context.Context, lead func(ctx context.Context)) error {
+// lead with two contexts: stop ends when the work should wind down (ctx
+// ended, or the lease was lost), lost ends only when the lease was lost (its
+// deadline passed, or the record changed) or the drain bound ran out.
+// Provider calls and the writes of their tokens run under lost, so a clean
+// stop lets them finish; the lease is renewed until lead returns, and only
+// then released (a record marked released, which a standby takes over at
+// once). Run waits for lead to return before campaigning again.
+func (l *Lease) Run(ctx context.Context, lead func(stop, lost context.Context)) error {
 	for {
 		if !l.campaign(ctx) {
 			return nil
 		}
-		lctx, cancel := context.WithCancel(ctx)
+		lost, cancelLost := context.WithCancel(context.WithoutCancel(ctx))
+		stop, cancelStop := context.WithCancel(lost)
+		unhook := context.AfterFunc(ctx, func() {
+			cancelStop()
+			// The drain is bounded: past it, the work is cancelled as on a
+			// lost lease (and whatever it could not publish is counted).
+			go func() {
+				select {
+				case <-l.clock.After(l.cfg.DrainTimeout):
+					cancelLost()
+				case <-lost.Done():
+				}
+			}()
+		})
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			select {
 			case <-l.clock.After(l.cfg.AcquireDelay):
-				lead(lctx)
-			case <-lctx.Done():
+				lead(stop, lost)
+			case <-stop.Done():
 			}
 		}()
-		l.hold(lctx)
-		cancel()
+		kept := l.hold(lost, done)
+		cancelLost()
+		cancelStop()
+		unhook()
 		<-done
 		l.setLeader(false, 0, time.Time{})
 		if ctx.Err() != nil {
-			l.release()
+			if kept {
+				l.release()
+			}
 			return nil
 		}
 	}
@@ -263,11 +314,27 @@ func (l *Lease) campaign(ctx context.Context) bool {
 		seenAt  time.Time
 	)
 	updates := l.watch(ctx)
+	var deletedAt time.Time // when this replica first saw the key deleted
 	for {
 		entry, err := l.get(ctx)
+		if !errors.Is(err, jetstream.ErrKeyDeleted) {
+			deletedAt = time.Time{}
+		}
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
+			// Never created: nobody can hold it.
 			if l.tryCreate(ctx) {
+				return true
+			}
+		case errors.Is(err, jetstream.ErrKeyDeleted):
+			// Deleted from outside (a clean release marks the record
+			// instead): its holder may act until its next renewal finds it
+			// gone, so wait a whole ttl, as for a record that stopped
+			// changing.
+			if deletedAt.IsZero() {
+				deletedAt = l.clock.Now()
+				l.observe("", 0)
+			} else if l.clock.Now().Sub(deletedAt) >= l.cfg.TTL && l.tryCreate(ctx) {
 				return true
 			}
 		case err != nil:
@@ -282,6 +349,12 @@ func (l *Lease) campaign(ctx context.Context) bool {
 			term := recordTerm(rec, entry)
 			l.observe(rec.Holder, term)
 			switch {
+			case derr == nil && rec.Released && rec.Holder == "":
+				// Released by a holder that stopped cleanly: at once.
+				if l.tryTakeOver(ctx, entry.Revision()) {
+					return true
+				}
+				seenRev, seenAt = entry.Revision(), l.clock.Now()
 			case rec.Holder == l.cfg.Holder && l.Resuming(term):
 				// Our own lease lapsed while JetStream could not commit,
 				// and nobody has written it since: take it back at once
@@ -386,26 +459,40 @@ func (l *Lease) acquired(rev uint64, sent time.Time) {
 	l.changed()
 }
 
-// hold renews the lease every RetryPeriod until ctx ends or the lease is
-// lost. A renewal in flight when ctx ends is waited for (up to the deadline),
-// so that release deletes the revision actually in the bucket.
-func (l *Lease) hold(ctx context.Context) {
+// hold renews the lease every RetryPeriod until done is closed (the work of
+// the term has ended) or the lease is lost, and reports whether the lease is
+// still held. A renewal in flight when done closes is waited for (up to the
+// deadline), so that release writes over the revision actually in the
+// bucket. Every request is bounded by RetryPeriod and by the deadline: a
+// renewal whose reply is lost fails by its timeout and the next one finds
+// the record still ours.
+func (l *Lease) hold(ctx context.Context, done <-chan struct{}) bool {
+	wait := true
 	for {
 		l.mu.Lock()
 		deadline, rev, term := l.deadline, l.rev, l.state.Term
 		l.mu.Unlock()
+		next := l.clock.After(min(l.cfg.RetryPeriod, deadline.Sub(l.clock.Now())))
+		if !wait {
+			next = l.clock.After(0)
+		}
+		wait = true
 		select {
+		case <-done:
+			return true
 		case <-ctx.Done():
-			return
-		case <-l.clock.After(min(l.cfg.RetryPeriod, deadline.Sub(l.clock.Now()))):
+			// The drain bound ran out: the work is cancelled, the lease
+			// is still ours to release.
+			return l.Valid()
+		case <-next:
 		}
 		if !l.clock.Now().Before(deadline) {
 			l.lapse(term)
 			l.lost("renew deadline passed")
-			return
+			return false
 		}
 		sent := l.clock.Now()
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadline.Sub(sent))
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(l.cfg.RetryPeriod, deadline.Sub(sent)))
 		newRev, err := l.cfg.KV.Update(rctx, LeaseKey, l.record(term), rev)
 		cancel()
 		switch {
@@ -413,19 +500,20 @@ func (l *Lease) hold(ctx context.Context) {
 			l.mu.Lock()
 			l.rev, l.deadline = newRev, sent.Add(l.cfg.RenewDeadline)
 			l.mu.Unlock()
-		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) && l.ours(ctx, term):
+		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) && l.ours(ctx, term, deadline):
 			// A renewal of ours landed but its reply was lost: carry on from
 			// the revision it wrote (the deadline stays that of the last
-			// renewal confirmed).
+			// renewal confirmed), and renew again at once.
 			if l.cfg.OnRenewFailure != nil {
 				l.cfg.OnRenewFailure(err)
 			}
+			wait = false
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
 			if l.cfg.OnRenewFailure != nil {
 				l.cfg.OnRenewFailure(err)
 			}
 			l.lost("the lease record changed under this replica (another replica took it, or it was overwritten)")
-			return
+			return false
 		default:
 			if l.cfg.OnRenewFailure != nil {
 				l.cfg.OnRenewFailure(err)
@@ -467,10 +555,13 @@ func (l *Lease) Resuming(term uint64) bool {
 }
 
 // ours reads the lease record and, if it names this replica in term, takes
-// its revision as our last write.
-func (l *Lease) ours(ctx context.Context, term uint64) bool {
-	e, err := l.get(context.WithoutCancel(ctx))
-	if err != nil {
+// its revision as our last write. The read ends by the deadline: past it the
+// replica does not lead, whatever the record says.
+func (l *Lease) ours(ctx context.Context, term uint64, deadline time.Time) bool {
+	rctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	e, err := l.get(rctx)
+	if err != nil || !l.clock.Now().Before(deadline) {
 		return false
 	}
 	if rec, _ := decode(e); rec.Holder != l.cfg.Holder || recordTerm(rec, e) != term {
@@ -491,9 +582,11 @@ func (l *Lease) lost(why string) {
 	l.changed()
 }
 
-// release deletes the lease if it is still ours, so a standby can take over
-// at once. If our last known revision is stale (a renewal whose reply was
-// lost), it reads the record and deletes it if it still names us in our term.
+// release marks the lease released if it is still ours, so a standby can
+// take over at once (a revision-checked write of a record with no holder;
+// a deleted key, by contrast, is waited out for a ttl). If our last known
+// revision is stale (a renewal whose reply was lost), it reads the record
+// and marks it if it still names us in our term.
 func (l *Lease) release() {
 	l.mu.Lock()
 	rev, term := l.rev, l.state.Term
@@ -503,11 +596,12 @@ func (l *Lease) release() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := l.cfg.KV.Delete(ctx, LeaseKey, rev)
+	body, _ := json.Marshal(Record{Term: term, TTLMillis: l.cfg.TTL.Milliseconds(), RenewedAt: l.clock.Now().UTC(), Released: true})
+	_, err := l.cfg.KV.Update(ctx, LeaseKey, body, rev)
 	if err != nil {
 		if e, gerr := l.cfg.KV.Get(ctx, LeaseKey); gerr == nil {
 			if rec, _ := decode(e); rec.Holder == l.cfg.Holder && recordTerm(rec, e) == term {
-				err = l.cfg.KV.Delete(ctx, LeaseKey, e.Revision())
+				_, err = l.cfg.KV.Update(ctx, LeaseKey, body, e.Revision())
 			}
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
 )
 
@@ -28,7 +30,7 @@ func runLease(l *leader.Lease) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = l.Run(ctx, func(ctx context.Context) { <-ctx.Done() })
+		_ = l.Run(ctx, func(stop, _ context.Context) { <-stop.Done() })
 	}()
 	return func() { cancel(); <-done }
 }
@@ -115,15 +117,21 @@ func TestShutdownDuringRenewalReleases(t *testing.T) {
 		synctest.Wait()
 		go func() { time.Sleep(100 * time.Millisecond); close(slow) }()
 		stop()
-		if _, err := kv.Get(context.Background(), leader.LeaseKey); err == nil {
-			e, _ := kv.Get(context.Background(), leader.LeaseKey)
-			t.Fatalf("lease still held after shutdown: %s", e.Value())
+		if e, err := kv.Get(context.Background(), leader.LeaseKey); err != nil || !released(e) {
+			t.Fatalf("lease not released after shutdown: %v", err)
 		}
 	})
 }
 
+// released reports whether e is a lease record marked released.
+func released(e jetstream.KeyValueEntry) bool {
+	var r leader.Record
+	return json.Unmarshal(e.Value(), &r) == nil && r.Released && r.Holder == ""
+}
+
 // TestReleaseWithStaleRevision: if the reply of the last renewal was lost,
-// release reads the record and deletes it when it still names this holder.
+// release reads the record and marks it released when it still names this
+// holder.
 func TestReleaseWithStaleRevision(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		kv := newMemKV()
@@ -136,8 +144,8 @@ func TestReleaseWithStaleRevision(t *testing.T) {
 		time.Sleep(syncTTL/5 + time.Millisecond) // the renewal whose reply is lost
 		synctest.Wait()
 		stop()
-		if _, err := kv.Get(context.Background(), leader.LeaseKey); err == nil {
-			t.Fatal("lease still held after shutdown")
+		if e, err := kv.Get(context.Background(), leader.LeaseKey); err != nil || !released(e) {
+			t.Fatalf("lease not released after shutdown: %v", err)
 		}
 	})
 }
@@ -164,6 +172,83 @@ func TestLostRenewalReplyKeepsTheLease(t *testing.T) {
 			if !l.Valid() {
 				t.Fatalf("lost the lease after a lost renewal reply; changes %+v", changes)
 			}
+		}
+	})
+}
+
+// TestRenewalWithNoReplyKeepsTheLease (issue 17, fix 3): a renewal that
+// landed but whose reply never comes (not an error: silence) times out
+// within a retry period, and the next renewal finds the record still this
+// holder's. Before the fix the renewal waited until the deadline and the
+// holder stepped down.
+func TestRenewalWithNoReplyKeepsTheLease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kv := newMemKV()
+		l := newSyncLease(t, kv, "a")
+		stop := runLease(l)
+		defer stop()
+		for !l.Valid() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		kv.mu.Lock()
+		silent := true
+		kv.afterUpdate = func(ctx context.Context) error {
+			if silent {
+				silent = false
+				<-ctx.Done() // landed; the reply never arrives
+				return ctx.Err()
+			}
+			return nil
+		}
+		kv.mu.Unlock()
+		for range 30 {
+			time.Sleep(syncTTL / 10)
+			if !l.Valid() {
+				t.Fatal("stepped down after a renewal whose reply never came")
+			}
+		}
+	})
+}
+
+// TestDeletedLeaseIsWaitedOut (issue 17, fix 4): a _lease deleted from
+// outside is not created at once by a standby, since the holder may act
+// until its next renewal finds the key gone: at no moment do two replicas
+// hold a valid lease, and a standby leads within a ttl and a bit.
+func TestDeletedLeaseIsWaitedOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kv := newMemKV()
+		a := newSyncLease(t, kv, "a")
+		stopA := runLease(a)
+		defer stopA()
+		for !a.Valid() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		b := newSyncLease(t, kv, "b")
+		stopB := runLease(b)
+		defer stopB()
+		time.Sleep(syncTTL / 10)
+		e, err := kv.Get(context.Background(), leader.LeaseKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := kv.Delete(context.Background(), leader.LeaseKey, e.Revision()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for time.Since(start) < 3*syncTTL {
+			if a.Valid() && b.Valid() {
+				t.Fatalf("two leaders %v after the lease was deleted", time.Since(start))
+			}
+			if (a.Valid() || b.Valid()) && time.Since(start) > syncTTL/5 {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !a.Valid() && !b.Valid() {
+			t.Fatal("no leader after the deleted lease was waited out")
+		}
+		if took := time.Since(start); took > syncTTL+syncTTL/5+time.Second {
+			t.Fatalf("a leader after %v, want within a ttl and a retry period", took)
 		}
 	})
 }

@@ -57,8 +57,11 @@ func (m *memKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, err
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.vals[key]
-	if !ok || e.op != jetstream.KeyValuePut {
+	if !ok {
 		return nil, jetstream.ErrKeyNotFound
+	}
+	if e.op != jetstream.KeyValuePut {
+		return nil, jetstream.ErrKeyDeleted // as leader.LeaseBucket reports a delete marker
 	}
 	return e, nil
 }

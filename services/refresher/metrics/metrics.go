@@ -13,7 +13,7 @@
 //	tokenbus_leader                                     1 while this replica holds the lease, else 0
 //	tokenbus_lease_renewal_failures_total               failed lease renewals
 //	tokenbus_foreign_writes_total{provider}             token writes the leader did not make (replaced at once)
-//	tokenbus_tokens_discarded_total{provider,reason}    tokens a provider issued that were never published; reason lease_lost|stopped
+//	tokenbus_tokens_discarded_total{reason}             tokens a provider issued that were never published (reasons: DiscardReasons)
 //	tokenbus_providers{state}                           providers served, by state (ok, failing, no_token)
 //	tokenbus_refresh_failures_total{provider,cause}     failed upstream token requests by cause (wire.Causes)
 //	tokenbus_events_total{provider,type}                provider events published (token.events.<provider>)
@@ -117,6 +117,7 @@ type Metrics struct {
 	renewals   metric.Int64Counter
 	foreign    metric.Int64Counter
 	discarded  metric.Int64Counter
+	discardOpt map[string]metric.AddOption
 	failures   metric.Int64Counter
 	events     metric.Int64Counter
 	leader     atomic.Int64
@@ -235,9 +236,13 @@ func New(mp metric.MeterProvider, providers []string) (*Metrics, error) {
 	m.foreign, e = meter.Int64Counter("tokenbus.foreign_writes", metric.WithUnit("{write}"),
 		metric.WithDescription("Token writes to a provider key that the leader did not make; each is replaced at once."))
 	mk(e)
-	m.discarded, e = meter.Int64Counter("tokenbus.tokens_discarded", metric.WithUnit("{token}"),
-		metric.WithDescription("Tokens a provider issued that were never published: the replica lost its lease (reason lease_lost) or stopped (stopped) with the publish still failing."))
+	m.discarded, e = meter.Int64Counter("tokenbus.tokens.discarded", metric.WithUnit("{token}"),
+		metric.WithDescription("Tokens a provider issued that this replica could not publish or pool, by reason; each is also logged."))
 	mk(e)
+	m.discardOpt = map[string]metric.AddOption{}
+	for _, r := range DiscardReasons {
+		m.discardOpt[r] = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", r)))
+	}
 	_, e = meter.Int64ObservableGauge("tokenbus.leader",
 		metric.WithDescription("1 while this replica holds the leader lease and calls providers, else 0."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
@@ -518,24 +523,38 @@ func (m *Metrics) ForeignWrite(provider string) {
 	m.foreign.Add(context.Background(), 1, metric.WithAttributeSet(m.opts(provider).set))
 }
 
-// KeyReason labels why a token was discarded: ReasonLeaseLost or
-// ReasonStopped.
-const KeyReason = attribute.Key("reason")
-
-// Reasons a token was discarded.
+// Reasons a token a provider issued was discarded (the reason label of
+// tokenbus_tokens_discarded_total). docs/leadership.md says when each can
+// happen.
 const (
-	ReasonLeaseLost = "lease_lost"
-	ReasonStopped   = "stopped"
+	// DiscardLeaseLost: the lease was lost (its deadline passed, or another
+	// replica took it) between the provider's answer and the publish.
+	DiscardLeaseLost = "lease_lost"
+	// DiscardExpired: the token expired while its publish was being retried.
+	DiscardExpired = "expired"
+	// DiscardRemoved: the provider was removed while its token was being
+	// fetched; it is not published for a provider that no longer exists.
+	DiscardRemoved = "removed"
+	// DiscardPublishFailed: a stop's bound ran out while the publish was
+	// still failing (the bucket unreachable for the whole stop).
+	DiscardPublishFailed = "publish_failed"
 )
 
-// TokensDiscarded counts one token of provider that was issued and never
-// published, for reason.
-func (m *Metrics) TokensDiscarded(provider, reason string) {
+// DiscardReasons lists every reason label of tokenbus_tokens_discarded_total.
+var DiscardReasons = []string{DiscardLeaseLost, DiscardExpired, DiscardRemoved, DiscardPublishFailed}
+
+// TokenDiscarded counts one token a provider issued that was never
+// published, for reason (one of DiscardReasons; any other counts as
+// publish_failed, so the label set stays fixed).
+func (m *Metrics) TokenDiscarded(reason string) {
 	if m == nil {
 		return
 	}
-	label, _ := m.opts(provider).set.Value(KeyProvider)
-	m.discarded.Add(context.Background(), 1, metric.WithAttributes(KeyProvider.String(label.AsString()), KeyReason.String(reason)))
+	o, ok := m.discardOpt[reason]
+	if !ok {
+		o = m.discardOpt[DiscardPublishFailed]
+	}
+	m.discarded.Add(context.Background(), 1, o)
 }
 
 // Close unregisters the observable callbacks.

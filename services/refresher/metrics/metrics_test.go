@@ -90,6 +90,9 @@ func TestInstruments(t *testing.T) {
 	m.SetLeader(true)
 	m.LeaseRenewalFailed()
 	m.LeaseRenewalFailed()
+	m.TokenDiscarded(metrics.DiscardLeaseLost)
+	m.TokenDiscarded(metrics.DiscardLeaseLost)
+	m.TokenDiscarded("made-up") // counted as publish_failed: the label set stays fixed
 
 	check := func(name string, want map[string]float64) {
 		t.Helper()
@@ -122,6 +125,7 @@ func TestInstruments(t *testing.T) {
 	check("tokenbus.pool.size", map[string]float64{"provider=mpay": 3})
 	check("tokenbus.leader", map[string]float64{"": 1})
 	check("tokenbus.lease.renewal_failures", map[string]float64{"": 2})
+	check("tokenbus.tokens.discarded", map[string]float64{"reason=lease_lost": 2, "reason=publish_failed": 1})
 	if got := points(t, r, "tokenbus.token.expires_in")["provider=daraja"]; got < 85 || got > 90 {
 		t.Errorf("expires_in = %v, want about 90", got)
 	}
@@ -140,6 +144,7 @@ func TestNilMetricsIsANoOp(t *testing.T) {
 	m.RegisterPool("x", nil)
 	m.SetLeader(true)
 	m.LeaseRenewalFailed()
+	m.TokenDiscarded(metrics.DiscardLeaseLost)
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}

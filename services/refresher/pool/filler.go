@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 )
 
 // FillerConfig configures a Filler.
@@ -29,8 +30,11 @@ type FillerConfig struct {
 	Backoff refresher.Backoff
 	// Concurrency bounds the token requests in flight at once; 4 if zero.
 	Concurrency int
-	// Poll is how often the pool is counted when nothing else wakes the
-	// filler (tokens dropped by their TTL are replaced within it); 1s if zero.
+	// Poll is the longest the filler waits between counts of the pool when
+	// nothing else wakes it; it also counts the pool as soon as the first
+	// token it minted expires (so tokens dropped by their TTL are replaced
+	// then). 10 s if zero: one consumer-info request per provider per poll,
+	// not per second.
 	Poll time.Duration
 	// Logger receives refills and failures.
 	Logger *slog.Logger
@@ -39,10 +43,25 @@ type FillerConfig struct {
 	// Recorder is told about every upstream token request (metrics, the
 	// status page's history); nil records nothing.
 	Recorder refresher.Recorder
-	// MayCall reports whether this replica may call the provider right now
-	// (it holds a valid lease); checked immediately before every call. nil
-	// means always.
-	MayCall func() bool
+	// Gate, if set, admits every provider call (the leader's gate for this
+	// provider's credential) and refuses, with an error wrapping
+	// refresher.ErrNotAllowed, while this replica does not hold the lease
+	// with time left. The call and the publish of its token run under the
+	// Call's context: a stopped filler finishes them. nil calls at once.
+	Gate func(ctx context.Context) (Call, error)
+	// Discarded, if set, is told about each token the provider issued that
+	// was not put in the pool, with the reason (metrics.DiscardReasons).
+	Discarded func(reason string)
+}
+
+// Call is one provider call admitted by the gate (leader.Call).
+type Call interface {
+	// Context is what the call and the publish of its token run under.
+	Context() context.Context
+	// Called frees the call's concurrency slot once the provider answered.
+	Called()
+	// Done ends the call: its token is published, or given up.
+	Done()
 }
 
 // Filler keeps one provider's pool full. Only the leader runs it: it is the
@@ -54,6 +73,9 @@ type Filler struct {
 	log  *slog.Logger
 	tr   trace.Tracer
 	kick chan struct{}
+	// expires is the earliest pool expiry (unix nanoseconds) of the tokens
+	// minted since the last count; 0 if none.
+	expires atomic.Int64
 }
 
 // NewFiller returns a filler for p that mints with cfg.Provider.
@@ -62,7 +84,7 @@ func NewFiller(p *Pool, cfg FillerConfig) *Filler {
 		cfg.Concurrency = 4
 	}
 	if cfg.Poll <= 0 {
-		cfg.Poll = time.Second
+		cfg.Poll = 10 * time.Second
 	}
 	f := &Filler{pool: p, cfg: cfg, log: cfg.Logger, tr: cfg.Tracer, kick: make(chan struct{}, 1)}
 	if f.log == nil {
@@ -112,7 +134,7 @@ func (f *Filler) Run(ctx context.Context) error {
 		if err == nil {
 			transient.Reset()
 			permanent.Reset()
-			timer.Reset(f.cfg.Poll)
+			timer.Reset(f.nextCount())
 			continue
 		}
 		f.pool.failed(err, f.pool.now())
@@ -131,6 +153,43 @@ func (f *Filler) Run(ctx context.Context) error {
 		f.log.Warn("single-use token pool refill failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
 		backingOff = true
 		timer.Reset(wait)
+	}
+}
+
+// nextCount returns how long to wait before counting the pool again: Poll,
+// or less if a token minted since expires sooner.
+func (f *Filler) nextCount() time.Duration {
+	wait := f.cfg.Poll
+	if e := f.expires.Swap(0); e != 0 {
+		wait = min(wait, max(time.Until(time.Unix(0, e)), 10*time.Millisecond))
+	}
+	return wait
+}
+
+// noteExpiry records that a token minted now leaves the pool at at.
+func (f *Filler) noteExpiry(at time.Time) {
+	n := at.UnixNano()
+	for {
+		cur := f.expires.Load()
+		if cur != 0 && cur <= n || f.expires.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
+// Retire empties the pool of tokens this filler minted, after its provider
+// was removed (leader.Retirer): none is handed out once the provider is gone.
+func (f *Filler) Retire(ctx context.Context) error { return f.pool.purge(ctx) }
+
+// Takeover empties the pool before this filler, which replaces old (a
+// runtime provider put with new credentials), starts (leader.Successor): a
+// token minted with the replaced credentials is never handed out.
+func (f *Filler) Takeover(ctx context.Context, old any) {
+	if o, ok := old.(*Filler); !ok || o == f {
+		return
+	}
+	if err := f.pool.purge(ctx); err != nil {
+		f.log.Warn("cannot empty the pool of tokens minted with replaced credentials", slog.String("error", err.Error()))
 	}
 }
 
@@ -241,11 +300,26 @@ func (f *Filler) mint(ctx context.Context, n int) (int, error) {
 // lifetime minus the margin. A token whose publication is not confirmed is
 // not published again: a second copy could be handed out twice.
 func (f *Filler) mintOne(ctx context.Context) error {
-	if f.cfg.MayCall != nil && !f.cfg.MayCall() {
-		return refresher.ErrNotAllowed
+	if f.cfg.Gate != nil {
+		c, err := f.cfg.Gate(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Done()
+		// The call and the publish run under the gate's context: a stop of
+		// the filler lets them finish, a lost lease ends them.
+		ctx = c.Context()
+		return f.mintCalled(ctx, c.Called)
 	}
+	return f.mintCalled(ctx, func() {})
+}
+
+// mintCalled makes the provider call of mintOne; called is told when the
+// provider has answered.
+func (f *Filler) mintCalled(ctx context.Context, called func()) error {
 	start := time.Now()
 	tok, err := f.cfg.Provider.Token(ctx)
+	called()
 	if f.cfg.Recorder != nil && ctx.Err() == nil {
 		f.cfg.Recorder.RecordAttempt(f.pool.cfg.Name, time.Since(start), err)
 	}
@@ -266,8 +340,17 @@ func (f *Filler) mintOne(ctx context.Context) error {
 	pctx, cancel := withTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := f.pool.store.js.Publish(pctx, f.pool.subject, body, jetstream.WithMsgTTL(ttl), jetstream.WithExpectStream(f.pool.store.stream)); err != nil {
+		reason := metrics.DiscardPublishFailed
+		if ctx.Err() != nil {
+			reason = metrics.DiscardLeaseLost
+		}
+		f.log.Warn("a token the provider issued was not put in the pool", slog.String("reason", reason), slog.String("error", err.Error()))
+		if f.cfg.Discarded != nil {
+			f.cfg.Discarded(reason)
+		}
 		return fmt.Errorf("pool: %s: publish a token: %w", f.pool.cfg.Name, err)
 	}
+	f.noteExpiry(now.Add(ttl))
 	f.pool.minted(now)
 	return nil
 }

@@ -291,6 +291,20 @@ func (p *Pool) counts(ctx context.Context) (ready, waiting int, err error) {
 	return int(info.NumPending), info.NumWaiting, nil
 }
 
+// purge removes every ready token of this pool from the stream.
+func (p *Pool) purge(ctx context.Context) error {
+	ctx, cancel := withTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := p.store.js.Stream(ctx, p.store.stream)
+	if err == nil {
+		err = st.Purge(ctx, jetstream.WithPurgeSubject(p.subject))
+	}
+	if err != nil {
+		return fmt.Errorf("pool: %s: empty the pool: %w", p.cfg.Name, err)
+	}
+	return nil
+}
+
 // Refresh handles a report that invalid was rejected: single-use tokens are
 // never reused, so it claims a fresh one, as Get does.
 func (p *Pool) Refresh(ctx context.Context, _ string) ([]byte, error) { return p.Get(ctx) }

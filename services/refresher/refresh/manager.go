@@ -23,6 +23,7 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
+	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 )
 
 // Publisher stores a fresh token where the fleet can see it (the KV bucket)
@@ -59,24 +60,19 @@ type Config struct {
 	Now func() time.Time
 	// Tracer records refresh and attempt spans; the global provider if nil.
 	Tracer trace.Tracer
-	// MayCall reports whether this replica may call the provider right now
-	// (it holds a valid lease). It is checked immediately before every
-	// provider call; nil means always.
-	MayCall func() bool
 	// Recorder is told about every upstream attempt (metrics, the status
 	// page's history); nil records nothing.
 	Recorder refresher.Recorder
-	// Admit, if set, bounds the provider calls in flight across managers
-	// (fetch_concurrency): Run calls it before each attempt and waits for
-	// it, and the attempt calls release as soon as its provider call
-	// returns (or at its end if it makes none), so that only the call holds
-	// the slot. It returns an error only when ctx ends.
-	Admit func(ctx context.Context) (release func(), err error)
-	// OnDiscard, if set, is told when Run ends holding a token the provider
-	// issued whose publish never succeeded (the token is lost to the
-	// fleet): lost is true if the lease was lost (MayCall false), false if
-	// the loop was stopped.
-	OnDiscard func(lost bool)
+	// Gate, if set, admits every provider call (the leader's gate for this
+	// provider's credential): it waits for the call's turn and refuses,
+	// with an error wrapping refresher.ErrNotAllowed, while this replica
+	// does not hold the lease with time left. The call and the publish of
+	// its token run under the Call's context, so a stopped Run finishes
+	// them before it returns. nil calls at once, under Run's context.
+	Gate func(ctx context.Context) (Call, error)
+	// Discarded, if set, is told about each token the provider issued that
+	// was never published, with the reason (metrics.DiscardReasons).
+	Discarded func(reason string)
 	// RefreshCooldown is the least time between two refreshes forced by
 	// token.refresh reports (SPEC §3); DefaultRefreshCooldown if zero.
 	RefreshCooldown time.Duration
@@ -89,6 +85,20 @@ type Config struct {
 	Observer Observer
 }
 
+// Call is one provider call admitted by the gate (leader.Call).
+type Call interface {
+	// Context is what the call and the publish of its token run under.
+	Context() context.Context
+	// Called frees the call's concurrency slot once the provider answered.
+	Called()
+	// Done ends the call: its token is published, or given up.
+	Done()
+	// Held reports whether the lease the call was admitted under is still
+	// held (a token given up while it is was lost to the bucket, not to a
+	// lost lease).
+	Held() bool
+}
+
 // Manager keeps one provider's token fresh. Create it with NewManager, run it
 // with Run, read it with Current; Refresh asks for a new token.
 type Manager struct {
@@ -99,9 +109,15 @@ type Manager struct {
 	kick   chan kick
 	repair chan struct{}
 	tr     trace.Tracer
-	// release gives back the fetch slot of the attempt in progress (Admit);
-	// set by Run before each step, used only by Run's own steps.
-	release func()
+	// pending is a token the provider issued that is not yet published: it
+	// is served from this replica meanwhile, and only its publish is
+	// retried (fetching another would, for Daraja, kill it fleet-wide).
+	// call is the gate's admission it came from, held until the token is
+	// published or given up. Both belong to Run (and the step it waits for);
+	// they outlive one step, so a stop publishes the token before Run
+	// returns.
+	pending *refresher.Token
+	call    Call
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
 	// health follows the run of failures since the last success, for the
@@ -226,10 +242,6 @@ func (m *Manager) Run(ctx context.Context) error {
 		span     trace.Span
 		attempts int
 		link     trace.SpanContext // the token.refresh request that asked for the next refresh
-		// pending is a token the provider issued that is not yet published:
-		// it is served from this replica meanwhile, and only its publish is
-		// retried. Fetching another would, for Daraja, kill it fleet-wide.
-		pending *refresher.Token
 	)
 	endSpan := func(outcome string, err error) {
 		if span == nil {
@@ -245,58 +257,53 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer func() { endSpan("cancelled", nil) }()
 	m.health.run(true)
 	defer m.health.run(false)
-	defer func() {
-		// Run ends (lease lost, or stopped) with an issued token never
-		// published: it is lost to the fleet. Say so, and count it.
-		if pending == nil || !m.usable(*pending) {
-			return
-		}
-		lost := m.cfg.MayCall != nil && !m.cfg.MayCall()
-		m.log.Warn("a token the provider issued was never published: discarded", slog.Bool("lease_lost", lost))
-		if m.cfg.OnDiscard != nil {
-			m.cfg.OnDiscard(lost)
-		}
-	}()
 
 	for {
 		select {
 		case <-ctx.Done():
+			m.stop()
 			return nil
 		case k := <-m.kick:
 			if !m.stale(k.bad) || m.failing() {
 				continue // already replaced, or retrying on its own schedule
 			}
-			if pending != nil && pending.AccessToken.Reveal() == k.bad {
-				pending = nil // the provider rejected it: fetch another
+			if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad {
+				m.settle() // the provider rejected it: fetch another
 			}
 			timer.Stop()
 			link = k.from
 		case <-m.repair:
 			// Someone else's token was written to our key: write ours again.
-			if e := m.slot.Load(); e != nil && !e.Token.Expired(m.now()) && pending == nil {
-				pending = &refresher.Token{AccessToken: refresher.Secret(e.Token.AccessToken), TokenType: e.Token.TokenType, IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt}
+			if e := m.slot.Load(); e != nil && !e.Token.Expired(m.now()) && m.pending == nil {
+				m.pending = &refresher.Token{AccessToken: refresher.Secret(e.Token.AccessToken), TokenType: e.Token.TokenType, IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt}
 			}
 			timer.Stop()
 		case <-timer.C:
 		}
-		if pending != nil && !m.usable(*pending) {
-			pending = nil
+		if m.pending != nil && !m.usable(*m.pending) {
+			m.discard(metrics.DiscardExpired)
 		}
 
 		step := func() bool {
+			// The call and the publish run under the gate's context: a
+			// stop of this loop lets them finish, a lost lease ends them.
+			base := ctx
+			if m.call != nil {
+				base = m.call.Context()
+			}
 			var sctx context.Context
 			if span == nil {
 				// A refresh asked for by token.refresh links to that request's span.
-				sctx, span = m.tr.Start(ctx, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
+				sctx, span = m.tr.Start(base, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
 					trace.WithLinks(trace.Link{SpanContext: link}))
 				link = trace.SpanContext{}
 			} else {
-				sctx = trace.ContextWithSpan(ctx, span)
+				sctx = trace.ContextWithSpan(base, span)
 			}
 			attempts++
-			fetch := pending == nil // else it only publishes a token already issued
-			tok, err := m.attempt(sctx, attempts, &pending)
-			if ctx.Err() != nil {
+			fetch := m.pending == nil // else it only publishes a token already issued
+			tok, err := m.attempt(sctx, attempts)
+			if base.Err() != nil {
 				return true
 			}
 			if err == nil {
@@ -316,7 +323,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				timer.Reset(m.cfg.Backoff.Initial)
 				return false
 			}
-			if pending != nil {
+			if m.pending != nil {
 				// The provider answered; only the publish failed. Retry the
 				// publish alone, on the transient schedule.
 				wait := transient.NextBackOff()
@@ -345,34 +352,107 @@ func (m *Manager) Run(ctx context.Context) error {
 		// freed when it ends, so the goroutine that waits here between
 		// refreshes stays small. With thousands of providers that is most of
 		// the memory each one costs.
-		release := func() {}
-		if m.cfg.Admit != nil && pending == nil {
-			// Wait for a fetch slot here, on this small goroutine, rather
-			// than on thousands of step goroutines at a start.
-			r, err := m.cfg.Admit(ctx)
+		if m.pending == nil && m.cfg.Gate != nil {
+			// Wait for the gate here, on this small goroutine, rather than
+			// on thousands of step goroutines at a start.
+			c, err := m.cfg.Gate(ctx)
 			if err != nil {
-				return nil
+				if ctx.Err() != nil {
+					m.stop()
+					return nil
+				}
+				// Not the lease holder (or too little time left on the
+				// lease): not a provider failure. Leader work is about to be
+				// cancelled, or the lease renewed; wait quietly.
+				m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
+				timer.Reset(m.cfg.Backoff.Initial)
+				continue
 			}
-			release = onceFunc(r)
+			m.call = c
 		}
-		m.release = release
 		var stop bool
 		offload(func() { stop = step() })
-		release()
+		if m.pending == nil {
+			m.settle()
+		}
 		if stop {
+			m.stop()
 			return nil
 		}
 	}
 }
 
-// onceFunc returns a function that calls f the first time only.
-func onceFunc(f func()) func() {
-	done := false
-	return func() {
-		if !done {
-			done = true
-			f()
+// settle ends the gate's admission of the last call, if any, and forgets a
+// pending token (published, or rejected by the provider).
+func (m *Manager) settle() {
+	m.pending = nil
+	if m.call != nil {
+		m.call.Done()
+		m.call = nil
+	}
+}
+
+// discard gives up the pending token. One the provider issued to this
+// manager's call (not a copy held for a repair) is reported to Discarded.
+func (m *Manager) discard(reason string) {
+	if m.pending != nil && m.call != nil {
+		m.log.Warn("a token the provider issued was not published", slog.String("reason", reason))
+		if m.cfg.Discarded != nil {
+			m.cfg.Discarded(reason)
 		}
+	}
+	m.settle()
+}
+
+// stop ends Run: a token the provider issued and that is not published yet
+// is published now, retried while the call's context lasts (a clean stop:
+// the lease is renewed meanwhile) and the token is valid. Only a lost lease
+// (or a stop's bound running out) gives it up, counted.
+func (m *Manager) stop() {
+	if m.pending == nil || m.call == nil {
+		m.settle()
+		return
+	}
+	ctx := m.call.Context()
+	wait := exponential(20*time.Millisecond, time.Second)
+	for {
+		if !m.usable(*m.pending) {
+			m.discard(metrics.DiscardExpired)
+			return
+		}
+		if ctx.Err() != nil {
+			if m.call.Held() {
+				m.discard(metrics.DiscardPublishFailed) // the stop's bound ran out
+			} else {
+				m.discard(metrics.DiscardLeaseLost)
+			}
+			return
+		}
+		if m.publish(ctx, *m.pending) == nil {
+			m.settle()
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait.NextBackOff()):
+		}
+	}
+}
+
+// Takeover adopts what old, the manager this one replaces (a runtime
+// provider put again), published last, once old has stopped: its token is
+// this manager's until it is refreshed (at once, if it was issued before
+// StaleBefore), and its writes are not foreign ones.
+func (m *Manager) Takeover(_ context.Context, old any) {
+	o, ok := old.(*Manager)
+	if !ok || o == m {
+		return
+	}
+	if e := o.slot.Load(); e != nil {
+		m.slot.Store(e)
+	}
+	if p := o.published.Load(); p > m.published.Load() {
+		m.published.Store(p)
 	}
 }
 
@@ -401,18 +481,16 @@ func (m *Manager) firstRefresh() time.Duration {
 
 // attempt makes one upstream call and publishes its token; with a pending
 // token (issued, not yet published) it only publishes that. A token the
-// provider issued is kept in *pending, and served, until its publish succeeds.
-func (m *Manager) attempt(ctx context.Context, n int, pending **refresher.Token) (refresher.Token, error) {
-	if *pending != nil {
-		tok := **pending
+// provider issued is kept in m.pending, and served, until its publish
+// succeeds.
+func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
+	if m.pending != nil {
+		tok := *m.pending
 		if err := m.publish(ctx, tok); err != nil {
 			return tok, err
 		}
-		*pending = nil
+		m.pending = nil
 		return tok, nil
-	}
-	if m.cfg.MayCall != nil && !m.cfg.MayCall() {
-		return refresher.Token{}, refresher.ErrNotAllowed
 	}
 	ctx, span := m.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
 		attribute.String("tokenbus.provider", m.cfg.Name), attribute.Int("tokenbus.attempt", n)))
@@ -420,17 +498,17 @@ func (m *Manager) attempt(ctx context.Context, n int, pending **refresher.Token)
 	start := time.Now()
 	tok, err := m.cfg.Provider.Token(ctx)
 	took := time.Since(start)
-	if m.release != nil {
-		m.release() // the fetch slot covers the provider call only
+	if m.call != nil {
+		m.call.Called() // the concurrency slot covers the provider call only
 	}
 	if err == nil {
 		// Serve it at once, whatever happens to the publish.
-		*pending = &tok
+		m.pending = &tok
 		if e, eerr := NewEntry(tok.Wire(m.cfg.Name), m.slot.revision()); eerr == nil {
 			m.slot.Store(e)
 		}
 		if err = m.publish(ctx, tok); err == nil {
-			*pending = nil
+			m.pending = nil
 		}
 	}
 	if m.cfg.Recorder != nil && ctx.Err() == nil {
@@ -484,6 +562,17 @@ func (m *Manager) Repair() {
 	m.health.repair()
 	select {
 	case m.repair <- struct{}{}:
+	default:
+	}
+}
+
+// Replace asks Run to fetch a new token at once if bad is still its current
+// one: the leader found bad in the bucket, written by no leader. Unlike
+// Refresh it is not subject to the refresh cooldown (it is no caller's
+// report), and it is asked again in every term that finds bad.
+func (m *Manager) Replace(bad string) {
+	select {
+	case m.kick <- kick{bad: bad}:
 	default:
 	}
 }

@@ -121,7 +121,7 @@ func testRedaction(t *testing.T, row redactionRow) {
 	good, bad := "r-"+string(row.kind), "r-"+string(row.kind)+"-wrong"
 	// Reports force refresh after refresh here: no cooldown between them.
 	noCooldown := func(line string) string { return strings.Replace(line, "}\n", ", refresh_cooldown: 1ms}\n", 1) }
-	m, logs := runMain(t, noCooldown(row.provider(good, srv.URL, "ID", "SECRET"))+row.provider(bad, srv.URL, "ID", "WRONG"),
+	m, logs := runMain(t, noCooldown(row.provider(good, srv.URL, "ID", "SECRET"))+row.provider(bad, otherHost(srv.URL), "ID", "WRONG"),
 		map[string]string{"ID": id, "SECRET": secret, "WRONG": wrong})
 	nc := testutil.Connect(t, m.ns)
 
@@ -315,3 +315,8 @@ func runMain(t *testing.T, providers string, env map[string]string) (*Main, *tes
 	})
 	return m, logs
 }
+
+// otherHost names the same server by another host (localhost for
+// 127.0.0.1): the wrong provider keeps the good one's id but is not the same
+// credential, which the refresher would refuse (SPEC §8).
+func otherHost(u string) string { return strings.Replace(u, "127.0.0.1", "localhost", 1) }

@@ -88,10 +88,9 @@ type Main struct {
 	pools     *pool.Store
 	poolsOnce sync.Mutex
 	// set is every provider served, config-file and runtime; the leader
-	// runs the loops that call them while this replica leads; limit bounds
-	// the calls in flight (fetch_concurrency).
-	set   *providerSet
-	limit *limiter
+	// runs the loops that call them while this replica leads, every call
+	// through its gate.
+	set *providerSet
 	// lookup reads the bucket for a provider this replica's copy has no
 	// valid token of (bucketSource).
 	lookup *natsx.Lookup
@@ -170,7 +169,8 @@ func (m *Main) Run(ctx context.Context) error {
 	if instance == "" {
 		instance = instanceID()
 	}
-	transport := httpx.WithUserAgent(httpx.NewTransport(cfg.FetchConcurrency), "tokenbus-refresher/"+Version+" ("+instance+")")
+	// Every provider request is checked against the lease as it leaves.
+	transport := httpx.WithUserAgent(leader.Guard(httpx.NewTransport(cfg.FetchConcurrency)), "tokenbus-refresher/"+Version+" ("+instance+")")
 
 	m.instance = instance
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
@@ -219,10 +219,16 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return natsx.JetStreamProblem(err)
 	}
+	var loaded chan struct{}
+	if len(cfg.Credentials.Keys) > 0 {
+		loaded = make(chan struct{})
+		m.credsReady = loaded
+	}
 	m.leader, err = leader.New(leader.Config{
 		Lease: leader.LeaseConfig{
 			KV: leader.LeaseBucket(m.store.Lease()), Holder: instance,
 			TTL: cfg.Lease.TTL.D(), RenewDeadline: cfg.Lease.RenewDeadline.D(), RetryPeriod: cfg.Lease.RetryPeriod.D(),
+			DrainTimeout: DrainTimeout(cfg),
 			OnChange: func(st leader.State) {
 				m.Metrics.SetLeader(st.Leader)
 				if st.Leader {
@@ -237,6 +243,8 @@ func (m *Main) Run(ctx context.Context) error {
 			m.Metrics.ForeignWrite(provider)
 			m.events.ForeignWrite(provider)
 		},
+		FetchConcurrency: cfg.FetchConcurrency,
+		Loaded:           loaded,
 	})
 	if err != nil {
 		return err
@@ -247,7 +255,6 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := m.forgetMissesOnUpdates(); err != nil {
 		return err
 	}
-	m.limit = newLimiter(cfg.FetchConcurrency, m.leader.Valid)
 	m.Metrics.SetKnown(m.set.known)
 	m.Metrics.RegisterStates(m.stateCounts)
 	m.Metrics.RegisterConditions(m.conditionCounts)
@@ -278,7 +285,7 @@ func (m *Main) Run(ctx context.Context) error {
 	// takes every provider over at once (and does not delete their tokens as
 	// those of providers it does not have).
 	if m.creds != nil {
-		m.credsReady, m.resealKick = make(chan struct{}), make(chan struct{}, 1)
+		m.resealKick = make(chan struct{}, 1)
 		m.wg.Go(func() {
 			m.creds.Watch(runCtx, m.nc, func(ev credentials.Event) { m.applyCredential(runCtx, ev, transport) })
 		})
@@ -362,7 +369,7 @@ func (m *Main) openCredentials(ctx context.Context) (*credentials.Store, error) 
 // openPool opens the single-use token pool of p (the pool stream first, once)
 // and its filler, which minting with prov keeps it full. With gauge, the
 // pool's size is reported in tokenbus_pool_size.
-func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider, gauge bool) (*pool.Pool, *pool.Filler, error) {
+func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.Provider, gauge bool, gate func(context.Context) (pool.Call, error), discarded func(string)) (*pool.Pool, *pool.Filler, error) {
 	m.poolsOnce.Lock()
 	if m.pools == nil {
 		var err error
@@ -376,7 +383,7 @@ func (m *Main) openPool(ctx context.Context, p config.Provider, prov refresher.P
 	if err != nil {
 		return nil, nil, err
 	}
-	filler := pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, MayCall: m.leader.Valid, Recorder: m.obs})
+	filler := pool.NewFiller(pl, pool.FillerConfig{Provider: prov, Backoff: m.opts.Backoff, Logger: m.logger, Gate: gate, Discarded: discarded, Recorder: m.obs})
 	if gauge {
 		m.Metrics.RegisterPool(p.Name, func() int {
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -462,6 +469,20 @@ func (m *Main) Close() error {
 	}
 	errs = append(errs, m.obs.close(ctx))
 	return errors.Join(errs...)
+}
+
+// DrainTimeout bounds a clean stop's wait for the provider calls in flight
+// (and the publish of their tokens): the longest request timeout of the
+// configured providers (at least the 10 s default) plus 5 s for the publish.
+// Runtime providers with a longer timeout are cut at it. The process's stop
+// takes at most this plus a few seconds to close, which the shipped
+// terminationGracePeriodSeconds and TimeoutStopSec cover.
+func DrainTimeout(cfg *config.Config) time.Duration {
+	longest := 10 * time.Second
+	for _, p := range cfg.Providers {
+		longest = max(longest, p.Timeout.D())
+	}
+	return longest + 5*time.Second
 }
 
 // instanceID names this replica in logs, spans and the provider's User-Agent.

@@ -16,7 +16,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/credentials"
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
-	"github.com/tokenbus/tokenbus/services/refresher/metrics"
+	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 )
@@ -25,6 +25,7 @@ import (
 // runtime one from the credential bucket.
 type served struct {
 	name, kind, source string
+	cred               string           // config.Provider.Credential
 	src                rpc.Source       // token.get / token.refresh on any replica
 	mgr                *refresh.Manager // shared-token providers; nil for pools
 	st                 statuser
@@ -47,12 +48,33 @@ type providerSet struct {
 	sorted  []string // every provider, sorted (tokenbus.providers.list)
 	// pending holds tokens seen in the bucket for a provider not (yet)
 	// known here, so that a runtime provider added later starts from it and
-	// a valid token is not fetched again.
+	// a valid token is not fetched again. Expired ones are dropped.
 	pending map[string]*refresh.Entry
+	// removed is when each runtime provider was removed: a token of its
+	// issued before then (published by its loop as it stopped) does not
+	// seed a later provider of the same name.
+	removed map[string]time.Time
+	// byCred names the provider that uses each credential
+	// (config.Provider.Credential): two may not share one.
+	byCred map[string]string
 }
 
 func newProviderSet() *providerSet {
-	return &providerSet{byName: map[string]*served{}, pending: map[string]*refresh.Entry{}}
+	return &providerSet{byName: map[string]*served{}, pending: map[string]*refresh.Entry{}, removed: map[string]time.Time{}, byCred: map[string]string{}}
+}
+
+// sharing returns the provider other than name that uses credential cred,
+// or "".
+func (ps *providerSet) sharing(name, cred string) string {
+	if cred == "" {
+		return ""
+	}
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	if other := ps.byCred[cred]; other != name {
+		return other
+	}
+	return ""
 }
 
 func insertSorted(s []string, name string) []string {
@@ -77,6 +99,13 @@ func (ps *providerSet) add(sv *served) *served {
 	defer ps.mu.Unlock()
 	old := ps.byName[sv.name]
 	ps.byName[sv.name] = sv
+	if old != nil && ps.byCred[old.cred] == old.name {
+		delete(ps.byCred, old.cred)
+	}
+	if sv.cred != "" {
+		ps.byCred[sv.cred] = sv.name
+	}
+	delete(ps.removed, sv.name)
 	if old == nil {
 		if sv.source == wire.SourceConfig {
 			ps.config = append(ps.config, sv.name)
@@ -100,6 +129,16 @@ func (ps *providerSet) remove(name string) *served {
 	delete(ps.pending, name)
 	if sv == nil || sv.source != wire.SourceRuntime {
 		return nil
+	}
+	now := time.Now()
+	for n, at := range ps.removed {
+		if now.Sub(at) > 10*time.Minute {
+			delete(ps.removed, n) // its last tokens have long been deleted
+		}
+	}
+	ps.removed[name] = now
+	if ps.byCred[sv.cred] == name {
+		delete(ps.byCred, sv.cred)
 	}
 	delete(ps.byName, name)
 	ps.runtime = removeSorted(ps.runtime, name)
@@ -137,14 +176,28 @@ func (ps *providerSet) token(tok wire.Token, rev uint64) {
 	}
 	ps.mu.Lock()
 	sv := ps.byName[tok.Provider]
-	if sv == nil {
+	if at, ok := ps.removed[tok.Provider]; sv == nil && (!ok || tok.IssuedAt.After(at)) {
 		if old := ps.pending[tok.Provider]; old == nil || old.Revision < rev {
+			if old == nil && len(ps.pending)%1024 == 1023 {
+				ps.dropExpiredLocked()
+			}
 			ps.pending[tok.Provider] = e
 		}
 	}
 	ps.mu.Unlock()
 	if sv != nil && sv.mgr != nil {
 		sv.mgr.Slot().Store(e)
+	}
+}
+
+// dropExpiredLocked forgets pending tokens that have expired (keys of
+// providers never added: the map does not grow with every stray key).
+func (ps *providerSet) dropExpiredLocked() {
+	now := time.Now()
+	for n, e := range ps.pending {
+		if e.Token.Expired(now) {
+			delete(ps.pending, n)
+		}
 	}
 }
 
@@ -206,46 +259,6 @@ func (ps *providerSet) staleRuntime() []*served {
 	return out
 }
 
-// limiter bounds the token requests in flight at once across every refresh
-// manager and pool filler of the process (fetch_concurrency). A manager
-// waits for a slot before each attempt (admit) and gives it back as soon as
-// its provider call returns; a filler's calls are wrapped (wrap). Retries and
-// backoff stay per provider.
-type limiter struct {
-	sem     chan struct{}
-	mayCall func() bool
-}
-
-func newLimiter(n int, mayCall func() bool) *limiter {
-	return &limiter{sem: make(chan struct{}, max(n, 1)), mayCall: mayCall}
-}
-
-// admit waits for a slot; release gives it back.
-func (l *limiter) admit(ctx context.Context) (release func(), err error) {
-	select {
-	case l.sem <- struct{}{}:
-		return func() { <-l.sem }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// wrap returns p with each call holding a slot.
-func (l *limiter) wrap(p refresher.Provider) refresher.Provider {
-	return refresher.ProviderFunc(func(ctx context.Context) (refresher.Token, error) {
-		release, err := l.admit(ctx)
-		if err != nil {
-			return refresher.Token{}, err
-		}
-		defer release()
-		// The wait may have been long: the lease is checked again.
-		if l.mayCall != nil && !l.mayCall() {
-			return refresher.Token{}, refresher.ErrNotAllowed
-		}
-		return p.Token(ctx)
-	})
-}
-
 // registry implements rpc.Registry on the credential store and the
 // providers this replica serves.
 type registry struct {
@@ -259,6 +272,9 @@ var _ rpc.Registry = registry{}
 func (r registry) Put(ctx context.Context, p config.Provider) (uint64, error) {
 	if sv := r.m.set.get(p.Name); sv != nil && sv.source == wire.SourceConfig {
 		return 0, fmt.Errorf("%w: name: %q is a provider of the configuration file; choose another name", refresher.ErrConflict, p.Name)
+	}
+	if other := r.m.set.sharing(p.Name, p.Credential()); other != "" {
+		return 0, fmt.Errorf("%w: %s: provider %q uses the same credential; two providers may not share one (for Daraja each would invalidate the other's token)", refresher.ErrConflict, p.CredentialField(), other)
 	}
 	return r.m.creds.Put(ctx, p)
 }
@@ -295,15 +311,28 @@ func (m *Main) serveConfig(ctx context.Context, p config.Provider, transport htt
 }
 
 // build makes the parts that serve p: a refresh manager (shared tokens) or a
-// single-use pool and its filler, calling the provider through the limiter.
+// single-use pool and its filler, calling the provider through the leader's
+// gate.
 func (m *Main) build(ctx context.Context, p config.Provider, source string, transport http.RoundTripper, staleBefore time.Time) (*served, error) {
 	prov, err := buildProvider(p, transport)
 	if err != nil {
 		return nil, err
 	}
-	sv := &served{name: p.Name, kind: p.Kind, source: source}
+	cred := p.Credential()
+	if cred == "" {
+		cred = "name:" + p.Name
+	}
+	sv := &served{name: p.Name, kind: p.Kind, source: source, cred: p.Credential()}
+	discarded := func(reason string) { m.Metrics.TokenDiscarded(reason) }
+	gate := m.leader.Gate()
 	if singleUse(p) {
-		pl, filler, err := m.openPool(ctx, p, m.limit.wrap(prov), source == wire.SourceConfig)
+		pl, filler, err := m.openPool(ctx, p, prov, source == wire.SourceConfig, func(ctx context.Context) (pool.Call, error) {
+			c, err := gate.Enter(ctx, cred)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		}, discarded)
 		if err != nil {
 			return nil, err
 		}
@@ -311,15 +340,15 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		return sv, nil
 	}
 	mgr := refresh.NewManager(refresh.Config{
-		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader, MayCall: m.leader.Valid,
+		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader,
 		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-		Recorder: m.obs, StaleBefore: staleBefore, Admit: m.limit.admit, Observer: m.events,
-		OnDiscard: func(lost bool) {
-			reason := metrics.ReasonStopped
-			if lost {
-				reason = metrics.ReasonLeaseLost
+		Recorder: m.obs, StaleBefore: staleBefore, Discarded: discarded, Observer: m.events,
+		Gate: func(ctx context.Context) (refresh.Call, error) {
+			c, err := gate.Enter(ctx, cred)
+			if err != nil {
+				return nil, err
 			}
-			m.Metrics.TokensDiscarded(p.Name, reason)
+			return c, nil
 		},
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
@@ -368,6 +397,12 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		m.logger.Warn("runtime provider ignored: the configuration file has a provider of that name", slog.String("provider", ev.Name))
 		return
 	}
+	if other := m.set.sharing(ev.Name, ev.Provider.Credential()); other != "" {
+		// Two puts raced past the check on two replicas: the second one is
+		// not served (for Daraja each would kill the other's token).
+		m.logger.Error("runtime provider not served: another provider uses the same credential", slog.String("provider", ev.Name), slog.String("other", other))
+		return
+	}
 	if old != nil && reflect.DeepEqual(old.prov, ev.Provider) {
 		// The same provider: a re-seal, or a watch that started over.
 		m.set.mu.Lock()
@@ -389,6 +424,8 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 	}
 	sv.prov, sv.rev, sv.stale = ev.Provider, ev.Revision, ev.Stale
 	if old != nil && old.mgr != nil && sv.mgr != nil {
+		// Served until replaced; on the leader the new manager takes over
+		// what the old one published last once it has stopped (Takeover).
 		if e := old.mgr.Slot().Load(); e != nil {
 			sv.mgr.Slot().Store(e)
 		}

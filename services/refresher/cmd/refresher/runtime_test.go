@@ -170,6 +170,16 @@ func TestRuntimeProvidersPutRotateDeleteRestartReseal(t *testing.T) {
 	if code, b := req(wire.ProvidersPutSubject, darajaEntry("daraja-test", srv.URL, "merchant-x")); code != 409 {
 		t.Fatalf("config name: %d %s", code, b)
 	}
+	// 409 for a credential another provider uses (SPEC §8: for Daraja each
+	// would kill the other's token), naming the field and the other provider.
+	if code, b := req(wire.ProvidersPutSubject, darajaEntry("m-0001-again", srv.URL, "merchant-0001")); code != 409 ||
+		!strings.Contains(string(b), "consumer_key") || !strings.Contains(string(b), "m-0001") {
+		t.Fatalf("shared credential: %d %s", code, b)
+	}
+	// A put of the same provider again (a rotation) is not a conflict with itself.
+	if code, b := req(wire.ProvidersPutSubject, darajaEntry("m-0001", srv.URL, "merchant-0001")); code != 0 {
+		t.Fatalf("put again: %d %s", code, b)
+	}
 	bad := darajaEntry("m-0002", "not-a-url-SECRETISH", "merchant-0002")
 	delete(bad, "consumer_secret")
 	code, b = req(wire.ProvidersPutSubject, bad)
