@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
@@ -105,7 +103,7 @@ func TestWatchRecoversFromAStall(t *testing.T) {
 		t.Fatalf("a current watch reported stalled: %v", err)
 	}
 
-	release := stallWatches(t, st)
+	release := testutil.StallWatches(t, st.JetStream(), "KV_tokens")
 	stalledAt := time.Now()
 	put("b")
 	// Noticed within two checks; reported while a new watch cannot be made.
@@ -145,49 +143,5 @@ func TestWatchRecoversFromAStall(t *testing.T) {
 	time.Sleep(2500 * time.Millisecond)
 	if stalls.Load() != 1 || recoveries.Load() != 1 {
 		t.Fatalf("%d stalls, %d recoveries on a current watch", stalls.Load(), recoveries.Load())
-	}
-}
-
-// stallWatches removes every consumer of the tokens stream (the replicas'
-// watches) and keeps new ones from being made (the stream's consumer limit
-// taken by one of the test's) until the returned func is called: the server
-// stops delivering to the watches, the client library would not notice for
-// two missed heartbeats (10 s), and a watch recreated meanwhile fails.
-func stallWatches(t *testing.T, st *natsx.Store) (release func()) {
-	t.Helper()
-	ctx := context.Background()
-	js := st.JetStream()
-	s, err := js.Stream(ctx, "KV_tokens")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	names := s.ConsumerNames(ctx)
-	n := 0
-	for name := range names.Name() {
-		if err := s.DeleteConsumer(ctx, name); err != nil {
-			t.Fatal(err)
-		}
-		n++
-	}
-	if n == 0 {
-		t.Fatal("no consumer to remove")
-	}
-	limited := cfg
-	limited.MaxConsumers = 1
-	if _, err := js.UpdateStream(ctx, limited); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "placeholder", AckPolicy: jetstream.AckNonePolicy}); err != nil {
-		t.Fatal(err)
-	}
-	return func() {
-		t.Helper()
-		if err := s.DeleteConsumer(ctx, "placeholder"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -77,50 +76,6 @@ providers:
 	return m, logs
 }
 
-// stallWatches removes every consumer of the tokens stream (the replicas'
-// watches) and keeps new ones from being made (the stream's consumer limit
-// taken by one of the test's) until the returned func is called: the server
-// stops delivering to the watches, the client library would not notice for
-// two missed heartbeats (10 s), and a watch recreated meanwhile fails.
-func stallWatches(t *testing.T, st *natsx.Store) (release func()) {
-	t.Helper()
-	ctx := context.Background()
-	js := st.JetStream()
-	s, err := js.Stream(ctx, "KV_tokens")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	names := s.ConsumerNames(ctx)
-	n := 0
-	for name := range names.Name() {
-		if err := s.DeleteConsumer(ctx, name); err != nil {
-			t.Fatal(err)
-		}
-		n++
-	}
-	if n == 0 {
-		t.Fatal("no consumer to remove")
-	}
-	limited := cfg
-	limited.MaxConsumers = 1
-	if _, err := js.UpdateStream(ctx, limited); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "placeholder", AckPolicy: jetstream.AckNonePolicy}); err != nil {
-		t.Fatal(err)
-	}
-	return func() {
-		t.Helper()
-		if err := s.DeleteConsumer(ctx, "placeholder"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestStandbyWithALaggingWatchReadsTheBucket: a standby whose watch has
 // stopped delivering, asked for a provider it has no valid token of, reads
 // the bucket before it answers 503 — the token a leader just published is
@@ -153,7 +108,7 @@ func TestStandbyWithALaggingWatchReadsTheBucket(t *testing.T) {
 	// That 503 read the bucket and found nothing: the miss is remembered for
 	// 250 ms (natsx.LookupConfig.Negative).
 	time.Sleep(300 * time.Millisecond)
-	release := stallWatches(t, st)
+	release := testutil.StallWatches(t, st.JetStream(), "KV_tokens")
 	now := time.Now()
 	rev, err := st.Publish(ctx, wire.Token{Provider: "daraja-test", AccessToken: "published-while-stalled", TokenType: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour)})
 	if err != nil {
@@ -201,7 +156,7 @@ func TestStandbyWithALaggingWatchReadsTheBucket(t *testing.T) {
 	if _, e := getToken(t, nc, "other"); e == "" {
 		t.Fatal("token.get of an unknown provider succeeded")
 	}
-	release = stallWatches(t, st)
+	release = testutil.StallWatches(t, st.JetStream(), "KV_tokens")
 	if err := st.KV().Delete(ctx, "daraja-test"); err != nil {
 		t.Fatal(err)
 	}
