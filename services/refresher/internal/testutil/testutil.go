@@ -2,8 +2,8 @@
 // nats-server with JetStream per test, a client connection to it, polling
 // instead of sleeping, a concurrency-safe log buffer to scan for secrets, the
 // path of a headless Chromium for browser tests, stalled KV watches, and the
-// provider tests'
-// simulator, protected call and exact *refresher.ProviderError check.
+// provider tests' simulator, protected call and exact *refresher.ProviderError
+// check.
 package testutil
 
 import (
