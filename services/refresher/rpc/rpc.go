@@ -146,7 +146,8 @@ type Service struct {
 	cancel  context.CancelFunc
 }
 
-// Start registers the tokenbus micro service on nc.
+// Start registers the tokenbus micro service on nc and returns once the
+// server has its endpoints' subscriptions (a flush, at most 10 s).
 func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 15 * time.Second
@@ -208,6 +209,12 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 			_ = svc.Stop()
 			return nil, fmt.Errorf("rpc: add endpoint status: %w", err)
 		}
+	}
+	// Return once the server has the endpoints' subscriptions, so that a
+	// request sent right after Start, on any connection, finds a responder.
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("rpc: registering the endpoints: %w", err)
 	}
 	return s, nil
 }

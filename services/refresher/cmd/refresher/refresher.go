@@ -273,10 +273,6 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
-	// The endpoints answer once the server has seen their subscriptions.
-	if err := m.nc.FlushTimeout(10 * time.Second); err != nil {
-		return fmt.Errorf("registering the service: %w", err)
-	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
