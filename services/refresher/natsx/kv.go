@@ -113,6 +113,9 @@ type WatchHooks struct {
 	// Recovered is called once when a recreated watch has caught up, with
 	// how long it was stalled.
 	Recovered func(stalledFor time.Duration)
+	// Current is called each time a watcher has delivered every value up
+	// to its start (the first time: the copy holds every published token).
+	Current func()
 }
 
 // Watch keeps fn fed with every token in the bucket, from now on and from
@@ -184,6 +187,9 @@ func (s *Store) current(hooks WatchHooks) {
 	s.watchMu.Unlock()
 	if !since.IsZero() && hooks.Recovered != nil {
 		hooks.Recovered(time.Since(since))
+	}
+	if hooks.Current != nil {
+		hooks.Current()
 	}
 }
 

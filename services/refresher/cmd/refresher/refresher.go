@@ -270,9 +270,6 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 		reg = registry{m: m}
 	}
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
-		return err
-	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
@@ -293,14 +290,29 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 	}
 	// Every replica keeps its copy of every token current from the bucket;
-	// the leader first checks that it wrote what it sees.
+	// the leader first checks that it wrote what it sees. It answers
+	// token.get only once the copy holds every published token (or after
+	// copyWait): a replica that joined the queue group first would answer
+	// 503 for tokens the others serve (a rolling upgrade's new replica did).
+	current := make(chan struct{})
+	var currentOnce sync.Once
+	hooks := m.watchHooks()
+	hooks.Current = func() { currentOnce.Do(func() { close(current) }) }
 	m.wg.Go(func() {
 		m.store.Watch(runCtx, m.nc, func(tok wire.Token, rev uint64) {
 			if m.leader.Accept(runCtx, tok, rev) {
 				m.set.token(tok, rev)
 			}
-		}, m.watchHooks())
+		}, hooks)
 	})
+	select {
+	case <-current:
+	case <-time.After(copyWait):
+		m.logger.Warn("the token bucket was not read within " + copyWait.String() + "; answering from a partial copy (token.get reads the bucket for the rest)")
+	}
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
+		return err
+	}
 	// Only the lease holder runs the loops that call providers (refresh
 	// managers, single-use pool fillers) and serves forwarded refreshes.
 	m.wg.Go(func() { _ = m.leader.Run(runCtx) })
@@ -309,6 +321,10 @@ func (m *Main) Run(ctx context.Context) error {
 	m.banner()
 	return nil
 }
+
+// copyWait bounds how long Run waits for the token watch's first complete
+// copy of the bucket before it answers requests.
+const copyWait = 5 * time.Second
 
 // Status reports this replica's view of every provider: config-file ones in
 // configuration order, then runtime ones by name.
