@@ -67,13 +67,17 @@ func (r *storeRegistry) List(after string, limit int) ([]wire.ProviderInfo, stri
 	return out, ""
 }
 
-func TestProvidersPutListDelete(t *testing.T) {
+// startProvidersService starts a harness and, beside it, the providers
+// endpoints of the tokenbus service over a sealed credentials bucket, all
+// stopped when the test ends.
+func startProvidersService(t *testing.T) (*harness.Harness, *storeRegistry) {
+	t.Helper()
 	h := harness.New(t, harness.Config{})
 	nc, err := nats.Connect(h.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	raw := make([]byte, 32)
 	_, _ = rand.Read(raw)
 	key, _ := seal.ParseKey("k1", encodeKey(raw))
@@ -87,7 +91,12 @@ func TestProvidersPutListDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer svc.Stop()
+	t.Cleanup(func() { _ = svc.Stop() })
+	return h, reg
+}
+
+func TestProvidersPutListDelete(t *testing.T) {
+	h, reg := startProvidersService(t)
 
 	const secret = "consumer-secret-from-env-42"
 	getenv = func(k string) string {
@@ -152,26 +161,7 @@ func encodeKey(raw []byte) string { return base64.StdEncoding.EncodeToString(raw
 // with a value; on a terminal stderr shows a progress bar; the exit status
 // says that some were refused.
 func TestProvidersPutStream(t *testing.T) {
-	h := harness.New(t, harness.Config{})
-	nc, err := nats.Connect(h.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	raw := make([]byte, 32)
-	_, _ = rand.Read(raw)
-	key, _ := seal.ParseKey("k1", encodeKey(raw))
-	ring, _ := seal.NewKeyring(key)
-	st, err := credentials.Open(t.Context(), nc, "tokenbus-credentials", 1, ring)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := &storeRegistry{st: st, seen: map[string]rconfig.Provider{}}
-	svc, err := rpc.Start(nc, rpc.Config{Registry: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Stop()
+	h, reg := startProvidersService(t)
 
 	const n = 5*batchSize + 50 // six batches
 	var in strings.Builder
