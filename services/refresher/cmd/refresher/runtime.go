@@ -339,17 +339,9 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		sv.src, sv.st, sv.loop = pl, pl, filler
 		return sv, nil
 	}
-	mgr := refresh.NewManager(refresh.Config{
-		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader,
-		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-		Recorder: m.obs, StaleBefore: staleBefore, Discarded: discarded, Observer: m.events,
-		Gate: func(ctx context.Context) (refresh.Call, error) {
-			c, err := gate.Enter(ctx, cred)
-			if err != nil {
-				return nil, err
-			}
-			return c, nil
-		},
+	mgr := m.sched.NewManager(refresh.ProviderConfig{
+		Name: p.Name, Kind: p.Kind, Provider: prov, Credential: cred,
+		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), StaleBefore: staleBefore,
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
 	sv.src = bucketSource{freshSource: freshSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, mgr: mgr}, lookup: m.lookup}
