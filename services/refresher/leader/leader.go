@@ -30,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -372,8 +374,9 @@ func (l *Leader) lead(stop, lost context.Context) {
 	l.gate.begin(lost)
 	l.mu.Lock()
 	l.lctx = stop
-	for name, loop := range l.loops {
-		l.startLocked(name, loop, nil)
+	// In name order: a seed of the simulation replays the same start.
+	for _, name := range slices.Sorted(maps.Keys(l.loops)) {
+		l.startLocked(name, l.loops[name], nil)
 	}
 	l.mu.Unlock()
 
@@ -493,7 +496,8 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		}
 	}
 	l.mu.Unlock()
-	for name, loop := range keepers {
+	for _, name := range slices.Sorted(maps.Keys(keepers)) {
+		loop := keepers[name]
 		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
 		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
 			continue
