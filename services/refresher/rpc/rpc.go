@@ -536,8 +536,11 @@ func Code(provider string, err error) (int, string) {
 	var (
 		ce *refresher.CooldownError
 		be *busyError
+		se *storeError
 	)
 	switch {
+	case errors.As(err, &se):
+		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, se.Error())
 	case errors.As(err, &be):
 		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(be.Error(), "rpc: "))
 	case errors.As(err, &re):

@@ -57,6 +57,9 @@ type providerSet struct {
 	// byCred names the provider that uses each credential
 	// (config.Provider.Credential): two may not share one.
 	byCred map[string]string
+	// stale counts the runtime providers sealed with an older key, so that
+	// the re-sealer's tick does not scan every provider when none is.
+	stale int
 }
 
 func newProviderSet() *providerSet {
@@ -106,6 +109,12 @@ func (ps *providerSet) add(sv *served) *served {
 		ps.byCred[sv.cred] = sv.name
 	}
 	delete(ps.removed, sv.name)
+	if old != nil && old.stale {
+		ps.stale--
+	}
+	if sv.stale {
+		ps.stale++
+	}
 	if old == nil {
 		if sv.source == wire.SourceConfig {
 			ps.config = append(ps.config, sv.name)
@@ -137,6 +146,9 @@ func (ps *providerSet) remove(name string) *served {
 		}
 	}
 	ps.removed[name] = now
+	if sv.stale {
+		ps.stale--
+	}
 	if ps.byCred[sv.cred] == name {
 		delete(ps.byCred, sv.cred)
 	}
@@ -246,10 +258,30 @@ func (ps *providerSet) list(after string, limit int) ([]wire.ProviderInfo, strin
 	return out, next
 }
 
-// staleRuntime returns the runtime providers sealed with an older key.
+// sealed records that the runtime provider sv, already served, is stored at
+// rev, sealed with an older key if stale (a re-seal, or a watch that started
+// over).
+func (ps *providerSet) sealed(sv *served, rev uint64, stale bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.byName[sv.name] == sv && sv.stale != stale {
+		if stale {
+			ps.stale++
+		} else {
+			ps.stale--
+		}
+	}
+	sv.rev, sv.stale = rev, stale
+}
+
+// staleRuntime returns the runtime providers sealed with an older key: none,
+// without looking at any, when the count of them is 0.
 func (ps *providerSet) staleRuntime() []*served {
 	ps.mu.RLock()
 	defer ps.mu.RUnlock()
+	if ps.stale == 0 {
+		return nil
+	}
 	var out []*served
 	for _, n := range ps.runtime {
 		if sv := ps.byName[n]; sv.stale {
@@ -405,9 +437,7 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 	}
 	if old != nil && reflect.DeepEqual(old.prov, ev.Provider) {
 		// The same provider: a re-seal, or a watch that started over.
-		m.set.mu.Lock()
-		old.rev, old.stale = ev.Revision, ev.Stale
-		m.set.mu.Unlock()
+		m.set.sealed(old, ev.Revision, ev.Stale)
 		m.kickReseal(ev.Stale)
 		return
 	}
