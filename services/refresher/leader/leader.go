@@ -359,7 +359,7 @@ func (l *Leader) lead(stop, lost context.Context) {
 		}
 	}
 	defer l.fence.end()
-	l.gate.begin(lost)
+	l.gate.begin(lost, term)
 	l.mu.Lock()
 	l.lctx = stop
 	for name, loop := range l.loops {
