@@ -371,7 +371,7 @@ func (l *Leader) lead(stop, lost context.Context) {
 		}
 	}
 	defer l.fence.end()
-	l.gate.begin(lost)
+	l.gate.begin(lost, term)
 	l.mu.Lock()
 	l.lctx = stop
 	// In name order: a seed of the simulation replays the same start.

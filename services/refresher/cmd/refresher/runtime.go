@@ -718,6 +718,11 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		return
 	}
 	sv.prov, sv.rev, sv.stale = ev.Provider, ev.Revision, ev.Stale
+	if pl, ok := sv.src.(*pool.Pool); ok {
+		// Before it is served: from now on no replaced credentials' token
+		// is handed out by any of this provider's pools here.
+		pl.SetGeneration(ev.Revision)
+	}
 	if old != nil && old.mgr != nil && sv.mgr != nil {
 		// Served until replaced; on the leader the new manager takes over
 		// what the old one published last once it has stopped (Takeover).
@@ -745,8 +750,12 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 // removeRuntime stops serving name; the leader stops its loop and deletes
 // its token with a fenced delete (a standby leaves that to the leader).
 func (m *Main) removeRuntime(ctx context.Context, name string) {
-	if sv := m.set.remove(name); sv == nil {
+	sv := m.set.remove(name)
+	if sv == nil {
 		return
+	}
+	if pl, ok := sv.src.(*pool.Pool); ok {
+		pl.Close() // claims under way hand nothing out
 	}
 	if m.leader.Valid() {
 		m.events.Removed(name)
