@@ -216,8 +216,11 @@ func servingEnd(tok wire.Token) time.Time {
 // condition returns the provider's condition, since when, and the last
 // failure's cause (empty after a success).
 func (m *Manager) condition() (cond string, since time.Time, cause string) {
-	now := m.s.now()
-	e := m.slot.Load()
+	return m.conditionAt(m.s.now(), m.slot.Load())
+}
+
+// conditionAt is condition at now with e the slot's entry.
+func (m *Manager) conditionAt(now time.Time, e *Entry) (cond string, since time.Time, cause string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := m.h.fail

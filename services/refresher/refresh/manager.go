@@ -82,6 +82,10 @@ type Config struct {
 	// Observer is told about the provider's transitions while Run runs
 	// (events); nil tells no one.
 	Observer Observer
+	// Rand, if set, is the source of the refresh-time and backoff jitter
+	// (the simulation: a seed fixes them); math/rand/v2's global source if
+	// nil. The manager owns it.
+	Rand *rand.Rand
 }
 
 // Call is one provider call admitted by the gate (leader.Call).
@@ -115,6 +119,7 @@ type Manager struct {
 	before, cooldown time.Duration
 	staleBefore      time.Time
 	slot             Slot
+	rnd              *jitter // nil: math/rand/v2's global source
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
 
@@ -157,8 +162,8 @@ type refreshRun struct {
 	span      trace.Span
 	attempts  int
 	link      trace.SpanContext // the token.refresh request that asked for the next refresh
-	transient *backoff.ExponentialBackOff
-	permanent *backoff.ExponentialBackOff
+	transient backOff
+	permanent backOff
 }
 
 // DefaultRefreshCooldown is the refresh cooldown of a provider that sets none.
@@ -177,7 +182,7 @@ func NewManager(cfg Config) *Manager {
 	}
 	return NewScheduler(sc).NewManager(ProviderConfig{
 		Name: cfg.Name, Kind: cfg.Kind, Provider: cfg.Provider, RefreshBefore: cfg.RefreshBefore,
-		RefreshCooldown: cfg.RefreshCooldown, StaleBefore: cfg.StaleBefore,
+		RefreshCooldown: cfg.RefreshCooldown, StaleBefore: cfg.StaleBefore, Rand: cfg.Rand,
 	})
 }
 
@@ -201,6 +206,22 @@ func (m *Manager) Status() wire.ProviderStatus {
 	cond, since, cause := m.condition()
 	st.Condition, st.ConditionSince, st.Cause = cond, &since, cause
 	return st
+}
+
+// Brief returns what Status reports in State and Condition, building
+// nothing else and allocating nothing: token.status's summary and the
+// metrics count every provider with it.
+func (m *Manager) Brief() (state, condition string) {
+	now, e := m.s.now(), m.slot.Load()
+	state = wire.StateNoToken
+	if e != nil && servable(e.Token, now) {
+		state = wire.StateOK
+		if _, err := m.slot.LastError(); err != nil {
+			state = wire.StateFailing
+		}
+	}
+	condition, _, _ = m.conditionAt(now, e)
+	return state, condition
 }
 
 // Name returns the provider name.
@@ -254,7 +275,7 @@ func (m *Manager) refreshAt(tok refresher.Token) time.Time {
 	}
 	jitter := time.Duration(0)
 	if q := int64(margin / 4); q > 0 {
-		jitter = time.Duration(rand.Int64N(q))
+		jitter = time.Duration(m.int64N(q))
 	}
 	return tok.ExpiresAt.Add(-margin - jitter)
 }
@@ -363,7 +384,7 @@ func (m *Manager) step() (wait time.Duration, ended bool) {
 		return b.Initial, false
 	}
 	if r.transient == nil {
-		r.transient = exponential(b.Initial, b.Max)
+		r.transient = m.exponential(b.Initial, b.Max)
 	}
 	if m.pending != nil {
 		// The provider answered; only the publish failed. Retry the
@@ -376,7 +397,7 @@ func (m *Manager) step() (wait time.Duration, ended bool) {
 	kind := refresher.Classify(err)
 	if kind == refresher.Permanent {
 		if r.permanent == nil {
-			r.permanent = exponential(b.PermanentInitial, b.PermanentMax)
+			r.permanent = m.exponential(b.PermanentInitial, b.PermanentMax)
 		}
 		wait = r.permanent.NextBackOff()
 		m.endSpan("failed", err)
@@ -438,7 +459,7 @@ func (m *Manager) finish() {
 		return
 	}
 	ctx := m.call.Context()
-	wait := exponential(20*time.Millisecond, time.Second)
+	wait := m.exponential(20*time.Millisecond, time.Second)
 	for {
 		if !m.usable(*m.pending) {
 			m.discard(metrics.DiscardExpired)

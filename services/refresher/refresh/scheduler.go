@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -70,6 +71,10 @@ type ProviderConfig struct {
 	// replaced credentials: the manager fetches at once instead of keeping
 	// it (a runtime provider put with new credentials, SPEC §8).
 	StaleBefore time.Time
+	// Rand, if set, is the source of the refresh-time and backoff jitter
+	// (the simulation: a seed fixes them); math/rand/v2's global source if
+	// nil. The manager owns it.
+	Rand *rand.Rand
 }
 
 // Scheduler runs the turns of many managers: one timer heap of managers
@@ -135,6 +140,9 @@ func (s *Scheduler) NewManager(p ProviderConfig) *Manager {
 	}
 	m := &Manager{s: s, name: p.Name, kind: p.Kind, cred: p.Credential, provider: p.Provider,
 		before: p.RefreshBefore, cooldown: p.RefreshCooldown, staleBefore: p.StaleBefore, idx: -1}
+	if p.Rand != nil {
+		m.rnd = &jitter{r: p.Rand}
+	}
 	m.h.start = s.now()
 	return m
 }
