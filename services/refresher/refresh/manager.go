@@ -2,7 +2,9 @@
 // fetch at start, publish, refresh ahead of expiry with jitter, retry with
 // exponential backoff (transient failures) or slowly (permanent ones), and
 // refresh on demand when a caller reports the current token rejected. It
-// serves the current token from memory and never an expired one.
+// serves the current token from memory and never an expired one. One
+// Scheduler runs the refreshes of every provider of a refresher (a timer
+// heap and a few workers); a provider's Manager is only its state.
 package refresh
 
 import (
@@ -503,7 +505,7 @@ func (m *Manager) Takeover(_ context.Context, old any) {
 	}
 }
 
-// firstRefresh returns how long Run waits before its first call: at once,
+// firstRefresh returns how long a started manager waits before its first call: at once,
 // unless the slot already holds a valid token (published by a previous
 // leader), which is then refreshed on its normal schedule. A new leader thus
 // does not replace a fresh Daraja token, which would invalidate it fleet-wide.
