@@ -505,10 +505,11 @@ func (m *Manager) Takeover(_ context.Context, old any) {
 	}
 }
 
-// firstRefresh returns how long a started manager waits before its first call: at once,
-// unless the slot already holds a valid token (published by a previous
-// leader), which is then refreshed on its normal schedule. A new leader thus
-// does not replace a fresh Daraja token, which would invalidate it fleet-wide.
+// firstRefresh returns how long a started manager waits before its first
+// call: at once, unless the slot already holds a valid token (published by a
+// previous leader), which is then refreshed on its normal schedule. A new
+// leader thus does not replace a fresh Daraja token, which would invalidate
+// it fleet-wide.
 func (m *Manager) firstRefresh() time.Duration {
 	e := m.slot.Load()
 	if e == nil || e.Token.Expired(m.s.now()) || e.Token.IssuedAt.Before(m.staleBefore) {
