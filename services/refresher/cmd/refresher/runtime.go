@@ -615,11 +615,11 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	if err != nil {
 		return nil, err
 	}
-	cred := p.Credential()
+	sv := &served{name: p.Name, kind: p.Kind, source: source, cred: p.Credential()}
+	cred := sv.cred // one copy of the string for both
 	if cred == "" {
 		cred = "name:" + p.Name
 	}
-	sv := &served{name: p.Name, kind: p.Kind, source: source, cred: p.Credential()}
 	discarded := func(reason string) { m.Metrics.TokenDiscarded(reason) }
 	gate := m.leader.Gate()
 	if singleUse(p) {
