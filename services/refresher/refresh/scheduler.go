@@ -152,7 +152,7 @@ const (
 	stIdle     uint8 = iota // not started (or stopped)
 	stQueued                // started, in a heap
 	stRunning               // a turn in progress
-	stStopping              // a turn in progress, and Stop waits for it
+	stStopping              // being stopped: Stop waits for the turn in progress, or publishes
 	stParked                // started, but its context ended: no turns until Stop
 )
 
@@ -228,7 +228,9 @@ func (s *Scheduler) stop(m *Manager) {
 	case stQueued:
 		s.removeLocked(m)
 	}
-	m.state = stIdle
+	// Stopping until finished: a Start meanwhile is ignored, a kick or a
+	// repair is kept for the next Start.
+	m.state = stStopping
 	m.stopped, m.kick, m.repair = nil, nil, false
 	s.started--
 	s.signal()
@@ -236,7 +238,7 @@ func (s *Scheduler) stop(m *Manager) {
 	m.finish()
 	m.setRunning(false)
 	s.mu.Lock()
-	m.ctx = nil
+	m.state, m.ctx = stIdle, nil
 	s.mu.Unlock()
 }
 
