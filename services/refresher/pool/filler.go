@@ -205,16 +205,20 @@ func (f *Filler) nextCount() time.Duration {
 	f.expMu.Lock()
 	defer f.expMu.Unlock()
 	i := 0
-	for i < len(f.expires) && !f.expires[i].After(now) {
+	for i < len(f.expires) && !f.expires[i].Add(expiryGrace).After(now) {
 		i++
 	}
 	f.expires = f.expires[i:]
 	wait := f.cfg.Poll
 	if len(f.expires) > 0 {
-		wait = min(wait, max(f.expires[0].Sub(now), 10*time.Millisecond))
+		wait = min(wait, max(f.expires[0].Add(expiryGrace).Sub(now), 10*time.Millisecond))
 	}
 	return wait
 }
+
+// expiryGrace is how long after a token's TTL the filler counts the pool:
+// the server removes expired messages on its own timer, a little late.
+const expiryGrace = time.Second
 
 // noteExpiry records that a token just published leaves the pool at at. At
 // most a few pools' worth are kept (the earliest count).
