@@ -30,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,8 +81,12 @@ type Config struct {
 	// JetStream and Tokens are the tokens bucket the leader writes.
 	JetStream jetstream.JetStream
 	Tokens    jetstream.KeyValue
-	// Conn carries forwarded refreshes.
+	// Conn carries forwarded refreshes, and the resuming check of a lapsed
+	// lease.
 	Conn *nats.Conn
+	// Transport, if set, carries forwarded refreshes instead of Conn (the
+	// simulation's bus).
+	Transport Transport
 	// ErrorCode maps a failed forwarded refresh to its wire code and
 	// message (rpc.Code); 503 and the error text if nil.
 	ErrorCode func(provider string, err error) (int, string)
@@ -161,6 +167,12 @@ func New(cfg Config) (*Leader, error) {
 	}
 	if cfg.FetchConcurrency <= 0 {
 		cfg.FetchConcurrency = 16
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = noTransport{}
+		if cfg.Conn != nil {
+			cfg.Transport = natsTransport{cfg.Conn}
+		}
 	}
 	l := &Leader{
 		cfg: cfg, log: cfg.Logger,
@@ -362,8 +374,9 @@ func (l *Leader) lead(stop, lost context.Context) {
 	l.gate.begin(lost, term)
 	l.mu.Lock()
 	l.lctx = stop
-	for name, loop := range l.loops {
-		l.startLocked(name, loop, nil)
+	// In name order: a seed of the simulation replays the same start.
+	for _, name := range slices.Sorted(maps.Keys(l.loops)) {
+		l.startLocked(name, l.loops[name], nil)
 	}
 	l.mu.Unlock()
 
@@ -398,13 +411,16 @@ func (l *Leader) lead(stop, lost context.Context) {
 	l.gate.end(lost)
 }
 
+// forwardQueue is the queue group in which leaders serve forwarded refreshes.
+const forwardQueue = "tokenbus-leader"
+
 // serveForwarded answers refreshes forwarded by standbys until ctx ends, in
 // a queue group: with two replicas that both believe they lead (for at most
 // a renewal), each forwarded refresh is handled once. A subscription that
 // fails is tried again every retry period.
 func (l *Leader) serveForwarded(ctx context.Context) {
 	for {
-		sub, err := l.cfg.Conn.QueueSubscribe(RefreshPrefix+"*", "tokenbus-leader", l.onForwarded(ctx))
+		sub, err := l.cfg.Transport.QueueSubscribe(RefreshPrefix+"*", forwardQueue, l.onForwarded(ctx))
 		if err == nil {
 			<-ctx.Done()
 			_ = sub.Unsubscribe()
@@ -480,7 +496,8 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		}
 	}
 	l.mu.Unlock()
-	for name, loop := range keepers {
+	for _, name := range slices.Sorted(maps.Keys(keepers)) {
+		loop := keepers[name]
 		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
 		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
 			continue
@@ -638,7 +655,7 @@ func (l *Leader) reply(msg *nats.Msg, provider string, body []byte, err error) {
 		return
 	}
 	if err == nil {
-		_ = msg.Respond(body)
+		_ = l.cfg.Transport.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body})
 		return
 	}
 	code, text := l.cfg.ErrorCode(provider, err)
@@ -647,7 +664,7 @@ func (l *Leader) reply(msg *nats.Msg, provider string, body []byte, err error) {
 	if ce := (*refresher.CooldownError)(nil); errors.As(err, &ce) {
 		h.Set(wire.HeaderRetryAfter, strconv.Itoa(refresher.RetryAfterSeconds(ce.RetryAfter)))
 	}
-	_ = l.cfg.Conn.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: h})
+	_ = l.cfg.Transport.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: h})
 }
 
 // forward asks the leader to handle a refresh report for provider and returns
@@ -657,7 +674,7 @@ func (l *Leader) forward(ctx context.Context, provider, invalid string) ([]byte,
 	body, _ := json.Marshal(wire.RefreshRequest{InvalidToken: invalid})
 	msg := &nats.Msg{Subject: RefreshPrefix + provider, Data: body}
 	natstrace.Inject(ctx, msg)
-	reply, err := l.cfg.Conn.RequestMsgWithContext(ctx, msg)
+	reply, err := l.cfg.Transport.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: no lease holder answered (%v)", refresher.ErrNoToken, err)
 	}

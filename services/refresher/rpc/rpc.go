@@ -91,11 +91,12 @@ type Config struct {
 	// is called on the request path and must be cheap and safe for
 	// concurrent use.
 	Lookup func(name string) (Source, bool)
-	// Status reports this replica's view for token.status, every provider
-	// in page order; the endpoint is not registered when nil. The service
-	// summarises, filters and pages it (wire.Status.Page) and keeps the
+	// Status reports this replica's view for token.status: the summary of
+	// every provider and the page the request asks for, as wire.Status.Page
+	// cuts it (a small fleet may return all.Page(q)). The endpoint is not
+	// registered when nil. The service cuts the page further to keep the
 	// reply within one NATS message.
-	Status func() wire.Status
+	Status func(q wire.StatusRequest) wire.Status
 	// Registry serves tokenbus.providers.*; nil answers them 503 with a
 	// how-to (runtime providers are off).
 	Registry Registry
@@ -561,8 +562,11 @@ func Code(provider string, err error) (int, string) {
 	var (
 		ce *refresher.CooldownError
 		be *busyError
+		se *storeError
 	)
 	switch {
+	case errors.As(err, &se):
+		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, se.Error())
 	case errors.As(err, &be):
 		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(be.Error(), "rpc: "))
 	case errors.As(err, &re):

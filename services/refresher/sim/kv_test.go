@@ -74,12 +74,13 @@ func wrongLastConstant() error {
 // commit proposes p on behalf of from (nil: an operator outside the
 // cluster). Faults are drawn from the world's schedule.
 func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64, error) {
-	slow, lose, cut := b.w.writeFaults(from)
+	trip, slow, lose, cut := b.w.writeFaults(from, b.name, p.key)
 	if cut {
 		// Cut off from the majority: the proposal never commits.
 		<-ctx.Done()
 		return 0, errTimeout
 	}
+	time.Sleep(trip)
 	b.mu.Lock()
 	if b.committing[p.key] > 0 || (p.expect != "" && b.committing[p.expect] > 0) {
 		b.mu.Unlock()
@@ -323,3 +324,6 @@ func cloneHeader(h nats.Header) nats.Header {
 	}
 	return out
 }
+
+// buckets returns the world's buckets in a fixed order.
+func (w *world) buckets() []*bucket { return []*bucket{w.lease, w.tokens} }
