@@ -551,13 +551,21 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 }
 
 // Owns reports whether tok, seen in the bucket at rev, is no replacement of
-// this manager's token: rev is not newer than its last publish, or tok is
-// the token it holds (published, or issued and about to be).
+// this manager's token: rev is not newer than the copy it holds (its last
+// publish, or a later write it took; its last publish if it holds none), or
+// tok is the token it holds (published, or issued and about to be). The
+// copy's revision, not the highest one ever published: a bucket deleted and
+// created again starts its revisions from 1, and a write there below an
+// old publish is news (the sim's bucket-recreated schedule).
 func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
-	if rev <= max(m.published.Load(), m.slot.revision()) {
+	e := m.slot.Load()
+	last := m.published.Load()
+	if e != nil && e.Revision != 0 {
+		last = e.Revision
+	}
+	if rev <= last {
 		return true // not newer than what it holds: old news, not a replacement
 	}
-	e := m.slot.Load()
 	return e != nil && e.Token.AccessToken == tok.AccessToken
 }
 

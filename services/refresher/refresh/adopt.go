@@ -1,0 +1,21 @@
+package refresh
+
+import "github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+
+// Adopt takes tok, stored at rev by another replica, as this manager's copy
+// unless the copy is newer (leader.Adopter: the writes a deposed leader
+// refused while it believed it led).
+func (m *Manager) Adopt(tok wire.Token, rev uint64) {
+	if e, err := NewEntry(tok, rev); err == nil {
+		m.slot.Store(e)
+	}
+}
+
+// Unverified asks Run to fetch a new token at once if it holds a copy: the
+// leader found no record of the copy in the bucket (deleted and created
+// again), so it cannot tell whether a leader wrote it.
+func (m *Manager) Unverified() {
+	if e := m.slot.Load(); e != nil {
+		m.Replace(e.Token.AccessToken)
+	}
+}
