@@ -640,7 +640,10 @@ func (l *Leader) write(ctx context.Context, key string, data []byte, del bool) (
 	return l.fence.write(ctx, key, data, del)
 }
 
-// repairAll asks every keeper to publish its token again.
+// repairAll asks every keeper to publish its token again: the bucket lost
+// them. A keeper that can tell (a refresh manager: Recreated) publishes its
+// copy again only if that is its own last publish, and fetches a new token
+// otherwise (a copy taken while standing by may be one no leader wrote).
 func (l *Leader) repairAll() {
 	l.mu.Lock()
 	var keepers []Keeper
@@ -651,6 +654,10 @@ func (l *Leader) repairAll() {
 	}
 	l.mu.Unlock()
 	for _, k := range keepers {
+		if r, ok := k.(interface{ Recreated() }); ok {
+			r.Recreated()
+			continue
+		}
 		k.Repair()
 	}
 }

@@ -19,3 +19,18 @@ func (m *Manager) Unverified() {
 		m.Replace(e.Token.AccessToken)
 	}
 }
+
+// Recreated is told that the bucket lost every token (deleted and created
+// again): Run publishes its copy again if that is its own last publish, and
+// fetches a new token otherwise (a copy taken from the bucket cannot be
+// checked against its writer any more).
+func (m *Manager) Recreated() {
+	e := m.slot.Load()
+	switch {
+	case e == nil:
+	case e.Revision != 0 && e.Revision == m.published.Load():
+		m.Repair()
+	default:
+		m.Replace(e.Token.AccessToken)
+	}
+}

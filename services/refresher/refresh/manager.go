@@ -272,9 +272,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			if !m.stale(k.bad) || m.failing() {
 				continue // already replaced, or retrying on its own schedule
 			}
-			if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad {
+			if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad && !k.replace {
 				m.settle() // the provider rejected it: fetch another
-			}
+			} // (asked by the leader, Replace: its own token, issued and not yet published, is published)
 			timer.Stop()
 			link = k.from
 		case <-m.repair:
@@ -585,7 +585,7 @@ func (m *Manager) Repair() {
 // report), and it is asked again in every term that finds bad.
 func (m *Manager) Replace(bad string) {
 	select {
-	case m.kick <- kick{bad: bad}:
+	case m.kick <- kick{bad: bad, replace: true}:
 	default:
 	}
 }
@@ -595,6 +595,9 @@ func (m *Manager) Replace(bad string) {
 type kick struct {
 	bad  string
 	from trace.SpanContext
+	// replace: asked by the leader (Replace), not by a caller's report: a
+	// pending token equal to bad is this manager's own, not a rejected one.
+	replace bool
 }
 
 // failing reports whether the last refresh failed: retries then follow the
