@@ -245,6 +245,9 @@ func (p caller) call(ctx context.Context) (refresher.Token, error) {
 	}
 	w.mu.Lock()
 	leave()
+	if how := r.retired[c]; how != "" {
+		w.violateLocked(invReplacedCreds, "a call of %s by %s with the %s credentials %s ended after the takeover", c.name, r.name, how, c.app)
+	}
 	c.n++
 	tok := fmt.Sprintf("%s-%d", c.app, c.n)
 	c.current = tok
