@@ -454,22 +454,12 @@ func (l *Leader) sweep(ctx context.Context) {
 
 // checkInherited looks at the token each keeper inherits from before this
 // term: one that no leader wrote (no writer header: a `nats kv put` while no
-// replica led) is counted and replaced by a fresh token. A stream it cannot
-// open is tried again every retry period for the term.
+// replica led) is counted and replaced by a fresh token. It reads the last
+// message of every key in one pass (readInherited), not one request per
+// keeper: a leader taking over 100,000 providers makes a handful of
+// JetStream requests, not 100,000. A pass that fails is tried again every
+// retry period for the term.
 func (l *Leader) checkInherited(ctx context.Context) {
-	var stream jetstream.Stream
-	for {
-		var err error
-		if stream, err = l.cfg.JetStream.Stream(ctx, "KV_"+l.cfg.Tokens.Bucket()); err == nil {
-			break
-		}
-		l.log.Warn("leader: cannot open the tokens stream to check inherited tokens; retrying", slog.String("error", err.Error()))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(l.lease.cfg.RetryPeriod):
-		}
-	}
 	l.mu.Lock()
 	keepers := map[string]Loop{}
 	for name, loop := range l.loops {
@@ -480,39 +470,118 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		}
 	}
 	l.mu.Unlock()
-	for name, loop := range keepers {
-		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
-		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
-			continue
-		}
-		var tok wire.Token
-		if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
-			continue
-		}
-		// Counted once (this replica's watch may have seen it in an earlier
-		// term), but repaired in every term that finds it: a repair that an
-		// earlier term could not write is not skipped.
-		if l.foreign(name, msg.Sequence) {
-			l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
-		}
-		k := loop.(Keeper)
-		if !k.Owns(tok, msg.Sequence) {
-			k.Repair() // its own copy is another token: write that again
-			continue
-		}
-		// Its own copy is this token (taken while it stood by): fetch a new
-		// one, whatever the refresh cooldown (this is no caller's report).
-		if rp, ok := loop.(interface{ Replace(bad string) }); ok {
-			rp.Replace(tok.AccessToken)
-			continue
-		}
-		r := loop.(Refresher)
-		l.wg.Go(func() {
-			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
-			defer cancel()
-			_, _ = r.Refresh(rctx, tok.AccessToken)
-		})
+	if len(keepers) == 0 {
+		return
 	}
+	for {
+		err := l.readInherited(ctx, keepers)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		l.log.Warn("leader: cannot read the tokens stream to check inherited tokens; retrying", slog.String("error", err.Error()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(l.lease.cfg.RetryPeriod):
+		}
+	}
+}
+
+// inheritedWait bounds the wait for the next message of readInherited's
+// pass: a pass that hears nothing for this long is retried.
+const inheritedWait = 10 * time.Second
+
+// readInherited reads the headers of the last message of every key of the
+// tokens stream, up to its last message when the pass began (an ordered
+// consumer, last per subject: the stream sends them in batches), and
+// checks each keeper's (inherited). Only a message without a writer header
+// is read in full.
+func (l *Leader) readInherited(ctx context.Context, keepers map[string]Loop) error {
+	name := "KV_" + l.cfg.Tokens.Bucket()
+	stream, err := l.cfg.JetStream.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("leader: open the tokens stream: %w", err)
+	}
+	last := stream.CachedInfo().State.LastSeq
+	if last == 0 {
+		return nil
+	}
+	prefix := "$KV." + l.cfg.Tokens.Bucket() + "."
+	cons, err := l.cfg.JetStream.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{prefix + ">"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+		HeadersOnly: true, InactiveThreshold: time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("leader: read the tokens stream: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("leader: read the tokens stream: %w", err)
+	}
+	defer func() {
+		it.Stop()
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = l.cfg.JetStream.DeleteConsumer(dctx, name, cons.CachedInfo().Name)
+	}()
+	for {
+		nctx, cancel := context.WithTimeout(ctx, inheritedWait)
+		msg, err := it.Next(jetstream.NextContext(nctx))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("leader: read the tokens stream: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("leader: read the tokens stream: %w", err)
+		}
+		seq := meta.Sequence.Stream
+		if loop, ok := keepers[strings.TrimPrefix(msg.Subject(), prefix)]; ok {
+			l.inherited(ctx, stream, strings.TrimPrefix(msg.Subject(), prefix), loop, msg.Headers(), seq)
+		}
+		if seq >= last || meta.NumPending == 0 {
+			return nil
+		}
+	}
+}
+
+// inherited checks the last message of keeper loop's key, at seq with
+// headers h, when this term began.
+func (l *Leader) inherited(ctx context.Context, stream jetstream.Stream, name string, loop Loop, h nats.Header, seq uint64) {
+	if h.Get(HeaderWriter) != "" || h.Get("KV-Operation") != "" {
+		return
+	}
+	msg, err := stream.GetMsg(ctx, seq)
+	if err != nil {
+		return // replaced since: the watch checks the new value
+	}
+	var tok wire.Token
+	if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
+		return
+	}
+	// Counted once (this replica's watch may have seen it in an earlier
+	// term), but repaired in every term that finds it: a repair that an
+	// earlier term could not write is not skipped.
+	if l.foreign(name, seq) {
+		l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", seq))
+	}
+	k := loop.(Keeper)
+	if !k.Owns(tok, seq) {
+		k.Repair() // its own copy is another token: write that again
+		return
+	}
+	// Its own copy is this token (taken while it stood by): fetch a new
+	// one, whatever the refresh cooldown (this is no caller's report).
+	if rp, ok := loop.(interface{ Replace(bad string) }); ok {
+		rp.Replace(tok.AccessToken)
+		return
+	}
+	r := loop.(Refresher)
+	l.wg.Go(func() {
+		rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
+		defer cancel()
+		_, _ = r.Refresh(rctx, tok.AccessToken)
+	})
 }
 
 // Publish stores tok under its provider key, fenced by the current term
