@@ -30,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,8 +81,12 @@ type Config struct {
 	// JetStream and Tokens are the tokens bucket the leader writes.
 	JetStream jetstream.JetStream
 	Tokens    jetstream.KeyValue
-	// Conn carries forwarded refreshes.
+	// Conn carries forwarded refreshes, and the resuming check of a lapsed
+	// lease.
 	Conn *nats.Conn
+	// Transport, if set, carries forwarded refreshes instead of Conn (the
+	// simulation's bus).
+	Transport Transport
 	// ErrorCode maps a failed forwarded refresh to its wire code and
 	// message (rpc.Code); 503 and the error text if nil.
 	ErrorCode func(provider string, err error) (int, string)
@@ -97,7 +103,11 @@ type Config struct {
 	// token keys of providers it has no loop for only after that, never
 	// the tokens of runtime providers it has not loaded yet.
 	Loaded <-chan struct{}
-	Logger *slog.Logger
+	// Inherited, if set, reads the last message of every token key for a
+	// new leader's check of what it inherits, instead of JetStream (the
+	// simulation's bucket).
+	Inherited Inherited
+	Logger    *slog.Logger
 }
 
 // Leader runs the election and, while this replica leads, its loops.
@@ -161,6 +171,15 @@ func New(cfg Config) (*Leader, error) {
 	}
 	if cfg.FetchConcurrency <= 0 {
 		cfg.FetchConcurrency = 16
+	}
+	if cfg.Inherited == nil {
+		cfg.Inherited = jsInherited{js: cfg.JetStream, bucket: cfg.Tokens.Bucket()}
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = noTransport{}
+		if cfg.Conn != nil {
+			cfg.Transport = natsTransport{cfg.Conn}
+		}
 	}
 	l := &Leader{
 		cfg: cfg, log: cfg.Logger,
@@ -359,11 +378,12 @@ func (l *Leader) lead(stop, lost context.Context) {
 		}
 	}
 	defer l.fence.end()
-	l.gate.begin(lost)
+	l.gate.begin(lost, term)
 	l.mu.Lock()
 	l.lctx = stop
-	for name, loop := range l.loops {
-		l.startLocked(name, loop, nil)
+	// In name order: a seed of the simulation replays the same start.
+	for _, name := range slices.Sorted(maps.Keys(l.loops)) {
+		l.startLocked(name, l.loops[name], nil)
 	}
 	l.mu.Unlock()
 
@@ -398,13 +418,16 @@ func (l *Leader) lead(stop, lost context.Context) {
 	l.gate.end(lost)
 }
 
+// forwardQueue is the queue group in which leaders serve forwarded refreshes.
+const forwardQueue = "tokenbus-leader"
+
 // serveForwarded answers refreshes forwarded by standbys until ctx ends, in
 // a queue group: with two replicas that both believe they lead (for at most
 // a renewal), each forwarded refresh is handled once. A subscription that
 // fails is tried again every retry period.
 func (l *Leader) serveForwarded(ctx context.Context) {
 	for {
-		sub, err := l.cfg.Conn.QueueSubscribe(RefreshPrefix+"*", "tokenbus-leader", l.onForwarded(ctx))
+		sub, err := l.cfg.Transport.QueueSubscribe(RefreshPrefix+"*", forwardQueue, l.onForwarded(ctx))
 		if err == nil {
 			<-ctx.Done()
 			_ = sub.Unsubscribe()
@@ -455,7 +478,7 @@ func (l *Leader) sweep(ctx context.Context) {
 // checkInherited looks at the token each keeper inherits from before this
 // term: one that no leader wrote (no writer header: a `nats kv put` while no
 // replica led) is counted and replaced by a fresh token. It reads the last
-// message of every key in one pass (readInherited), not one request per
+// message of every key in one pass (Config.Inherited), not one request per
 // keeper: a leader taking over 100,000 providers makes a handful of
 // JetStream requests, not 100,000. A pass that fails is tried again every
 // retry period for the term.
@@ -474,7 +497,11 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		return
 	}
 	for {
-		err := l.readInherited(ctx, keepers)
+		err := l.cfg.Inherited.LastPerKey(ctx, func(key string, h nats.Header, seq uint64) {
+			if loop, ok := keepers[key]; ok {
+				l.inherited(ctx, key, loop, h, seq)
+			}
+		})
 		if err == nil || ctx.Err() != nil {
 			return
 		}
@@ -487,76 +514,18 @@ func (l *Leader) checkInherited(ctx context.Context) {
 	}
 }
 
-// inheritedWait bounds the wait for the next message of readInherited's
-// pass: a pass that hears nothing for this long is retried.
-const inheritedWait = 10 * time.Second
-
-// readInherited reads the headers of the last message of every key of the
-// tokens stream, up to its last message when the pass began (an ordered
-// consumer, last per subject: the stream sends them in batches), and
-// checks each keeper's (inherited). Only a message without a writer header
-// is read in full.
-func (l *Leader) readInherited(ctx context.Context, keepers map[string]Loop) error {
-	name := "KV_" + l.cfg.Tokens.Bucket()
-	stream, err := l.cfg.JetStream.Stream(ctx, name)
-	if err != nil {
-		return fmt.Errorf("leader: open the tokens stream: %w", err)
-	}
-	last := stream.CachedInfo().State.LastSeq
-	if last == 0 {
-		return nil
-	}
-	prefix := "$KV." + l.cfg.Tokens.Bucket() + "."
-	cons, err := l.cfg.JetStream.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{prefix + ">"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		HeadersOnly: true, InactiveThreshold: time.Minute,
-	})
-	if err != nil {
-		return fmt.Errorf("leader: read the tokens stream: %w", err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("leader: read the tokens stream: %w", err)
-	}
-	defer func() {
-		it.Stop()
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = l.cfg.JetStream.DeleteConsumer(dctx, name, cons.CachedInfo().Name)
-	}()
-	for {
-		nctx, cancel := context.WithTimeout(ctx, inheritedWait)
-		msg, err := it.Next(jetstream.NextContext(nctx))
-		cancel()
-		if err != nil {
-			return fmt.Errorf("leader: read the tokens stream: %w", err)
-		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("leader: read the tokens stream: %w", err)
-		}
-		seq := meta.Sequence.Stream
-		if loop, ok := keepers[strings.TrimPrefix(msg.Subject(), prefix)]; ok {
-			l.inherited(ctx, stream, strings.TrimPrefix(msg.Subject(), prefix), loop, msg.Headers(), seq)
-		}
-		if seq >= last || meta.NumPending == 0 {
-			return nil
-		}
-	}
-}
-
-// inherited checks the last message of keeper loop's key, at seq with
-// headers h, when this term began.
-func (l *Leader) inherited(ctx context.Context, stream jetstream.Stream, name string, loop Loop, h nats.Header, seq uint64) {
+// inherited checks the last message of keeper loop's key name, at seq with
+// headers h, as this term began.
+func (l *Leader) inherited(ctx context.Context, name string, loop Loop, h nats.Header, seq uint64) {
 	if h.Get(HeaderWriter) != "" || h.Get("KV-Operation") != "" {
 		return
 	}
-	msg, err := stream.GetMsg(ctx, seq)
+	data, err := l.cfg.Inherited.Message(ctx, seq)
 	if err != nil {
 		return // replaced since: the watch checks the new value
 	}
 	var tok wire.Token
-	if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
+	if json.Unmarshal(data, &tok) != nil || tok.AccessToken == "" {
 		return
 	}
 	// Counted once (this replica's watch may have seen it in an earlier
@@ -707,7 +676,7 @@ func (l *Leader) reply(msg *nats.Msg, provider string, body []byte, err error) {
 		return
 	}
 	if err == nil {
-		_ = msg.Respond(body)
+		_ = l.cfg.Transport.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body})
 		return
 	}
 	code, text := l.cfg.ErrorCode(provider, err)
@@ -716,7 +685,7 @@ func (l *Leader) reply(msg *nats.Msg, provider string, body []byte, err error) {
 	if ce := (*refresher.CooldownError)(nil); errors.As(err, &ce) {
 		h.Set(wire.HeaderRetryAfter, strconv.Itoa(refresher.RetryAfterSeconds(ce.RetryAfter)))
 	}
-	_ = l.cfg.Conn.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: h})
+	_ = l.cfg.Transport.PublishMsg(&nats.Msg{Subject: msg.Reply, Data: body, Header: h})
 }
 
 // forward asks the leader to handle a refresh report for provider and returns
@@ -726,7 +695,7 @@ func (l *Leader) forward(ctx context.Context, provider, invalid string) ([]byte,
 	body, _ := json.Marshal(wire.RefreshRequest{InvalidToken: invalid})
 	msg := &nats.Msg{Subject: RefreshPrefix + provider, Data: body}
 	natstrace.Inject(ctx, msg)
-	reply, err := l.cfg.Conn.RequestMsgWithContext(ctx, msg)
+	reply, err := l.cfg.Transport.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: no lease holder answered (%v)", refresher.ErrNoToken, err)
 	}

@@ -83,6 +83,10 @@ type Config struct {
 	// Observer is told about the provider's transitions while Run runs
 	// (events); nil tells no one.
 	Observer Observer
+	// Rand, if set, is the source of the refresh-time and backoff jitter
+	// (the simulation: a seed fixes them); math/rand/v2's global source if
+	// nil. The manager owns it.
+	Rand *rand.Rand
 }
 
 // Call is one provider call admitted by the gate (leader.Call).
@@ -109,6 +113,7 @@ type Manager struct {
 	kick   chan kick
 	repair chan struct{}
 	tr     trace.Tracer
+	rnd    jitter
 	// pending is a token the provider issued that is not yet published: it
 	// is served from this replica meanwhile, and only its publish is
 	// retried (fetching another would, for Daraja, kill it fleet-wide).
@@ -135,7 +140,7 @@ const DefaultRefreshCooldown = 5 * time.Second
 // NewManager returns a manager for cfg.Provider.
 func NewManager(cfg Config) *Manager {
 	cfg.Backoff = cfg.Backoff.WithDefaults()
-	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 4), repair: make(chan struct{}, 1), tr: cfg.Tracer}
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 4), repair: make(chan struct{}, 1), tr: cfg.Tracer, rnd: jitter{r: cfg.Rand}}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -242,7 +247,7 @@ func (m *Manager) refreshAt(tok refresher.Token) time.Time {
 	}
 	jitter := time.Duration(0)
 	if q := int64(margin / 4); q > 0 {
-		jitter = time.Duration(rand.Int64N(q))
+		jitter = time.Duration(m.int64N(q))
 	}
 	return tok.ExpiresAt.Add(-margin - jitter)
 }
@@ -250,8 +255,8 @@ func (m *Manager) refreshAt(tok refresher.Token) time.Time {
 // Run fetches a token at once, then keeps it fresh until ctx ends. It returns
 // nil when ctx is cancelled.
 func (m *Manager) Run(ctx context.Context) error {
-	transient := exponential(m.cfg.Backoff.Initial, m.cfg.Backoff.Max)
-	permanent := exponential(m.cfg.Backoff.PermanentInitial, m.cfg.Backoff.PermanentMax)
+	transient := m.exponential(m.cfg.Backoff.Initial, m.cfg.Backoff.Max)
+	permanent := m.exponential(m.cfg.Backoff.PermanentInitial, m.cfg.Backoff.PermanentMax)
 	timer := time.NewTimer(m.firstRefresh())
 	defer timer.Stop()
 	var (
@@ -430,7 +435,7 @@ func (m *Manager) stop() {
 		return
 	}
 	ctx := m.call.Context()
-	wait := exponential(20*time.Millisecond, time.Second)
+	wait := m.exponential(20*time.Millisecond, time.Second)
 	for {
 		if !m.usable(*m.pending) {
 			m.discard(metrics.DiscardExpired)

@@ -92,7 +92,7 @@ func (s *Service) handlePut(req micro.Request) {
 	s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) {
 		rev, err := s.cfg.Registry.Put(ctx, p)
 		if err != nil {
-			return nil, err
+			return nil, notDone("stored", "put", err)
 		}
 		return json.Marshal(wire.ProviderPutReply{Name: p.Name, Kind: p.Kind, Revision: rev})
 	})
@@ -220,7 +220,7 @@ func (s *Service) handleDelete(req micro.Request) {
 			if errors.Is(err, refresher.ErrUnknownProvider) {
 				return nil, fmt.Errorf("%w: no runtime provider of that name", refresher.ErrUnknownProvider)
 			}
-			return nil, err
+			return nil, notDone("deleted", "delete", err)
 		}
 		return json.Marshal(wire.ProviderDeleteReply{Name: r.Name, Deleted: true})
 	})
@@ -282,4 +282,29 @@ func (s *Service) handleStatus(req micro.Request) {
 			st.Providers, st.Next = page[:limit], page[limit-1].Name
 		}
 	}
+}
+
+// storeError is a put or delete the credential store did not acknowledge (a
+// timeout, JetStream unavailable): Code answers 503 naming the provider, what
+// was not done and the cause, never a value.
+type storeError struct {
+	done, again string
+	err         error
+}
+
+func (e *storeError) Error() string {
+	return fmt.Sprintf("not %s, %s it again: %v", e.done, e.again, e.err)
+}
+
+func (e *storeError) Unwrap() error { return e.err }
+
+// notDone marks err as a store failure unless it is a refusal Code already
+// answers (a bad request, a conflict, runtime providers off).
+func notDone(done, again string, err error) error {
+	for _, known := range []error{refresher.ErrBadRequest, refresher.ErrConflict, refresher.ErrRuntimeOff, refresher.ErrUnknownProvider} {
+		if errors.Is(err, known) {
+			return err
+		}
+	}
+	return &storeError{done: done, again: again, err: err}
 }

@@ -297,11 +297,11 @@ func (s *Service) handleGet(req micro.Request) {
 		return
 	}
 	if rev > 0 {
-		_ = req.Respond(body, micro.WithHeaders(micro.Headers{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}))
+		err = req.Respond(body, micro.WithHeaders(micro.Headers{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}))
 	} else {
-		_ = req.Respond(body)
+		err = req.Respond(body)
 	}
-	s.end(c, codeOK)
+	s.answered(c, err)
 }
 
 // parseGet reads a token.get body: empty, {} or {"min_validity":"30s"}
@@ -409,10 +409,32 @@ func (s *Service) asyncRev(c call, reply string, fn func(context.Context) ([]byt
 			if rev > 0 {
 				msg.Header = nats.Header{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}
 			}
-			_ = s.nc.PublishMsg(msg)
+			err = s.nc.PublishMsg(msg)
 		}
-		s.end(c, codeOK)
+		s.answered(c, err)
 	}()
+}
+
+// answered ends c once its token reply was published (err nil: 200). A
+// reply that could not be published (the connection closed, a payload past
+// the server's limit) was not answered: it is recorded as 503, not 200,
+// and logged; for a single-use claim the token claimed for it is lost
+// (never handed out twice: it left the pool before the reply).
+func (s *Service) answered(c call, err error) {
+	if err == nil {
+		s.end(c, codeOK)
+		return
+	}
+	code := wire.CodeUnavailable
+	msg := "reply not sent"
+	if c.claim {
+		msg = "reply not sent: the single-use token claimed for it is lost"
+	}
+	c.span.SetAttributes(keyErrorCode.Int(code))
+	c.span.SetStatus(codes.Error, msg)
+	s.log.LogAttrs(c.ctx, slog.LevelWarn, msg, slog.String("endpoint", c.endpoint),
+		slog.String("provider", c.provider), slog.String("error", err.Error()))
+	s.end(c, code)
 }
 
 // call is one request in progress.
@@ -523,7 +545,10 @@ func (s *Service) fail(c call, reply string, req micro.Request, err error) {
 	for k, v := range extra {
 		h[k] = v
 	}
-	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: h})
+	if err := s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: h}); err != nil {
+		s.log.LogAttrs(c.ctx, slog.LevelWarn, "error reply not sent", slog.String("endpoint", c.endpoint),
+			slog.String("provider", c.provider), slog.Int("code", code), slog.String("error", err.Error()))
+	}
 }
 
 // Code maps a domain error to its wire code and message (SPEC §3): unknown
@@ -537,8 +562,11 @@ func Code(provider string, err error) (int, string) {
 	var (
 		ce *refresher.CooldownError
 		be *busyError
+		se *storeError
 	)
 	switch {
+	case errors.As(err, &se):
+		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, se.Error())
 	case errors.As(err, &be):
 		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(be.Error(), "rpc: "))
 	case errors.As(err, &re):

@@ -3,6 +3,8 @@ package sim
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,12 +76,13 @@ func wrongLastConstant() error {
 // commit proposes p on behalf of from (nil: an operator outside the
 // cluster). Faults are drawn from the world's schedule.
 func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64, error) {
-	slow, lose, cut := b.w.writeFaults(from)
+	trip, slow, lose, cut := b.w.writeFaults(from, b.name, p.key)
 	if cut {
 		// Cut off from the majority: the proposal never commits.
 		<-ctx.Done()
 		return 0, errTimeout
 	}
+	time.Sleep(trip)
 	b.mu.Lock()
 	if b.committing[p.key] > 0 || (p.expect != "" && b.committing[p.expect] > 0) {
 		b.mu.Unlock()
@@ -316,6 +319,38 @@ func (s simStream) GetLastMsgForSubject(_ context.Context, subject string) (*jet
 	return &jetstream.RawStreamMsg{Subject: subject, Sequence: r.seq, Header: hdr, Data: r.data, Time: r.at}, nil
 }
 
+// simInherited is leader.Inherited on the simulated tokens bucket: the
+// last message of every key, in key order (a fixed order for replays).
+type simInherited struct{ b *bucket }
+
+func (s simInherited) LastPerKey(_ context.Context, fn func(key string, h nats.Header, seq uint64)) error {
+	s.b.mu.Lock()
+	recs := make([]rec, 0, len(s.b.last))
+	for _, key := range slices.Sorted(maps.Keys(s.b.last)) {
+		recs = append(recs, s.b.last[key])
+	}
+	s.b.mu.Unlock()
+	for _, r := range recs {
+		hdr := cloneHeader(r.hdr)
+		if r.op != jetstream.KeyValuePut {
+			hdr.Set("KV-Operation", "DEL")
+		}
+		fn(r.key, hdr, r.seq)
+	}
+	return nil
+}
+
+func (s simInherited) Message(_ context.Context, seq uint64) ([]byte, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	for _, r := range s.b.last {
+		if r.seq == seq {
+			return r.data, nil
+		}
+	}
+	return nil, jetstream.ErrMsgNotFound
+}
+
 func cloneHeader(h nats.Header) nats.Header {
 	out := nats.Header{}
 	for k, v := range h {
@@ -323,3 +358,6 @@ func cloneHeader(h nats.Header) nats.Header {
 	}
 	return out
 }
+
+// buckets returns the world's buckets in a fixed order.
+func (w *world) buckets() []*bucket { return []*bucket{w.lease, w.tokens} }

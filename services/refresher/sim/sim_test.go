@@ -99,7 +99,6 @@ func TestSimulation(t *testing.T) {
 type world struct {
 	seed uint64
 	rng  *rand.Rand // the driver's schedule
-	frng *rand.Rand // fault draws (under mu)
 
 	mu         sync.Mutex
 	tokens     *bucket
@@ -111,6 +110,7 @@ type world struct {
 		slow, lost float64 // probabilities per write
 		slowMax    time.Duration
 	}
+	sources    map[string]*rand.Rand // streams of draws, by name (source)
 	issued     map[string]issue
 	discarded  map[string]int // by reason
 	stopDisc   int            // discards during graceful stops
@@ -126,7 +126,7 @@ type issue struct {
 }
 
 func newWorld(seed uint64) *world {
-	w := &world{seed: seed, rng: rand.New(rand.NewPCG(seed, 1)), frng: rand.New(rand.NewPCG(seed, 2)),
+	w := &world{seed: seed, rng: rand.New(rand.NewPCG(seed, 1)),
 		issued: map[string]issue{}, discarded: map[string]int{}, start: time.Now()}
 	w.tokens, w.lease = newBucket(w, "tokens"), newBucket(w, "tokens-lease")
 	for i := range providers {
@@ -155,17 +155,24 @@ func (w *world) violateLocked(inv, format string, args ...any) {
 	}
 }
 
-// writeFaults draws the faults of one write by from.
-func (w *world) writeFaults(from *replica) (slow time.Duration, lose, cut bool) {
+// writeFaults draws the timing and faults of one write of key in bk by from, from
+// that stream's own source (replay: draws do not depend on the order in
+// which goroutines reach here).
+func (w *world) writeFaults(from *replica, bk, key string) (trip, slow time.Duration, lose, cut bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if from != nil && from.cut {
-		return 0, false, true
+		return 0, 0, false, true
 	}
-	if w.frng.Float64() < w.faults.slow {
-		slow = time.Duration(w.frng.Int64N(int64(w.faults.slowMax)))
+	rng := w.source("write", bk, key, from.id())
+	// The request's way to the stream leader: 50 µs to 2 ms, so that two
+	// writes made at one instant (standbys seeing a release) reach it in
+	// an order the seed fixes.
+	trip = 50*time.Microsecond + time.Duration(rng.Int64N(int64(2*time.Millisecond)))
+	if rng.Float64() < w.faults.slow {
+		slow = time.Duration(rng.Int64N(int64(w.faults.slowMax)))
 	}
-	return slow, w.frng.Float64() < w.faults.lost, false
+	return trip, slow, rng.Float64() < w.faults.lost, false
 }
 
 // credential is one Daraja app: a new token invalidates the last.
@@ -199,7 +206,7 @@ func (p caller) Token(ctx context.Context) (refresher.Token, error) {
 	}
 	c.inFlight = append(c.inFlight, r.name)
 	term := r.l.State().Term
-	latency := 50*time.Millisecond + time.Duration(w.frng.Int64N(int64(600*time.Millisecond)))
+	latency := 50*time.Millisecond + time.Duration(w.source("call", c.name).Int64N(int64(600*time.Millisecond)))
 	w.mu.Unlock()
 	leave := func() {
 		for i, n := range c.inFlight {
@@ -271,7 +278,7 @@ func (w *world) startReplica(slot int) *replica {
 		Lease: leader.LeaseConfig{KV: leaseKV{b: w.lease, from: r}, Holder: r.name, TTL: ttl, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
 			DrainTimeout: 2 * time.Second, Clock: driftClock{origin: time.Now(), rate: rate}},
 		JetStream: simJS{b: w.tokens, from: r}, Tokens: tokensKV{b: w.tokens, from: r},
-		FetchConcurrency: 2,
+		Inherited: simInherited{b: w.tokens}, FetchConcurrency: 2,
 	})
 	if err != nil {
 		panic(err)
@@ -348,6 +355,7 @@ func (w *world) newManager(r *replica, c *credential, staleBefore time.Time) *re
 			return call, nil
 		},
 		Discarded: func(reason string) { w.discard(r, reason) },
+		Rand:      rand.New(rand.NewPCG(w.seed, w.rng.Uint64())),
 	})
 }
 

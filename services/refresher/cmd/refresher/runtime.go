@@ -59,6 +59,9 @@ type providerSet struct {
 	// byCred names the provider that uses each credential
 	// (config.Provider.Credential): two may not share one.
 	byCred map[string]string
+	// stale counts the runtime providers sealed with an older key, so that
+	// the re-sealer's tick does not scan every provider when none is.
+	stale int
 	// sumCache is the last count of every provider (status); a count that
 	// took less than sumCacheMin is not reused.
 	sumCache    summaryCache
@@ -119,6 +122,12 @@ func (ps *providerSet) add(sv *served) *served {
 		ps.byCred[sv.cred] = sv.name
 	}
 	delete(ps.removed, sv.name)
+	if old != nil && old.stale {
+		ps.stale--
+	}
+	if sv.stale {
+		ps.stale++
+	}
 	if sv.source == wire.SourceRuntime {
 		if i, found := ps.runtimeIndex(sv.name); found {
 			ps.runtime[i] = sv
@@ -155,6 +164,9 @@ func (ps *providerSet) remove(name string) *served {
 		}
 	}
 	ps.removed[name] = now
+	if sv.stale {
+		ps.stale--
+	}
 	if ps.byCred[sv.cred] == name {
 		delete(ps.byCred, sv.cred)
 	}
@@ -511,10 +523,30 @@ func (ps *providerSet) list(after string, limit int) ([]wire.ProviderInfo, strin
 	return out, next
 }
 
-// staleRuntime returns the runtime providers sealed with an older key.
+// sealed records that the runtime provider sv, already served, is stored at
+// rev, sealed with an older key if stale (a re-seal, or a watch that started
+// over).
+func (ps *providerSet) sealed(sv *served, rev uint64, stale bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.byName[sv.name] == sv && sv.stale != stale {
+		if stale {
+			ps.stale++
+		} else {
+			ps.stale--
+		}
+	}
+	sv.rev, sv.stale = rev, stale
+}
+
+// staleRuntime returns the runtime providers sealed with an older key: none,
+// without looking at any, when the count of them is 0.
 func (ps *providerSet) staleRuntime() []*served {
 	ps.mu.RLock()
 	defer ps.mu.RUnlock()
+	if ps.stale == 0 {
+		return nil
+	}
 	var out []*served
 	for _, sv := range ps.runtime {
 		if sv.stale {
@@ -670,9 +702,7 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 	}
 	if old != nil && reflect.DeepEqual(old.prov, ev.Provider) {
 		// The same provider: a re-seal, or a watch that started over.
-		m.set.mu.Lock()
-		old.rev, old.stale = ev.Revision, ev.Stale
-		m.set.mu.Unlock()
+		m.set.sealed(old, ev.Revision, ev.Stale)
 		m.kickReseal(ev.Stale)
 		return
 	}
@@ -688,6 +718,11 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		return
 	}
 	sv.prov, sv.rev, sv.stale = ev.Provider, ev.Revision, ev.Stale
+	if pl, ok := sv.src.(*pool.Pool); ok {
+		// Before it is served: from now on no replaced credentials' token
+		// is handed out by any of this provider's pools here.
+		pl.SetGeneration(ev.Revision)
+	}
 	if old != nil && old.mgr != nil && sv.mgr != nil {
 		// Served until replaced; on the leader the new manager takes over
 		// what the old one published last once it has stopped (Takeover).
@@ -715,8 +750,12 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 // removeRuntime stops serving name; the leader stops its loop and deletes
 // its token with a fenced delete (a standby leaves that to the leader).
 func (m *Main) removeRuntime(ctx context.Context, name string) {
-	if sv := m.set.remove(name); sv == nil {
+	sv := m.set.remove(name)
+	if sv == nil {
 		return
+	}
+	if pl, ok := sv.src.(*pool.Pool); ok {
+		pl.Close() // claims under way hand nothing out
 	}
 	if m.leader.Valid() {
 		m.events.Removed(name)
