@@ -114,7 +114,11 @@ type Config struct {
 	// token keys of providers it has no loop for only after that, never
 	// the tokens of runtime providers it has not loaded yet.
 	Loaded <-chan struct{}
-	Logger *slog.Logger
+	// Inherited, if set, reads the last message of every token key for a
+	// new leader's check of what it inherits, instead of JetStream (the
+	// simulation's bucket).
+	Inherited Inherited
+	Logger    *slog.Logger
 }
 
 // Leader runs the election and, while this replica leads, its loops.
@@ -136,7 +140,23 @@ type Leader struct {
 	// counted is the revision of the last foreign write counted per
 	// provider: the watch and the takeover check may both see one write.
 	counted map[string]uint64
-	wg      sync.WaitGroup // forwarded refreshes
+	// refused holds the providers whose writes Accept refused while this
+	// replica led: when the term ends, their keepers adopt what the bucket
+	// holds then (Adopter).
+	refused map[string]bool
+	// undeleted holds the token keys of removed providers whose delete
+	// failed (Remove, the sweep): retried every retry period while leading.
+	undeleted map[string]bool
+	wg        sync.WaitGroup // forwarded refreshes
+}
+
+// Adopter is a Keeper that takes as its copy the token its key holds when a
+// term ends in which Accept refused writes to that key: a deposed leader
+// (one that believed it led while paused or cut off, and refused the new
+// leader's writes as foreign) then serves the new leader's token rather than
+// its own copy, which may expire before the next write.
+type Adopter interface {
+	Adopt(tok wire.Token, rev uint64)
 }
 
 // running is a loop started (or about to be) in the current term. The
@@ -189,6 +209,9 @@ func New(cfg Config) (*Leader, error) {
 	if cfg.FetchConcurrency <= 0 {
 		cfg.FetchConcurrency = 16
 	}
+	if cfg.Inherited == nil {
+		cfg.Inherited = jsInherited{js: cfg.JetStream, bucket: cfg.Tokens.Bucket()}
+	}
 	if cfg.Transport == nil {
 		cfg.Transport = noTransport{}
 		if cfg.Conn != nil {
@@ -199,6 +222,7 @@ func New(cfg Config) (*Leader, error) {
 		cfg: cfg, log: cfg.Logger,
 		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, turn: make(chan struct{}, 1)},
 		loops: map[string]Loop{}, running: map[string]*running{}, leaving: map[string]Loop{}, counted: map[string]uint64{},
+		refused: map[string]bool{}, undeleted: map[string]bool{},
 	}
 	if cfg.Conn != nil && cfg.Lease.OnLapse == nil && cfg.Lease.HolderResuming == nil {
 		cfg.Lease.OnLapse, cfg.Lease.HolderResuming = l.lapsed, l.resuming
@@ -267,9 +291,11 @@ func (l *Leader) Set(name string, loop Loop) {
 	old := l.running[name]
 	delete(l.running, name)
 	if old != nil {
+		old.cancelled = true
 		l.leaving[name] = old.loop
 	}
 	l.loops[name] = loop
+	delete(l.undeleted, name)
 	var r *running
 	lctx := l.lctx
 	if lctx != nil {
@@ -294,7 +320,7 @@ func (l *Leader) Set(name string, loop Loop) {
 		s.Takeover(lctx, old.loop)
 	}
 	l.mu.Lock()
-	if !r.cancelled {
+	if !r.cancelled && l.lctx == lctx {
 		l.startLocked(r)
 	}
 	// Only now are the old loop's last writes the new loop's own.
@@ -324,7 +350,9 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 	delete(l.running, name)
 	delete(l.loops, name)
 	delete(l.counted, name)
+	delete(l.refused, name)
 	if old != nil {
+		old.cancelled = true
 		l.leaving[name] = old.loop
 	}
 	leading := l.lctx != nil
@@ -341,6 +369,11 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 	if leading {
 		if _, werr := l.write(ctx, name, nil, true); werr != nil {
 			err = fmt.Errorf("leader: delete the token of %s: %w", name, werr)
+			l.mu.Lock()
+			if _, back := l.loops[name]; !back {
+				l.undeleted[name] = true // retried while this replica leads
+			}
+			l.mu.Unlock()
 		}
 	}
 	if old != nil {
@@ -389,7 +422,7 @@ func (l *Leader) startLocked(r *running) {
 // called with the leader's mutex held.
 func (l *Leader) stop(r *running) {
 	l.mu.Lock()
-	r.cancelled = true
+	r.cancelled = true // (already, by whoever took it out of l.running)
 	ready := r.ready
 	l.mu.Unlock()
 	if ready != nil {
@@ -480,17 +513,20 @@ func (l *Leader) lead(stop, lost context.Context) {
 		l.sweep(stop)
 	})
 	l.checkInherited(stop)
-	<-stop.Done()
+	l.retryDeletes(stop)
 	l.mu.Lock()
 	// In name order: a seed of the simulation replays the same stop.
 	var stopping []*running
 	for _, name := range slices.Sorted(maps.Keys(l.running)) {
-		stopping = append(stopping, l.running[name])
+		r := l.running[name]
+		r.cancelled = true // a Set waiting for r's predecessor does not start it
+		stopping = append(stopping, r)
 		delete(l.running, name)
 	}
 	l.lctx = nil
 	l.mu.Unlock()
 	l.stopAll(stopping)
+	l.adoptRefused()
 	l.wg.Wait()
 	// Calls that are not a loop's (a forwarded refresh's) end too before
 	// the lease is released.
@@ -547,31 +583,52 @@ func (l *Leader) sweep(ctx context.Context) {
 		delete(l.counted, k)
 		l.mu.Unlock()
 		if _, err := l.write(ctx, k, nil, true); err != nil {
-			l.log.Warn("leader: cannot delete the token of a provider no longer configured", slog.String("provider", k), slog.String("error", err.Error()))
+			l.log.Warn("leader: cannot delete the token of a provider no longer configured; retrying", slog.String("provider", k), slog.String("error", err.Error()))
+			l.mu.Lock()
+			if _, back := l.loops[k]; !back {
+				l.undeleted[k] = true
+			}
+			l.mu.Unlock()
 			continue
 		}
 		l.log.Info("deleted the token of a provider no longer configured", slog.String("provider", k))
 	}
 }
 
-// checkInherited looks at the token each keeper inherits from before this
-// term: one that no leader wrote (no writer header: a `nats kv put` while no
-// replica led) is counted and replaced by a fresh token. A stream it cannot
-// open is tried again every retry period for the term.
-func (l *Leader) checkInherited(ctx context.Context) {
-	var stream jetstream.Stream
+// retryDeletes deletes, every retry period until ctx ends, the token keys
+// of removed providers whose delete failed: a write that timed out (a
+// partition, a slow stream) does not leave a removed provider's token in
+// the bucket for the rest of the term.
+func (l *Leader) retryDeletes(ctx context.Context) {
 	for {
-		var err error
-		if stream, err = l.cfg.JetStream.Stream(ctx, "KV_"+l.cfg.Tokens.Bucket()); err == nil {
-			break
-		}
-		l.log.Warn("leader: cannot open the tokens stream to check inherited tokens; retrying", slog.String("error", err.Error()))
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(l.lease.cfg.RetryPeriod):
 		}
+		l.mu.Lock()
+		names := slices.Sorted(maps.Keys(l.undeleted))
+		l.mu.Unlock()
+		for _, name := range names {
+			if _, err := l.write(ctx, name, nil, true); err != nil {
+				continue
+			}
+			l.mu.Lock()
+			delete(l.undeleted, name)
+			l.mu.Unlock()
+			l.log.Info("deleted the token of a removed provider", slog.String("provider", name))
+		}
 	}
+}
+
+// checkInherited looks at the token each keeper inherits from before this
+// term: one that no leader wrote (no writer header: a `nats kv put` while no
+// replica led) is counted and replaced by a fresh token. It reads the last
+// message of every key in one pass (Config.Inherited), not one request per
+// keeper: a leader taking over 100,000 providers makes a handful of
+// JetStream requests, not 100,000. A pass that fails is tried again every
+// retry period for the term.
+func (l *Leader) checkInherited(ctx context.Context) {
 	l.mu.Lock()
 	keepers := map[string]Loop{}
 	for name, loop := range l.loops {
@@ -582,40 +639,91 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		}
 	}
 	l.mu.Unlock()
-	for _, name := range slices.Sorted(maps.Keys(keepers)) {
-		loop := keepers[name]
-		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
-		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
-			continue
-		}
-		var tok wire.Token
-		if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
-			continue
-		}
-		// Counted once (this replica's watch may have seen it in an earlier
-		// term), but repaired in every term that finds it: a repair that an
-		// earlier term could not write is not skipped.
-		if l.foreign(name, msg.Sequence) {
-			l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
-		}
-		k := loop.(Keeper)
-		if !k.Owns(tok, msg.Sequence) {
-			k.Repair() // its own copy is another token: write that again
-			continue
-		}
-		// Its own copy is this token (taken while it stood by): fetch a new
-		// one, whatever the refresh cooldown (this is no caller's report).
-		if rp, ok := loop.(interface{ Replace(bad string) }); ok {
-			rp.Replace(tok.AccessToken)
-			continue
-		}
-		r := loop.(Refresher)
-		l.wg.Go(func() {
-			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
-			defer cancel()
-			_, _ = r.Refresh(rctx, tok.AccessToken)
-		})
+	if len(keepers) == 0 {
+		return
 	}
+	for {
+		seen := make(map[string]bool, len(keepers))
+		err := l.cfg.Inherited.LastPerKey(ctx, func(key string, h nats.Header, seq uint64) {
+			loop, ok := keepers[key]
+			if !ok {
+				return
+			}
+			seen[key] = true
+			if h.Get("KV-Operation") != "" {
+				unverified(loop) // the key deleted: no writer to check
+				return
+			}
+			l.inherited(ctx, key, loop, h, seq)
+		})
+		if err == nil {
+			// No record at all (the bucket was deleted and created again):
+			// a copy this replica holds cannot be checked against its
+			// writer (it may be one no leader wrote, taken while standing
+			// by), so it is not published again but replaced.
+			for _, name := range slices.Sorted(maps.Keys(keepers)) {
+				if !seen[name] {
+					unverified(keepers[name])
+				}
+			}
+		}
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		l.log.Warn("leader: cannot read the tokens stream to check inherited tokens; retrying", slog.String("error", err.Error()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(l.lease.cfg.RetryPeriod):
+		}
+	}
+}
+
+// unverified tells a keeper that the token it holds has no record in the
+// bucket to check its writer against (refresh.Manager.Unverified).
+func unverified(loop Loop) {
+	if u, ok := loop.(interface{ Unverified() }); ok {
+		u.Unverified()
+	}
+}
+
+// inherited checks the last message of keeper loop's key name, at seq with
+// headers h, as this term began.
+func (l *Leader) inherited(ctx context.Context, name string, loop Loop, h nats.Header, seq uint64) {
+	if h.Get(HeaderWriter) != "" || h.Get("KV-Operation") != "" {
+		return
+	}
+	data, err := l.cfg.Inherited.Message(ctx, seq)
+	if err != nil {
+		return // replaced since: the watch checks the new value
+	}
+	var tok wire.Token
+	if json.Unmarshal(data, &tok) != nil || tok.AccessToken == "" {
+		return
+	}
+	// Counted once (this replica's watch may have seen it in an earlier
+	// term), but repaired in every term that finds it: a repair that an
+	// earlier term could not write is not skipped.
+	if l.foreign(name, seq) {
+		l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", seq))
+	}
+	k := loop.(Keeper)
+	if !k.Owns(tok, seq) {
+		k.Repair() // its own copy is another token: write that again
+		return
+	}
+	// Its own copy is this token (taken while it stood by): fetch a new
+	// one, whatever the refresh cooldown (this is no caller's report).
+	if rp, ok := loop.(interface{ Replace(bad string) }); ok {
+		rp.Replace(tok.AccessToken)
+		return
+	}
+	r := loop.(Refresher)
+	l.wg.Go(func() {
+		rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
+		defer cancel()
+		_, _ = r.Refresh(rctx, tok.AccessToken)
+	})
 }
 
 // Publish stores tok under its provider key, fenced by the current term
@@ -645,10 +753,41 @@ func (l *Leader) write(ctx context.Context, key string, data []byte, del bool) (
 		return 0, fmt.Errorf("%w: %w", refresher.ErrNotAllowed, err)
 	}
 	l.log.Warn("leader: the term record was changed by someone else; writing it again", slog.String("key", TermKey))
+	// No term record at all: the bucket was deleted and created again (or
+	// the record deleted). Every keeper publishes its token again: the
+	// bucket lost them, and replicas starting now would have none to serve
+	// until each provider's next refresh.
+	_, gerr := l.cfg.Tokens.Get(ctx, TermKey)
 	if err := l.fence.rearm(ctx, seq, l.lease.State().Term, time.Now(), l.lease.Held); err != nil {
 		return 0, err
 	}
+	if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+		l.log.Warn("leader: the tokens bucket lost its term record (deleted and created again?); publishing every token again")
+		l.repairAll()
+	}
 	return l.fence.write(ctx, key, data, del)
+}
+
+// repairAll asks every keeper to publish its token again: the bucket lost
+// them. A keeper that can tell (a refresh manager: Recreated) publishes its
+// copy again only if that is its own last publish, and fetches a new token
+// otherwise (a copy taken while standing by may be one no leader wrote).
+func (l *Leader) repairAll() {
+	l.mu.Lock()
+	var keepers []Keeper
+	for _, name := range slices.Sorted(maps.Keys(l.loops)) {
+		if k, ok := l.loops[name].(Keeper); ok {
+			keepers = append(keepers, k)
+		}
+	}
+	l.mu.Unlock()
+	for _, k := range keepers {
+		if r, ok := k.(interface{ Recreated() }); ok {
+			r.Recreated()
+			continue
+		}
+		k.Repair()
+	}
 }
 
 // Accept is told about every token write the replica's watch sees and
@@ -690,7 +829,38 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 		l.log.Warn("leader: a token this leader did not write was stored for its provider; replacing it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
 	}
 	k.Repair() // idempotent: also when the takeover check counted it first
+	l.mu.Lock()
+	if l.lctx != nil {
+		l.refused[tok.Provider] = true
+	}
+	l.mu.Unlock()
 	return false
+}
+
+// adoptRefused hands each keeper whose writes were refused during the term
+// that ended what its key holds now (Adopter), read from the bucket: not the
+// refused write itself, which a repair may have replaced, or a bucket
+// deleted and created again may have outdated.
+func (l *Leader) adoptRefused() {
+	l.mu.Lock()
+	adopters := map[string]Adopter{}
+	for name := range l.refused {
+		if a, ok := l.loops[name].(Adopter); ok {
+			adopters[name] = a
+		}
+	}
+	l.refused = map[string]bool{}
+	l.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(adopters)) {
+		ctx, cancel := context.WithTimeout(context.Background(), l.lease.cfg.RetryPeriod)
+		e, err := l.cfg.Tokens.Get(ctx, name)
+		cancel()
+		var tok wire.Token
+		if err != nil || json.Unmarshal(e.Value(), &tok) != nil || tok.AccessToken == "" {
+			continue
+		}
+		adopters[name].Adopt(tok, e.Revision())
+	}
 }
 
 // foreign counts a write to provider's key at rev that no leader made, once:

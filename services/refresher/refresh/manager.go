@@ -124,6 +124,10 @@ type Manager struct {
 	rnd              *jitter // nil: math/rand/v2's global source
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
+	// fetched is the last token this manager's own call fetched: a copy
+	// that is this token (served before its publish, or the watch's echo
+	// of it) is this manager's own, never an unverified one.
+	fetched atomic.Pointer[string]
 
 	// Scheduling state, guarded by the scheduler's mutex.
 	ctx      context.Context // Start's; nil while stopped
@@ -544,6 +548,8 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 	if err == nil {
 		// Serve it at once, whatever happens to the publish.
 		m.pending = &tok
+		own := tok.AccessToken.Reveal()
+		m.fetched.Store(&own)
 		if e, eerr := NewEntry(tok.Wire(m.name), m.slot.revision()); eerr == nil {
 			m.slot.Store(e)
 		}
@@ -586,13 +592,21 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 }
 
 // Owns reports whether tok, seen in the bucket at rev, is no replacement of
-// this manager's token: rev is not newer than its last publish, or tok is
-// the token it holds (published, or issued and about to be).
+// this manager's token: rev is not newer than the copy it holds (its last
+// publish, or a later write it took; its last publish if it holds none), or
+// tok is the token it holds (published, or issued and about to be). The
+// copy's revision, not the highest one ever published: a bucket deleted and
+// created again starts its revisions from 1, and a write there below an
+// old publish is news (the sim's bucket-recreated schedule).
 func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
-	if rev <= max(m.published.Load(), m.slot.revision()) {
+	e := m.slot.Load()
+	last := m.published.Load()
+	if e != nil && e.Revision != 0 {
+		last = e.Revision
+	}
+	if rev <= last {
 		return true // not newer than what it holds: old news, not a replacement
 	}
-	e := m.slot.Load()
 	return e != nil && e.Token.AccessToken == tok.AccessToken
 }
 
@@ -607,13 +621,16 @@ func (m *Manager) Repair() {
 // one: the leader found bad in the bucket, written by no leader. Unlike
 // Refresh it is not subject to the refresh cooldown (it is no caller's
 // report), and it is asked again in every term that finds bad.
-func (m *Manager) Replace(bad string) { m.s.kick(m, kick{bad: bad}) }
+func (m *Manager) Replace(bad string) { m.s.kick(m, kick{bad: bad, replace: true}) }
 
 // kick asks Run for a refresh because bad was rejected; from is the span of
 // the request that reported it.
 type kick struct {
 	bad  string
 	from trace.SpanContext
+	// replace: asked by the leader (Replace), not by a caller's report: a
+	// pending token equal to bad is this manager's own, not a rejected one.
+	replace bool
 }
 
 // failing reports whether the last refresh failed: retries then follow the

@@ -266,9 +266,11 @@ func (s *Scheduler) applyKickLocked(m *Manager, k kick, now int64) bool {
 	if !m.stale(k.bad) || m.failing() {
 		return false // already replaced, or retrying on its own schedule
 	}
-	if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad {
+	if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad && !k.replace {
 		m.settle() // the provider rejected it: fetch another
 	}
+	// (asked by the leader, Replace: its own token, issued and not yet
+	// published, is published)
 	if k.from.IsValid() {
 		if m.run == nil {
 			m.run = &refreshRun{}

@@ -3,6 +3,8 @@ package sim
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +76,7 @@ func wrongLastConstant() error {
 // commit proposes p on behalf of from (nil: an operator outside the
 // cluster). Faults are drawn from the world's schedule.
 func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64, error) {
+	from.awake()
 	trip, slow, lose, cut := b.w.writeFaults(from, b.name, p.key)
 	if cut {
 		// Cut off from the majority: the proposal never commits.
@@ -107,6 +110,7 @@ func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64,
 		w.push(r)
 	}
 	b.mu.Unlock()
+	b.w.committed(b, from, r)
 	if lose || ctx.Err() != nil {
 		return 0, errTimeout // committed; the reply is lost
 	}
@@ -192,6 +196,7 @@ type leaseKV struct {
 }
 
 func (k leaseKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, error) {
+	k.from.awake()
 	r, ok := k.b.get(key)
 	switch {
 	case !ok:
@@ -235,6 +240,7 @@ type tokensKV struct {
 func (k tokensKV) Bucket() string { return k.b.name }
 
 func (k tokensKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, error) {
+	k.from.awake()
 	r, ok := k.b.get(key)
 	if !ok || r.op != jetstream.KeyValuePut {
 		return nil, jetstream.ErrKeyNotFound
@@ -315,6 +321,38 @@ func (s simStream) GetLastMsgForSubject(_ context.Context, subject string) (*jet
 		hdr.Set("KV-Operation", "DEL")
 	}
 	return &jetstream.RawStreamMsg{Subject: subject, Sequence: r.seq, Header: hdr, Data: r.data, Time: r.at}, nil
+}
+
+// simInherited is leader.Inherited on the simulated tokens bucket: the
+// last message of every key, in key order (a fixed order for replays).
+type simInherited struct{ b *bucket }
+
+func (s simInherited) LastPerKey(_ context.Context, fn func(key string, h nats.Header, seq uint64)) error {
+	s.b.mu.Lock()
+	recs := make([]rec, 0, len(s.b.last))
+	for _, key := range slices.Sorted(maps.Keys(s.b.last)) {
+		recs = append(recs, s.b.last[key])
+	}
+	s.b.mu.Unlock()
+	for _, r := range recs {
+		hdr := cloneHeader(r.hdr)
+		if r.op != jetstream.KeyValuePut {
+			hdr.Set("KV-Operation", "DEL")
+		}
+		fn(r.key, hdr, r.seq)
+	}
+	return nil
+}
+
+func (s simInherited) Message(_ context.Context, seq uint64) ([]byte, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	for _, r := range s.b.last {
+		if r.seq == seq {
+			return r.data, nil
+		}
+	}
+	return nil, jetstream.ErrMsgNotFound
 }
 
 func cloneHeader(h nats.Header) nats.Header {
