@@ -240,15 +240,15 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 		}
 	}
 	res.ReadySeconds = time.Since(start).Seconds()
-	res.LeaderRSSMiB, _ = procMem(a.cmd.Process.Pid)
-	res.StandbyRSSMiB, _ = procMem(b.cmd.Process.Pid)
-	fmt.Fprintf(log, "ready in %.1fs; RSS leader %.0f MiB, standby %.0f MiB\n", res.ReadySeconds, res.LeaderRSSMiB, res.StandbyRSSMiB)
-
-	settle := max(o.leaseTTL, 5*time.Second)
 	leader, standby, err := roles(ctx, a, b)
 	if err != nil {
 		return nil, err
 	}
+	res.LeaderRSSMiB, _ = procMem(leader.cmd.Process.Pid)
+	res.StandbyRSSMiB, _ = procMem(standby.cmd.Process.Pid)
+	fmt.Fprintf(log, "ready in %.1fs; RSS leader (%s) %.0f MiB, standby (%s) %.0f MiB\n", res.ReadySeconds, leader.name, res.LeaderRSSMiB, standby.name, res.StandbyRSSMiB)
+
+	settle := max(o.leaseTTL, 5*time.Second)
 	if res.Kill, err = takeover(ctx, nc, sim, leader, standby, syscall.SIGKILL, settle, o.providers, allOK, log); err != nil {
 		return nil, err
 	}
