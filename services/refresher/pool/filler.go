@@ -81,13 +81,17 @@ type Filler struct {
 	expMu   sync.Mutex
 	expires []time.Time
 
-	// turn serialises publishes and fence writes (a replicated stream
-	// refuses a fenced publish while another naming the same fence
-	// subject commits); fenceTerm and fenceSeq are the fence this filler
-	// wrote (fenceSeq 0: none yet).
-	turn      chan struct{}
+	// fmu guards the fence this filler wrote (fenceSeq 0: none yet):
+	// writing it holds fmu, publishes under it share fmu. On a replicated
+	// stream (serial), publishes also take turn, one at a time: the server
+	// refuses a fenced publish while another naming the same fence record
+	// commits.
+	fmu       sync.RWMutex
 	fenceTerm uint64
 	fenceSeq  uint64
+	fenceAt   time.Time
+	serial    bool
+	turn      chan struct{}
 
 	// listenRetry is how long the filler waits before listening for
 	// claimers again after a failure (tests shorten it).
@@ -102,7 +106,7 @@ func NewFiller(p *Pool, cfg FillerConfig) *Filler {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 10 * time.Second
 	}
-	f := &Filler{pool: p, cfg: cfg, log: cfg.Logger, tr: cfg.Tracer, kick: make(chan struct{}, 1), turn: make(chan struct{}, 1), listenRetry: time.Second}
+	f := &Filler{pool: p, cfg: cfg, log: cfg.Logger, tr: cfg.Tracer, kick: make(chan struct{}, 1), turn: make(chan struct{}, 1), serial: !p.parallel, listenRetry: time.Second}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
 	}
@@ -205,16 +209,20 @@ func (f *Filler) nextCount() time.Duration {
 	f.expMu.Lock()
 	defer f.expMu.Unlock()
 	i := 0
-	for i < len(f.expires) && !f.expires[i].After(now) {
+	for i < len(f.expires) && !f.expires[i].Add(expiryGrace).After(now) {
 		i++
 	}
 	f.expires = f.expires[i:]
 	wait := f.cfg.Poll
 	if len(f.expires) > 0 {
-		wait = min(wait, max(f.expires[0].Sub(now), 10*time.Millisecond))
+		wait = min(wait, max(f.expires[0].Add(expiryGrace).Sub(now), 10*time.Millisecond))
 	}
 	return wait
 }
+
+// expiryGrace is how long after a token's TTL the filler counts the pool:
+// the server removes expired messages on its own timer, a little late.
+const expiryGrace = time.Second
 
 // noteExpiry records that a token just published leaves the pool at at. At
 // most a few pools' worth are kept (the earliest count).
@@ -272,29 +280,15 @@ func (f *Filler) fence(ctx context.Context, retired bool) error {
 		defer c.Done()
 		term, ctx = c.Term(), c.Context()
 	}
-	if err := f.lock(ctx); err != nil {
-		return err
-	}
-	defer f.unlock()
+	f.fmu.Lock()
+	defer f.fmu.Unlock()
 	return f.arm(ctx, term, retired)
 }
-
-// lock waits for the filler's publish turn, or for ctx to end.
-func (f *Filler) lock(ctx context.Context) error {
-	select {
-	case f.turn <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (f *Filler) unlock() { <-f.turn }
 
 // arm writes this filler's fence record for term, after the provider's
 // last one, unless that one supersedes it (a newer term, newer credentials,
 // or a removal): then the filler publishes nothing more, and arm returns an
-// error wrapping refresher.ErrNotAllowed. Called with the turn held.
+// error wrapping refresher.ErrNotAllowed. Called with fmu held.
 func (f *Filler) arm(ctx context.Context, term uint64, retired bool) error {
 	gen := f.pool.Generation()
 	for try := 0; ; try++ {
@@ -315,7 +309,7 @@ func (f *Filler) arm(ctx context.Context, term uint64, retired bool) error {
 			f.fenceSeq = 0
 			return fmt.Errorf("pool: %s: write the fence record: %w", f.pool.cfg.Name, err)
 		}
-		f.fenceTerm, f.fenceSeq = term, nseq
+		f.fenceTerm, f.fenceSeq, f.fenceAt = term, nseq, time.Now()
 		if retired {
 			f.fenceSeq = 0
 		}
@@ -329,23 +323,61 @@ func (f *Filler) arm(ctx context.Context, term uint64, retired bool) error {
 // it — unless it is superseded (then the error wraps
 // refresher.ErrNotAllowed and the token is discarded).
 func (f *Filler) publish(ctx context.Context, term uint64, body []byte, ttl time.Duration) error {
-	if err := f.lock(ctx); err != nil {
-		return err
-	}
-	defer f.unlock()
 	for try := 0; ; try++ {
-		if f.fenceSeq == 0 || f.fenceTerm != term {
-			if err := f.arm(ctx, term, false); err != nil {
-				return err
-			}
+		seq, err := f.armedFor(ctx, term)
+		if err != nil {
+			return err
 		}
-		err := f.pool.q.Publish(ctx, Minted{Body: body, TTL: ttl, Generation: f.pool.Generation(), Fence: f.fenceSeq})
+		err = f.publishAt(ctx, seq, Minted{Body: body, TTL: ttl, Generation: f.pool.Generation()})
 		if errors.Is(err, ErrFenced) && try < 1 {
-			f.fenceSeq = 0
+			f.fmu.Lock()
+			if f.fenceSeq == seq {
+				f.fenceSeq = 0
+			}
+			f.fmu.Unlock()
 			continue
 		}
 		return err
 	}
+}
+
+// armedFor returns the sequence of this filler's fence record for term,
+// writing the record first if there is none yet (or it is half its TTL
+// old).
+func (f *Filler) armedFor(ctx context.Context, term uint64) (uint64, error) {
+	ok := func() bool { return f.fenceSeq != 0 && f.fenceTerm == term && time.Since(f.fenceAt) <= FenceTTL/2 }
+	f.fmu.RLock()
+	seq, armed := f.fenceSeq, ok()
+	f.fmu.RUnlock()
+	if armed {
+		return seq, nil
+	}
+	f.fmu.Lock()
+	defer f.fmu.Unlock()
+	if !ok() {
+		if err := f.arm(ctx, term, false); err != nil {
+			return 0, err
+		}
+	}
+	return f.fenceSeq, nil
+}
+
+// publishAt publishes m fenced on the record at seq; the record is not
+// rewritten meanwhile (fmu shared), and on a replicated stream publishes
+// take turns.
+func (f *Filler) publishAt(ctx context.Context, seq uint64, m Minted) error {
+	f.fmu.RLock()
+	defer f.fmu.RUnlock()
+	if f.serial {
+		select {
+		case f.turn <- struct{}{}:
+			defer func() { <-f.turn }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	m.Fence = seq
+	return f.pool.q.Publish(ctx, m)
 }
 
 func exponential(initial, maxInterval, defInitial, defMax time.Duration) *backoff.ExponentialBackOff {

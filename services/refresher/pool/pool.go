@@ -71,6 +71,8 @@ type Store struct {
 	bucket string
 	stream string
 
+	replicas int
+
 	mu     sync.Mutex
 	floors map[string]*atomic.Uint64 // per provider: the oldest generation handed out
 }
@@ -85,7 +87,7 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Sto
 	if err != nil {
 		return nil, fmt.Errorf("pool: jetstream: %w", err)
 	}
-	s := &Store{nc: nc, js: js, bucket: bucket, stream: StreamPrefix + bucket, floors: map[string]*atomic.Uint64{}}
+	s := &Store{nc: nc, js: js, bucket: bucket, stream: StreamPrefix + bucket, replicas: max(replicas, 1), floors: map[string]*atomic.Uint64{}}
 	err = refresher.UntilReady(ctx, nil, func(ctx context.Context) error {
 		_, err := js.CreateOrUpdateStream(ctx, s.streamConfig(bucket, replicas))
 		return err
@@ -162,6 +164,9 @@ type Pool struct {
 	// knows its successor's generation); closed: the provider is gone.
 	floor  *atomic.Uint64
 	closed atomic.Bool
+	// parallel: the stream has one replica, so fenced publishes need not
+	// take turns (a replicated stream refuses one while another commits).
+	parallel bool
 
 	mu       sync.Mutex
 	lastErr  error
@@ -211,7 +216,9 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	s.mu.Unlock()
 	q := &jsQueue{js: s.js, stream: s.stream, subject: subject, fence: fenceSubject(s.bucket, cfg.Name), cons: cons}
-	return newPool(cfg, q, natsSignals{nc: s.nc, demand: subject + ".demand"}, floor), nil
+	p := newPool(cfg, q, natsSignals{nc: s.nc, demand: subject + ".demand"}, floor)
+	p.parallel = s.replicas == 1
+	return p, nil
 }
 
 // New returns the pool of cfg.Name on q, signalling its filler through sig:

@@ -30,7 +30,7 @@ type Queue interface {
 	// one (0: not at all); nil, nil if there was none. A delivered token is
 	// invisible to other claimers until the consumer's AckWait has passed.
 	Fetch(ctx context.Context, wait time.Duration) (Delivery, error)
-	// Purge removes every ready token.
+	// Purge removes every ready token not delivered to a claimer.
 	Purge(ctx context.Context) error
 	// Counts returns how many tokens are ready and how many claimers are
 	// waiting for one (pending pull requests): one consumer-info request.
@@ -190,14 +190,30 @@ func (q *jsQueue) Fetch(ctx context.Context, wait time.Duration) (Delivery, erro
 	return jsDelivery{msg}, nil
 }
 
+// Purge removes the ready tokens by claiming and acknowledging them, not
+// with a stream purge: the shipped roles (deploy/nats/auth.conf) deny the
+// refresher every purge, so that no request can make it empty a stream.
 func (q *jsQueue) Purge(ctx context.Context) error {
 	ctx, cancel := withTimeout(ctx, 5*time.Second)
 	defer cancel()
-	st, err := q.js.Stream(ctx, q.stream)
-	if err == nil {
-		err = st.Purge(ctx, jetstream.WithPurgeSubject(q.subject))
+	for ctx.Err() == nil {
+		batch, err := q.cons.FetchNoWait(64)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			_ = m.Ack()
+			n++
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
 	}
-	return err
+	return ctx.Err()
 }
 
 func (q *jsQueue) Counts(ctx context.Context) (int, int, error) {
@@ -237,19 +253,17 @@ func (q *jsQueue) WriteFence(ctx context.Context, f Fence, after uint64) (uint64
 	if err != nil {
 		return 0, err
 	}
-	seq, err := q.fenced(ctx, &nats.Msg{Subject: q.fence, Data: body, Header: nats.Header{}}, after, jetstream.WithExpectStream(q.stream))
-	if err != nil {
-		return 0, err
-	}
-	// Older records are of no use: keep the subject at one message (a
-	// failure only leaves a few more, well under MaxMsgsPerSubject).
-	pctx, cancel := withTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if st, err := q.js.Stream(pctx, q.stream); err == nil {
-		_ = st.Purge(pctx, jetstream.WithPurgeSubject(q.fence), jetstream.WithPurgeKeep(1))
-	}
-	return seq, nil
+	// Records leave by their TTL (the refresher may not purge): a filler
+	// writes its record again before it goes (FenceTTL).
+	return q.fenced(ctx, &nats.Msg{Subject: q.fence, Data: body, Header: nats.Header{}}, after,
+		jetstream.WithMsgTTL(FenceTTL), jetstream.WithExpectStream(q.stream))
 }
+
+// FenceTTL is how long a fence record stays in the pool stream. A filler
+// writes its record again once it is half that old, so the current
+// filler's record never leaves; older ones do, and the subject holds about
+// one record per lease term of the last day, far under MaxMsgsPerSubject.
+const FenceTTL = 24 * time.Hour
 
 // jsDelivery is a Delivery of a JetStream message.
 type jsDelivery struct{ msg jetstream.Msg }
