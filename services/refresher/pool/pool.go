@@ -250,6 +250,25 @@ func newPool(cfg Config, q Queue, sig Signals, floor *atomic.Uint64) *Pool {
 	return p
 }
 
+// Successor returns a pool of the same provider on the same stream with
+// cfg (its credentials rotated), sharing p's oldest generation handed out:
+// p stops handing out tokens older than the generation its successor is
+// given (SetGeneration). Store.Pool does the same for pools it opens.
+func (p *Pool) Successor(cfg Config) (*Pool, error) {
+	if cfg.Size < 1 {
+		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
+	}
+	if cfg.Wait <= 0 {
+		cfg.Wait = DefaultWait
+	}
+	if cfg.ackWait <= 0 {
+		cfg.ackWait = AckWait
+	}
+	n := newPool(cfg, p.q, p.sig, p.floor)
+	n.parallel = p.parallel
+	return n, nil
+}
+
 // SetGeneration makes gen the generation of the credentials this pool's
 // filler mints with, before the filler runs, and stops every pool of the
 // provider on this Store from handing out a token of an older generation,
