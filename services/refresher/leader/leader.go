@@ -125,7 +125,23 @@ type Leader struct {
 	// counted is the revision of the last foreign write counted per
 	// provider: the watch and the takeover check may both see one write.
 	counted map[string]uint64
-	wg      sync.WaitGroup // forwarded refreshes
+	// refused holds the providers whose writes Accept refused while this
+	// replica led: when the term ends, their keepers adopt what the bucket
+	// holds then (Adopter).
+	refused map[string]bool
+	// undeleted holds the token keys of removed providers whose delete
+	// failed (Remove, the sweep): retried every retry period while leading.
+	undeleted map[string]bool
+	wg        sync.WaitGroup // forwarded refreshes
+}
+
+// Adopter is a Keeper that takes as its copy the token its key holds when a
+// term ends in which Accept refused writes to that key: a deposed leader
+// (one that believed it led while paused or cut off, and refused the new
+// leader's writes as foreign) then serves the new leader's token rather than
+// its own copy, which may expire before the next write.
+type Adopter interface {
+	Adopt(tok wire.Token, rev uint64)
 }
 
 type running struct {
@@ -178,6 +194,7 @@ func New(cfg Config) (*Leader, error) {
 		cfg: cfg, log: cfg.Logger,
 		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, turn: make(chan struct{}, 1)},
 		loops: map[string]Loop{}, running: map[string]*running{}, leaving: map[string]Loop{}, counted: map[string]uint64{},
+		refused: map[string]bool{}, undeleted: map[string]bool{},
 	}
 	if cfg.Conn != nil && cfg.Lease.OnLapse == nil && cfg.Lease.HolderResuming == nil {
 		cfg.Lease.OnLapse, cfg.Lease.HolderResuming = l.lapsed, l.resuming
@@ -249,6 +266,7 @@ func (l *Leader) Set(name string, loop Loop) {
 		l.leaving[name] = old.loop
 	}
 	l.loops[name] = loop
+	delete(l.undeleted, name)
 	leading := l.lctx != nil
 	if leading {
 		// The new loop's goroutine forgets old once it has taken over.
@@ -282,6 +300,7 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 	delete(l.running, name)
 	delete(l.loops, name)
 	delete(l.counted, name)
+	delete(l.refused, name)
 	if old != nil {
 		old.cancel()
 		l.leaving[name] = old.loop
@@ -300,6 +319,11 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 	if leading {
 		if _, werr := l.write(ctx, name, nil, true); werr != nil {
 			err = fmt.Errorf("leader: delete the token of %s: %w", name, werr)
+			l.mu.Lock()
+			if _, back := l.loops[name]; !back {
+				l.undeleted[name] = true // retried while this replica leads
+			}
+			l.mu.Unlock()
 		}
 	}
 	if old != nil {
@@ -392,7 +416,7 @@ func (l *Leader) lead(stop, lost context.Context) {
 		l.sweep(stop)
 	})
 	l.checkInherited(stop)
-	<-stop.Done()
+	l.retryDeletes(stop)
 	l.mu.Lock()
 	var stopping []*running
 	for name, r := range l.running {
@@ -405,6 +429,7 @@ func (l *Leader) lead(stop, lost context.Context) {
 	for _, r := range stopping {
 		<-r.done
 	}
+	l.adoptRefused()
 	l.wg.Wait()
 	// Calls that are not a loop's (a forwarded refresh's) end too before
 	// the lease is released.
@@ -461,10 +486,41 @@ func (l *Leader) sweep(ctx context.Context) {
 		delete(l.counted, k)
 		l.mu.Unlock()
 		if _, err := l.write(ctx, k, nil, true); err != nil {
-			l.log.Warn("leader: cannot delete the token of a provider no longer configured", slog.String("provider", k), slog.String("error", err.Error()))
+			l.log.Warn("leader: cannot delete the token of a provider no longer configured; retrying", slog.String("provider", k), slog.String("error", err.Error()))
+			l.mu.Lock()
+			if _, back := l.loops[k]; !back {
+				l.undeleted[k] = true
+			}
+			l.mu.Unlock()
 			continue
 		}
 		l.log.Info("deleted the token of a provider no longer configured", slog.String("provider", k))
+	}
+}
+
+// retryDeletes deletes, every retry period until ctx ends, the token keys
+// of removed providers whose delete failed: a write that timed out (a
+// partition, a slow stream) does not leave a removed provider's token in
+// the bucket for the rest of the term.
+func (l *Leader) retryDeletes(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(l.lease.cfg.RetryPeriod):
+		}
+		l.mu.Lock()
+		names := slices.Sorted(maps.Keys(l.undeleted))
+		l.mu.Unlock()
+		for _, name := range names {
+			if _, err := l.write(ctx, name, nil, true); err != nil {
+				continue
+			}
+			l.mu.Lock()
+			delete(l.undeleted, name)
+			l.mu.Unlock()
+			l.log.Info("deleted the token of a removed provider", slog.String("provider", name))
+		}
 	}
 }
 
@@ -499,6 +555,16 @@ func (l *Leader) checkInherited(ctx context.Context) {
 	for _, name := range slices.Sorted(maps.Keys(keepers)) {
 		loop := keepers[name]
 		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
+		if errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && msg.Header.Get("KV-Operation") != "") {
+			// No record at all (the bucket was deleted and created again, or
+			// the key deleted): a copy this replica holds cannot be checked
+			// against its writer (it may be one no leader wrote, taken while
+			// standing by), so it is not published again but replaced.
+			if u, ok := loop.(interface{ Unverified() }); ok {
+				u.Unverified()
+			}
+			continue
+		}
 		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
 			continue
 		}
@@ -559,10 +625,41 @@ func (l *Leader) write(ctx context.Context, key string, data []byte, del bool) (
 		return 0, fmt.Errorf("%w: %w", refresher.ErrNotAllowed, err)
 	}
 	l.log.Warn("leader: the term record was changed by someone else; writing it again", slog.String("key", TermKey))
+	// No term record at all: the bucket was deleted and created again (or
+	// the record deleted). Every keeper publishes its token again: the
+	// bucket lost them, and replicas starting now would have none to serve
+	// until each provider's next refresh.
+	_, gerr := l.cfg.Tokens.Get(ctx, TermKey)
 	if err := l.fence.rearm(ctx, seq, l.lease.State().Term, time.Now(), l.lease.Held); err != nil {
 		return 0, err
 	}
+	if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+		l.log.Warn("leader: the tokens bucket lost its term record (deleted and created again?); publishing every token again")
+		l.repairAll()
+	}
 	return l.fence.write(ctx, key, data, del)
+}
+
+// repairAll asks every keeper to publish its token again: the bucket lost
+// them. A keeper that can tell (a refresh manager: Recreated) publishes its
+// copy again only if that is its own last publish, and fetches a new token
+// otherwise (a copy taken while standing by may be one no leader wrote).
+func (l *Leader) repairAll() {
+	l.mu.Lock()
+	var keepers []Keeper
+	for _, name := range slices.Sorted(maps.Keys(l.loops)) {
+		if k, ok := l.loops[name].(Keeper); ok {
+			keepers = append(keepers, k)
+		}
+	}
+	l.mu.Unlock()
+	for _, k := range keepers {
+		if r, ok := k.(interface{ Recreated() }); ok {
+			r.Recreated()
+			continue
+		}
+		k.Repair()
+	}
 }
 
 // Accept is told about every token write the replica's watch sees and
@@ -604,7 +701,38 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 		l.log.Warn("leader: a token this leader did not write was stored for its provider; replacing it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
 	}
 	k.Repair() // idempotent: also when the takeover check counted it first
+	l.mu.Lock()
+	if l.lctx != nil {
+		l.refused[tok.Provider] = true
+	}
+	l.mu.Unlock()
 	return false
+}
+
+// adoptRefused hands each keeper whose writes were refused during the term
+// that ended what its key holds now (Adopter), read from the bucket: not the
+// refused write itself, which a repair may have replaced, or a bucket
+// deleted and created again may have outdated.
+func (l *Leader) adoptRefused() {
+	l.mu.Lock()
+	adopters := map[string]Adopter{}
+	for name := range l.refused {
+		if a, ok := l.loops[name].(Adopter); ok {
+			adopters[name] = a
+		}
+	}
+	l.refused = map[string]bool{}
+	l.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(adopters)) {
+		ctx, cancel := context.WithTimeout(context.Background(), l.lease.cfg.RetryPeriod)
+		e, err := l.cfg.Tokens.Get(ctx, name)
+		cancel()
+		var tok wire.Token
+		if err != nil || json.Unmarshal(e.Value(), &tok) != nil || tok.AccessToken == "" {
+			continue
+		}
+		adopters[name].Adopt(tok, e.Revision())
+	}
 }
 
 // foreign counts a write to provider's key at rev that no leader made, once:

@@ -78,12 +78,15 @@ func (s *Slot) noToken() error {
 
 // Store makes e current, clears the last failure and wakes waiters. It
 // reports whether e was taken. An entry at a revision not above the current
-// one is refused (a replay), unless its token was issued later: a bucket
-// deleted and created again starts its revisions from 1.
+// one is refused (a replay), unless its token was issued later or is the
+// current token itself: a bucket deleted and created again starts its
+// revisions from 1, and the copy's revision must follow it there (a write
+// below the old revision is news, Manager.Owns).
 func (s *Slot) Store(e *Entry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old := s.cur.Load(); old != nil && e.Revision != 0 && old.Revision >= e.Revision && !e.Token.IssuedAt.After(old.Token.IssuedAt) {
+	if old := s.cur.Load(); old != nil && e.Revision != 0 && old.Revision >= e.Revision &&
+		!e.Token.IssuedAt.After(old.Token.IssuedAt) && e.Token.AccessToken != old.Token.AccessToken {
 		return false
 	}
 	s.cur.Store(e)

@@ -288,9 +288,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			if !m.stale(k.bad) || m.failing() {
 				continue // already replaced, or retrying on its own schedule
 			}
-			if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad {
+			if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad && !k.replace {
 				m.settle() // the provider rejected it: fetch another
-			}
+			} // (asked by the leader, Replace: its own token, issued and not yet published, is published)
 			timer.Stop()
 			link = k.from
 		case <-m.repair:
@@ -567,13 +567,21 @@ func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
 }
 
 // Owns reports whether tok, seen in the bucket at rev, is no replacement of
-// this manager's token: rev is not newer than its last publish, or tok is
-// the token it holds (published, or issued and about to be).
+// this manager's token: rev is not newer than the copy it holds (its last
+// publish, or a later write it took; its last publish if it holds none), or
+// tok is the token it holds (published, or issued and about to be). The
+// copy's revision, not the highest one ever published: a bucket deleted and
+// created again starts its revisions from 1, and a write there below an
+// old publish is news (the sim's bucket-recreated schedule).
 func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
-	if rev <= max(m.published.Load(), m.slot.revision()) {
+	e := m.slot.Load()
+	last := m.published.Load()
+	if e != nil && e.Revision != 0 {
+		last = e.Revision
+	}
+	if rev <= last {
 		return true // not newer than what it holds: old news, not a replacement
 	}
-	e := m.slot.Load()
 	return e != nil && e.Token.AccessToken == tok.AccessToken
 }
 
@@ -593,7 +601,7 @@ func (m *Manager) Repair() {
 // report), and it is asked again in every term that finds bad.
 func (m *Manager) Replace(bad string) {
 	select {
-	case m.kick <- kick{bad: bad}:
+	case m.kick <- kick{bad: bad, replace: true}:
 	default:
 	}
 }
@@ -603,6 +611,9 @@ func (m *Manager) Replace(bad string) {
 type kick struct {
 	bad  string
 	from trace.SpanContext
+	// replace: asked by the leader (Replace), not by a caller's report: a
+	// pending token equal to bad is this manager's own, not a rejected one.
+	replace bool
 }
 
 // failing reports whether the last refresh failed: retries then follow the

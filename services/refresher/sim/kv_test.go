@@ -74,6 +74,7 @@ func wrongLastConstant() error {
 // commit proposes p on behalf of from (nil: an operator outside the
 // cluster). Faults are drawn from the world's schedule.
 func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64, error) {
+	from.awake()
 	trip, slow, lose, cut := b.w.writeFaults(from, b.name, p.key)
 	if cut {
 		// Cut off from the majority: the proposal never commits.
@@ -107,6 +108,7 @@ func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64,
 		w.push(r)
 	}
 	b.mu.Unlock()
+	b.w.committed(b, from, r)
 	if lose || ctx.Err() != nil {
 		return 0, errTimeout // committed; the reply is lost
 	}
@@ -192,6 +194,7 @@ type leaseKV struct {
 }
 
 func (k leaseKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, error) {
+	k.from.awake()
 	r, ok := k.b.get(key)
 	switch {
 	case !ok:
@@ -235,6 +238,7 @@ type tokensKV struct {
 func (k tokensKV) Bucket() string { return k.b.name }
 
 func (k tokensKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, error) {
+	k.from.awake()
 	r, ok := k.b.get(key)
 	if !ok || r.op != jetstream.KeyValuePut {
 		return nil, jetstream.ErrKeyNotFound

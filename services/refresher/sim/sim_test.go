@@ -85,9 +85,9 @@ func TestSimulation(t *testing.T) {
 					t.Errorf("seed %d: %s", seed, v)
 				}
 				if len(w.violations) > 0 {
-					t.Logf("replay: go test ./services/refresher/sim -run TestSimulation -seed %d -v\nschedule:\n%s", seed, strings.Join(w.trace, "\n"))
+					t.Logf("replay (without -race: exact): go test ./services/refresher/sim -run TestSimulation -seed %d -v\nschedule:\n%s", seed, strings.Join(w.trace, "\n"))
 				} else if *only != 0 {
-					t.Logf("schedule:\n%s", strings.Join(w.trace, "\n"))
+					t.Logf("transcript (the schedule, every token issued, both buckets' streams):\n%s", w.transcript())
 				}
 			})
 		})
@@ -111,6 +111,8 @@ type world struct {
 		slowMax    time.Duration
 	}
 	sources    map[string]*rand.Rand // streams of draws, by name (source)
+	bus        *bus
+	rt         runtimeProviders
 	issued     map[string]issue
 	discarded  map[string]int // by reason
 	stopDisc   int            // discards during graceful stops
@@ -120,6 +122,7 @@ type world struct {
 }
 
 type issue struct {
+	c             *credential
 	cred, replica string
 	term          uint64
 	at            time.Duration
@@ -130,8 +133,11 @@ func newWorld(seed uint64) *world {
 		issued: map[string]issue{}, discarded: map[string]int{}, start: time.Now()}
 	w.tokens, w.lease = newBucket(w, "tokens"), newBucket(w, "tokens-lease")
 	for i := range providers {
-		w.creds = append(w.creds, &credential{w: w, name: fmt.Sprint("daraja-", i)})
+		name := fmt.Sprint("daraja-", i)
+		w.creds = append(w.creds, &credential{w: w, name: name, app: name})
 	}
+	w.bus = newBus(w)
+	w.rt.reported = map[string]bool{}
 	return w
 }
 
@@ -175,10 +181,13 @@ func (w *world) writeFaults(from *replica, bk, key string) (trip, slow time.Dura
 	return trip, slow, rng.Float64() < w.faults.lost, false
 }
 
-// credential is one Daraja app: a new token invalidates the last.
+// credential is one Daraja app: a new token invalidates the last. name is
+// the provider it serves; app tells apart the apps a runtime provider had
+// (rotations, a delete and a put again).
 type credential struct {
 	w        *world
 	name     string
+	app      string
 	n        int
 	current  string
 	inFlight []string // callers
@@ -190,7 +199,12 @@ type caller struct {
 	r *replica
 }
 
-func (p caller) Token(ctx context.Context) (refresher.Token, error) {
+// Token is the call as it leaves the replica: through leader.Guard, as
+// cmd/refresher's HTTP transport (runtime_test.go).
+func (p caller) Token(ctx context.Context) (refresher.Token, error) { return p.viaGuard(ctx) }
+
+// call is the call as Daraja sees it.
+func (p caller) call(ctx context.Context) (refresher.Token, error) {
 	w, c, r := p.c.w, p.c, p.r
 	w.mu.Lock()
 	if len(c.inFlight) > 0 {
@@ -231,10 +245,13 @@ func (p caller) Token(ctx context.Context) (refresher.Token, error) {
 	}
 	w.mu.Lock()
 	leave()
+	if how := r.retired[c]; how != "" {
+		w.violateLocked(invReplacedCreds, "a call of %s by %s with the %s credentials %s ended after the takeover", c.name, r.name, how, c.app)
+	}
 	c.n++
-	tok := fmt.Sprintf("%s-%d", c.name, c.n)
+	tok := fmt.Sprintf("%s-%d", c.app, c.n)
 	c.current = tok
-	w.issued[tok] = issue{cred: c.name, replica: r.name, term: term, at: w.now()}
+	w.issued[tok] = issue{c: c, cred: c.name, replica: r.name, term: term, at: w.now()}
 	w.mu.Unlock()
 	now := time.Now()
 	return refresher.Token{AccessToken: refresher.Secret(tok), TokenType: "Bearer", IssuedAt: now, ExpiresAt: now.Add(life)}, nil
@@ -264,27 +281,38 @@ type replica struct {
 	mgrs     map[string]*refresh.Manager
 	cut      bool // under w.mu: cut off from the majority (reads, no commits)
 	stopping bool // under w.mu: a graceful stop is under way
-	cancel   context.CancelFunc
-	done     chan struct{}
+	// Under w.mu: the credentials this replica replaced (a rotation) or
+	// removed, once its Set or Remove returned; a pause of the process
+	// (runtime_test.go).
+	retired     map[*credential]string
+	pauseNext   time.Duration
+	pausedUntil time.Time
+	cancel      context.CancelFunc
+	done        chan struct{}
 }
 
 func (w *world) startReplica(slot int) *replica {
 	w.mu.Lock()
 	w.generation++
-	r := &replica{w: w, name: fmt.Sprintf("r%d.%d", slot, w.generation), mgrs: map[string]*refresh.Manager{}, done: make(chan struct{})}
+	r := &replica{w: w, name: fmt.Sprintf("r%d.%d", slot, w.generation), mgrs: map[string]*refresh.Manager{}, retired: map[*credential]string{}, done: make(chan struct{})}
+	creds := append([]*credential(nil), w.creds...)
 	rate := 1 + maxDrift*(2*w.rng.Float64()-1)
 	w.mu.Unlock()
 	l, err := leader.New(leader.Config{
 		Lease: leader.LeaseConfig{KV: leaseKV{b: w.lease, from: r}, Holder: r.name, TTL: ttl, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
-			DrainTimeout: 2 * time.Second, Clock: driftClock{origin: time.Now(), rate: rate}},
+			DrainTimeout: 2 * time.Second, Clock: driftClock{origin: time.Now(), rate: rate},
+			OnChange: func(s leader.State) {
+				w.logf("%s sees %s lead term %d (leading: %v)", r.name, s.Holder, s.Term, s.Leader)
+			}},
 		JetStream: simJS{b: w.tokens, from: r}, Tokens: tokensKV{b: w.tokens, from: r},
-		FetchConcurrency: 2,
+		FetchConcurrency: 2, Transport: w.bus.transport(r),
+		OnForeignWrite: func(p string) { w.logf("%s counts a foreign write of %s", r.name, p) },
 	})
 	if err != nil {
 		panic(err)
 	}
 	r.l = l
-	for _, c := range w.creds {
+	for _, c := range creds {
 		r.mgrs[c.name] = w.manager(r, c)
 		l.Set(c.name, r.mgrs[c.name])
 	}
@@ -418,7 +446,7 @@ func (w *world) run() {
 	w.mu.Lock()
 	w.faults.slow, w.faults.lost = 0, 0
 	for _, r := range w.reps {
-		r.cut = false
+		r.cut, r.pauseNext, r.pausedUntil = false, 0, time.Time{}
 	}
 	w.mu.Unlock()
 	w.logf("faults stop")
@@ -433,23 +461,30 @@ func (w *world) run() {
 	if w.leader() == nil {
 		w.violate(invLeaderAfter, "no leader %v after the faults stopped (bound ttl + 1 s)", time.Since(quiet))
 	}
+	w.reportAfterFaults()
 	// Every provider fresh: within a token's lifetime, the bucket holds
 	// each credential's current token.
 	time.Sleep(life)
 	w.check()
 	for _, c := range w.creds {
+		w.mu.Lock()
+		cur := c.current // read first: a call may end meanwhile, and publish a newer one
+		w.mu.Unlock()
 		e, ok := w.tokens.get(c.name)
 		var tok wire.Token
 		if ok {
 			_ = json.Unmarshal(e.data, &tok)
 		}
 		w.mu.Lock()
-		cur := c.current
+		newer := tok.AccessToken != cur && w.issued[tok.AccessToken].c == c && w.issued[tok.AccessToken].at > w.issued[cur].at
+		// ... or cur was issued a moment ago and its publish is on its way.
+		publishing := w.now()-w.issued[cur].at < 100*time.Millisecond
 		w.mu.Unlock()
-		if !ok || tok.AccessToken != cur || tok.Expired(time.Now()) {
+		if !ok || (tok.AccessToken != cur && !newer && !publishing) || tok.Expired(time.Now()) {
 			w.violate(invFreshAfter, "%s: the bucket holds %q, the provider's current token is %q", c.name, tok.AccessToken, cur)
 		}
 	}
+	w.checkRemoved()
 	for _, r := range w.reps {
 		r.stop()
 	}
@@ -468,7 +503,7 @@ func (w *world) run() {
 	w.trace = append(w.trace, fmt.Sprintf("issued %d tokens, %d published, discarded %v", len(w.issued), len(published), w.discarded))
 	var lost []string
 	for tok, is := range w.issued {
-		if !published[tok] {
+		if !published[tok] && !w.rt.reported[tok] {
 			lost = append(lost, fmt.Sprintf("%s (by %s in term %d at %v)", tok, is.replica, is.term, is.at.Round(time.Millisecond)))
 		}
 	}
@@ -506,7 +541,7 @@ func (w *world) leader() *replica {
 // event draws and plays one event of the schedule.
 func (w *world) event() {
 	k := w.rng.IntN(len(w.reps))
-	switch w.rng.IntN(10) {
+	switch e := w.rng.IntN(16); e {
 	case 0, 1: // SIGTERM a replica, start it again
 		r := w.reps[k]
 		w.logf("SIGTERM %s", r.name)
@@ -590,6 +625,8 @@ func (w *world) event() {
 			w.mu.Unlock()
 			r.l.Set(c.name, m)
 		}
+	case 10, 11, 12, 13, 14: // runtime_test.go
+		w.moreEvents(e, w.reps[k])
 	default: // nothing happens
 	}
 }

@@ -1,0 +1,36 @@
+package refresh
+
+import "github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+
+// Adopt takes tok, stored at rev by another replica, as this manager's copy
+// unless the copy is newer (leader.Adopter: the writes a deposed leader
+// refused while it believed it led).
+func (m *Manager) Adopt(tok wire.Token, rev uint64) {
+	if e, err := NewEntry(tok, rev); err == nil {
+		m.slot.Store(e)
+	}
+}
+
+// Unverified asks Run to fetch a new token at once if it holds a copy: the
+// leader found no record of the copy in the bucket (deleted and created
+// again), so it cannot tell whether a leader wrote it.
+func (m *Manager) Unverified() {
+	if e := m.slot.Load(); e != nil {
+		m.Replace(e.Token.AccessToken)
+	}
+}
+
+// Recreated is told that the bucket lost every token (deleted and created
+// again): Run publishes its copy again if that is its own last publish, and
+// fetches a new token otherwise (a copy taken from the bucket cannot be
+// checked against its writer any more).
+func (m *Manager) Recreated() {
+	e := m.slot.Load()
+	switch {
+	case e == nil:
+	case e.Revision != 0 && e.Revision == m.published.Load():
+		m.Repair()
+	default:
+		m.Replace(e.Token.AccessToken)
+	}
+}
