@@ -11,8 +11,16 @@
 // twice. A Filler, run by the leader only, calls the provider to keep the pool
 // at its size, refills after claims and expiries, and answers claimers that
 // find the pool empty whether a refill is coming (so that they wait) or the
-// provider is failing (so that they get a 503 at once). docs/single-use-tokens.md
-// gives the reasoning.
+// provider is failing (so that they get a 503 at once).
+//
+// Every publish is fenced: the server checks it against the provider's fence
+// record in the stream, which a newer term's filler, a filler of rotated
+// credentials or a removal replaces, so a deposed filler adds nothing. Every
+// token carries the generation of the credentials it was minted with, and no
+// pool hands out one older than the newest generation it was given
+// (SetGeneration, Close). The pool reaches JetStream only through Queue and
+// Signals, so that the deterministic simulation (package sim) drives the same
+// code. docs/single-use-tokens.md gives the reasoning.
 //
 // No token value is ever written to the KV bucket: KV watchers never see one.
 package pool
