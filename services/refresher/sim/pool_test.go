@@ -49,12 +49,15 @@ const (
 	invPoolServed   = "pool-serves-after-faults"                // with faults stopped, claims are served
 )
 
-var poolSeeds = flag.Int("pool-seeds", 200, "how many seeds TestPoolSimulation runs (20 with -race)")
+var poolSeeds = flag.Int("pool-seeds", 200, "how many seeds TestPoolSimulation runs (20 with -race; -seeds, if given, counts)")
 
 func TestPoolSimulation(t *testing.T) {
 	from, n := *first, uint64(*poolSeeds)
 	if raceEnabled {
 		n = min(n, 20)
+	}
+	if *seeds != 0 { // a soak of both simulations
+		n = uint64(*seeds)
 	}
 	if *only != 0 {
 		from, n = *only, 1
