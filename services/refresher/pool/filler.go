@@ -284,6 +284,10 @@ func (f *Filler) fence(ctx context.Context, retired bool) error {
 		defer c.Done()
 		term, ctx = c.Term(), c.Context()
 	}
+	// Bounded whatever the Queue does: a write that never commits (a
+	// replica cut off) must not hold up the successor's start for ever.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	f.fmu.Lock()
 	defer f.fmu.Unlock()
 	return f.arm(ctx, term, retired)

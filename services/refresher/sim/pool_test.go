@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -465,7 +466,7 @@ func (ps *poolSim) startReplica(slot int) *poolReplica {
 // filler on r, minting with generation gen.
 func (ps *poolSim) build(r *poolReplica, name string, gen uint64, prev *pool.Pool) (*pool.Pool, *pool.Filler) {
 	q := ps.queues[name]
-	cfg := pool.Config{Name: name, Kind: "mpay", Size: poolSize, Generation: gen}
+	cfg := pool.Config{Name: name, Kind: "mpay", Size: poolSize, Generation: gen, Logger: ps.logger(r)}
 	var (
 		p   *pool.Pool
 		err error
@@ -490,9 +491,42 @@ func (ps *poolSim) build(r *poolReplica, name string, gen uint64, prev *pool.Poo
 			return c, nil
 		},
 		Discarded: func(reason string) { ps.w.discard(r.replica, reason) },
+		Logger:    ps.logger(r),
 	})
 	return p, f
 }
+
+// logger writes r's pool and filler warnings into the schedule's trace.
+func (ps *poolSim) logger(r *poolReplica) *slog.Logger {
+	return slog.New(traceHandler{w: ps.w, name: r.name})
+}
+
+// traceHandler is a slog.Handler appending records at Warn and above to
+// the world's trace.
+type traceHandler struct {
+	w     *world
+	name  string
+	attrs []slog.Attr
+}
+
+func (h traceHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+
+func (h traceHandler) Handle(_ context.Context, rec slog.Record) error {
+	var b strings.Builder
+	for _, a := range h.attrs {
+		fmt.Fprintf(&b, " %s", a)
+	}
+	rec.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s", a); return true })
+	h.w.logf("%s: %s%s", h.name, rec.Message, b.String())
+	return nil
+}
+
+func (h traceHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	h.attrs = append(append([]slog.Attr(nil), h.attrs...), as...)
+	return h
+}
+
+func (h traceHandler) WithGroup(string) slog.Handler { return h }
 
 // claim claims one token of name on r and checks it.
 func (ps *poolSim) claim(r *poolReplica, name string) bool {
@@ -582,6 +616,15 @@ func (ps *poolSim) run() {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	ps.claimers(ctx, &wg)
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() { // liveness: a stop or a rotation that never ends
+		select {
+		case <-finished:
+		case <-time.After(poolChaos + 2*time.Minute):
+			panic("stuck:\n" + strings.Join(w.trace, "\n"))
+		}
+	}()
 	end := time.Now().Add(poolChaos)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(200+w.rng.IntN(2000)) * time.Millisecond)
