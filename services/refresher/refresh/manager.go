@@ -125,6 +125,10 @@ type Manager struct {
 	call    Call
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
+	// fetched is the last token this manager's own call fetched: a copy
+	// that is this token (served before its publish, or the watch's echo
+	// of it) is this manager's own, never an unverified one.
+	fetched atomic.Pointer[string]
 	// health follows the run of failures since the last success, for the
 	// provider's condition and its events.
 	health *health
@@ -524,6 +528,8 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 	}
 	if err == nil {
 		// Serve it at once, whatever happens to the publish.
+		own := tok.AccessToken.Reveal()
+		m.fetched.Store(&own)
 		m.pending = &tok
 		if e, eerr := NewEntry(tok.Wire(m.cfg.Name), m.slot.revision()); eerr == nil {
 			m.slot.Store(e)

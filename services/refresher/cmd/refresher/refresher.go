@@ -169,13 +169,13 @@ func (m *Main) Run(ctx context.Context) error {
 	if instance == "" {
 		instance = instanceID()
 	}
-	// Every provider request is checked against the lease as it leaves.
-	transport := httpx.WithUserAgent(leader.Guard(httpx.NewTransport(cfg.FetchConcurrency)), "tokenbus-refresher/"+Version+" ("+instance+")")
-
 	m.instance = instance
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
 		return err
 	}
+	// One transport for every provider: its idle connections, the lease
+	// check every request passes as it leaves, and the tracing.
+	transport := httpx.Instrument(httpx.WithUserAgent(leader.Guard(httpx.NewTransport(cfg.FetchConcurrency)), "tokenbus-refresher/"+Version+" ("+instance+")"))
 	names := make([]string, 0, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		names = append(names, p.Name)
