@@ -252,9 +252,9 @@ func (h *Harness) StartRefresher() *Refresher {
 		Observer:        events.New(events.Config{Conn: nc, Leader: "harness-1"}),
 	})
 	r := &Refresher{NC: nc, Manager: mgr}
-	status := func() wire.Status {
+	status := func(q wire.StatusRequest) wire.Status {
 		return wire.Status{Instance: "harness-1", Version: "test", Leader: true, LeaderInstance: "harness-1",
-			Providers: []wire.ProviderStatus{mgr.Status()}}
+			Providers: []wire.ProviderStatus{mgr.Status()}}.Page(q)
 	}
 	r.Service, err = rpc.Start(nc, rpc.Config{Version: "0.0.0-test", Sources: map[string]rpc.Source{h.Provider: mgr}, Status: status})
 	if err != nil {

@@ -35,9 +35,10 @@ type Config struct {
 	Ready Checker
 	// Metrics serves /metrics; not mounted when nil.
 	Metrics http.Handler
-	// Status reports this replica's view for the status page; the page and
-	// /status.json are not mounted when nil.
-	Status func() wire.Status
+	// Status reports this replica's view for the status page: the summary
+	// of every provider and the page q asks for, as wire.Status.Page cuts
+	// it. The page and /status.json are not mounted when nil.
+	Status func(q wire.StatusRequest) wire.Status
 	// History holds the recent refreshes charted on the status page; may be nil.
 	History *History
 	// Now returns the current time; time.Now if nil.
@@ -105,7 +106,7 @@ func New(cfg Config) *http.ServeMux {
 	}
 	if cfg.Status != nil {
 		mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
-			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status().Page(statusQuery(r)), History: []Attempt{}, Ready: true}
+			body := StatusJSON{Now: cfg.Now().UTC(), Status: cfg.Status(statusQuery(r)), History: []Attempt{}, Ready: true}
 			if cfg.History != nil {
 				if h := cfg.History.Recent(); h != nil {
 					body.History = h

@@ -94,8 +94,8 @@ func TestStatusJSONAndPage(t *testing.T) {
 	srv := httptest.NewServer(httpapi.New(httpapi.Config{
 		Ready:   httpapi.CheckFunc(func(context.Context) error { return nil }),
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "tokenbus_leader 1\n") }),
-		Status: func() wire.Status {
-			return wire.Status{Instance: "r1", Version: "v", Leader: true, LeaderInstance: "r1", Providers: []wire.ProviderStatus{{Name: "a", Kind: "daraja", State: wire.StateOK, ExpiresAt: &exp}}}
+		Status: func(q wire.StatusRequest) wire.Status {
+			return wire.Status{Instance: "r1", Version: "v", Leader: true, LeaderInstance: "r1", Providers: []wire.ProviderStatus{{Name: "a", Kind: "daraja", State: wire.StateOK, ExpiresAt: &exp}}}.Page(q)
 		},
 		History: hist,
 		Now:     func() time.Time { return at },
@@ -165,7 +165,7 @@ func TestStatusJSONPagesAndFilters(t *testing.T) {
 		all = append(all, wire.ProviderStatus{Name: fmt.Sprintf("m-%04d", i), Kind: "daraja", State: state})
 	}
 	srv := httptest.NewServer(httpapi.New(httpapi.Config{Ready: httpapi.CheckFunc(func(context.Context) error { return nil }),
-		Status: func() wire.Status { return wire.Status{Instance: "i", Providers: all} }}))
+		Status: func(q wire.StatusRequest) wire.Status { return wire.Status{Instance: "i", Providers: all}.Page(q) }}))
 	defer srv.Close()
 	read := func(query string) wire.Status {
 		t.Helper()

@@ -35,6 +35,7 @@ type Gate struct {
 
 	mu       sync.Mutex
 	term     context.Context // the term's lost context; nil while not leading
+	termN    uint64          // the term's number
 	creds    map[string]*credTurn
 	inflight int
 	idle     chan struct{} // closed when inflight drops to 0; nil while 0
@@ -64,6 +65,7 @@ func newGate(lease *Lease, concurrency int) *Gate {
 type Call struct {
 	g      *Gate
 	cred   string
+	term   uint64
 	ctx    context.Context
 	cancel context.CancelFunc
 	slot   sync.Once
@@ -79,6 +81,10 @@ func (c *Call) Context() context.Context { return c.ctx }
 // with its deadline ahead: a token that cannot be published while it is
 // was not lost to a lost lease.
 func (c *Call) Held() bool { return c.g.lease.Valid() }
+
+// Term is the lease term the call was admitted under (single-use token
+// pools fence their publishes on it).
+func (c *Call) Term() uint64 { return c.term }
 
 // Called frees the call's fetch_concurrency slot.
 func (c *Call) Called() { c.slot.Do(func() { <-c.g.slots }) }
@@ -119,7 +125,7 @@ func (g *Gate) Enter(ctx context.Context, credential string) (*Call, error) {
 		return nil, ctx.Err()
 	}
 	g.mu.Lock()
-	term := g.term
+	term, termN := g.term, g.termN
 	ok := term != nil && term.Err() == nil && g.lease.Valid() && g.lease.Left() >= g.minLeft
 	if ok {
 		g.inflight++
@@ -132,7 +138,7 @@ func (g *Gate) Enter(ctx context.Context, credential string) (*Call, error) {
 	}
 	cctx, cancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), callKey{}, g))
 	stop := context.AfterFunc(term, cancel)
-	return &Call{g: g, cred: credential, ctx: cctx, cancel: func() { stop(); cancel() }}, nil
+	return &Call{g: g, cred: credential, term: termN, ctx: cctx, cancel: func() { stop(); cancel() }}, nil
 }
 
 // callKey marks the context of an admitted call with its gate.
@@ -197,10 +203,10 @@ func (g *Gate) drop(credential string) {
 	}
 }
 
-// begin opens the gate for the term whose lease-loss context is lost.
-func (g *Gate) begin(lost context.Context) {
+// begin opens the gate for term, whose lease-loss context is lost.
+func (g *Gate) begin(lost context.Context, term uint64) {
 	g.mu.Lock()
-	g.term = lost
+	g.term, g.termN = lost, term
 	g.mu.Unlock()
 }
 

@@ -103,7 +103,11 @@ type Config struct {
 	// token keys of providers it has no loop for only after that, never
 	// the tokens of runtime providers it has not loaded yet.
 	Loaded <-chan struct{}
-	Logger *slog.Logger
+	// Inherited, if set, reads the last message of every token key for a
+	// new leader's check of what it inherits, instead of JetStream (the
+	// simulation's bucket).
+	Inherited Inherited
+	Logger    *slog.Logger
 }
 
 // Leader runs the election and, while this replica leads, its loops.
@@ -183,6 +187,9 @@ func New(cfg Config) (*Leader, error) {
 	}
 	if cfg.FetchConcurrency <= 0 {
 		cfg.FetchConcurrency = 16
+	}
+	if cfg.Inherited == nil {
+		cfg.Inherited = jsInherited{js: cfg.JetStream, bucket: cfg.Tokens.Bucket()}
 	}
 	if cfg.Transport == nil {
 		cfg.Transport = noTransport{}
@@ -395,7 +402,7 @@ func (l *Leader) lead(stop, lost context.Context) {
 		}
 	}
 	defer l.fence.end()
-	l.gate.begin(lost)
+	l.gate.begin(lost, term)
 	l.mu.Lock()
 	l.lctx = stop
 	// In name order: a seed of the simulation replays the same start.
@@ -526,22 +533,12 @@ func (l *Leader) retryDeletes(ctx context.Context) {
 
 // checkInherited looks at the token each keeper inherits from before this
 // term: one that no leader wrote (no writer header: a `nats kv put` while no
-// replica led) is counted and replaced by a fresh token. A stream it cannot
-// open is tried again every retry period for the term.
+// replica led) is counted and replaced by a fresh token. It reads the last
+// message of every key in one pass (Config.Inherited), not one request per
+// keeper: a leader taking over 100,000 providers makes a handful of
+// JetStream requests, not 100,000. A pass that fails is tried again every
+// retry period for the term.
 func (l *Leader) checkInherited(ctx context.Context) {
-	var stream jetstream.Stream
-	for {
-		var err error
-		if stream, err = l.cfg.JetStream.Stream(ctx, "KV_"+l.cfg.Tokens.Bucket()); err == nil {
-			break
-		}
-		l.log.Warn("leader: cannot open the tokens stream to check inherited tokens; retrying", slog.String("error", err.Error()))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(l.lease.cfg.RetryPeriod):
-		}
-	}
 	l.mu.Lock()
 	keepers := map[string]Loop{}
 	for name, loop := range l.loops {
@@ -552,50 +549,91 @@ func (l *Leader) checkInherited(ctx context.Context) {
 		}
 	}
 	l.mu.Unlock()
-	for _, name := range slices.Sorted(maps.Keys(keepers)) {
-		loop := keepers[name]
-		msg, err := stream.GetLastMsgForSubject(ctx, l.fence.subject(name))
-		if errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && msg.Header.Get("KV-Operation") != "") {
-			// No record at all (the bucket was deleted and created again, or
-			// the key deleted): a copy this replica holds cannot be checked
-			// against its writer (it may be one no leader wrote, taken while
-			// standing by), so it is not published again but replaced.
-			if u, ok := loop.(interface{ Unverified() }); ok {
-				u.Unverified()
-			}
-			continue
-		}
-		if err != nil || msg.Header.Get(HeaderWriter) != "" || msg.Header.Get("KV-Operation") != "" {
-			continue
-		}
-		var tok wire.Token
-		if json.Unmarshal(msg.Data, &tok) != nil || tok.AccessToken == "" {
-			continue
-		}
-		// Counted once (this replica's watch may have seen it in an earlier
-		// term), but repaired in every term that finds it: a repair that an
-		// earlier term could not write is not skipped.
-		if l.foreign(name, msg.Sequence) {
-			l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", msg.Sequence))
-		}
-		k := loop.(Keeper)
-		if !k.Owns(tok, msg.Sequence) {
-			k.Repair() // its own copy is another token: write that again
-			continue
-		}
-		// Its own copy is this token (taken while it stood by): fetch a new
-		// one, whatever the refresh cooldown (this is no caller's report).
-		if rp, ok := loop.(interface{ Replace(bad string) }); ok {
-			rp.Replace(tok.AccessToken)
-			continue
-		}
-		r := loop.(Refresher)
-		l.wg.Go(func() {
-			rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
-			defer cancel()
-			_, _ = r.Refresh(rctx, tok.AccessToken)
-		})
+	if len(keepers) == 0 {
+		return
 	}
+	for {
+		seen := make(map[string]bool, len(keepers))
+		err := l.cfg.Inherited.LastPerKey(ctx, func(key string, h nats.Header, seq uint64) {
+			loop, ok := keepers[key]
+			if !ok {
+				return
+			}
+			seen[key] = true
+			if h.Get("KV-Operation") != "" {
+				unverified(loop) // the key deleted: no writer to check
+				return
+			}
+			l.inherited(ctx, key, loop, h, seq)
+		})
+		if err == nil {
+			// No record at all (the bucket was deleted and created again):
+			// a copy this replica holds cannot be checked against its
+			// writer (it may be one no leader wrote, taken while standing
+			// by), so it is not published again but replaced.
+			for _, name := range slices.Sorted(maps.Keys(keepers)) {
+				if !seen[name] {
+					unverified(keepers[name])
+				}
+			}
+		}
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		l.log.Warn("leader: cannot read the tokens stream to check inherited tokens; retrying", slog.String("error", err.Error()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(l.lease.cfg.RetryPeriod):
+		}
+	}
+}
+
+// unverified tells a keeper that the token it holds has no record in the
+// bucket to check its writer against (refresh.Manager.Unverified).
+func unverified(loop Loop) {
+	if u, ok := loop.(interface{ Unverified() }); ok {
+		u.Unverified()
+	}
+}
+
+// inherited checks the last message of keeper loop's key name, at seq with
+// headers h, as this term began.
+func (l *Leader) inherited(ctx context.Context, name string, loop Loop, h nats.Header, seq uint64) {
+	if h.Get(HeaderWriter) != "" || h.Get("KV-Operation") != "" {
+		return
+	}
+	data, err := l.cfg.Inherited.Message(ctx, seq)
+	if err != nil {
+		return // replaced since: the watch checks the new value
+	}
+	var tok wire.Token
+	if json.Unmarshal(data, &tok) != nil || tok.AccessToken == "" {
+		return
+	}
+	// Counted once (this replica's watch may have seen it in an earlier
+	// term), but repaired in every term that finds it: a repair that an
+	// earlier term could not write is not skipped.
+	if l.foreign(name, seq) {
+		l.log.Warn("leader: the token on this provider's key was not written by a leader; replacing it", slog.String("provider", name), slog.Uint64("revision", seq))
+	}
+	k := loop.(Keeper)
+	if !k.Owns(tok, seq) {
+		k.Repair() // its own copy is another token: write that again
+		return
+	}
+	// Its own copy is this token (taken while it stood by): fetch a new
+	// one, whatever the refresh cooldown (this is no caller's report).
+	if rp, ok := loop.(interface{ Replace(bad string) }); ok {
+		rp.Replace(tok.AccessToken)
+		return
+	}
+	r := loop.(Refresher)
+	l.wg.Go(func() {
+		rctx, cancel := context.WithTimeout(ctx, l.cfg.RefreshTimeout)
+		defer cancel()
+		_, _ = r.Refresh(rctx, tok.AccessToken)
+	})
 }
 
 // Publish stores tok under its provider key, fenced by the current term

@@ -252,3 +252,58 @@ func TestDeletedLeaseIsWaitedOut(t *testing.T) {
 		}
 	})
 }
+
+// TestCutOffHolderStopsAtItsDeadline (issue 17, fix 11): a holder cut off
+// from the lease bucket — every renewal hangs until its timeout and then
+// fails as "wrong last sequence", and the read of the record that checks
+// whether the renewal landed hangs too — stops leading at its deadline: the
+// term's lease-loss context ends then, and Valid turns false, not a retry
+// period later (that read is bounded by the deadline, not by its own
+// timeout).
+func TestCutOffHolderStopsAtItsDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kv := newMemKV()
+		// A retry period over a third of the renew deadline: the check of
+		// the record starts less than a retry period before the deadline.
+		l, err := leader.NewLease(leader.LeaseConfig{KV: kv, Holder: "a", TTL: syncTTL, RetryPeriod: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		lostCh := make(chan time.Time, 1)
+		go func() {
+			defer close(done)
+			_ = l.Run(ctx, func(stop, lost context.Context) {
+				select {
+				case <-lost.Done():
+					lostCh <- time.Now()
+				case <-stop.Done():
+				}
+				<-stop.Done()
+			})
+		}()
+		defer func() { cancel(); <-done }()
+		for !l.Valid() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(syncTTL / 3) // a few renewals in
+		kv.mu.Lock()
+		kv.hang = true
+		kv.mu.Unlock()
+		deadline := time.Now().Add(l.Left())
+		var lostAt time.Time
+		for lostAt.IsZero() && time.Now().Before(deadline.Add(syncTTL)) {
+			if l.Valid() && !time.Now().Before(deadline) {
+				t.Fatalf("valid %v past its deadline", time.Since(deadline))
+			}
+			select {
+			case lostAt = <-lostCh:
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if lostAt.IsZero() || lostAt.After(deadline) {
+			t.Fatalf("the term's lease-loss context ended %v past the deadline (never if negative)", lostAt.Sub(deadline))
+		}
+	})
+}

@@ -20,6 +20,23 @@ type memKV struct {
 	// afterUpdate, if set, is called after an Update was applied and before
 	// it returns (to lose its reply, or hold it).
 	afterUpdate func(ctx context.Context) error
+	// hang, if set, makes Get, Create and Update block until their context
+	// ends (a holder cut off from the bucket); an Update then fails as a
+	// late "wrong last sequence" would (the reply to a write whose fate the
+	// holder must check by reading the record).
+	hang bool
+}
+
+// hung blocks until ctx ends if the bucket hangs, and reports whether it did.
+func (m *memKV) hung(ctx context.Context) error {
+	m.mu.Lock()
+	hang := m.hang
+	m.mu.Unlock()
+	if !hang {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 type entry struct {
@@ -53,7 +70,10 @@ func (m *memKV) put(key string, val []byte, op jetstream.KeyValueOp) uint64 {
 	return m.rev
 }
 
-func (m *memKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, error) {
+func (m *memKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if err := m.hung(ctx); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.vals[key]
@@ -66,7 +86,10 @@ func (m *memKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, err
 	return e, nil
 }
 
-func (m *memKV) Create(_ context.Context, key string, val []byte) (uint64, error) {
+func (m *memKV) Create(ctx context.Context, key string, val []byte) (uint64, error) {
+	if err := m.hung(ctx); err != nil {
+		return 0, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e, ok := m.vals[key]; ok && e.op == jetstream.KeyValuePut {
@@ -76,6 +99,9 @@ func (m *memKV) Create(_ context.Context, key string, val []byte) (uint64, error
 }
 
 func (m *memKV) Update(ctx context.Context, key string, val []byte, rev uint64) (uint64, error) {
+	if m.hung(ctx) != nil {
+		return 0, jetstream.ErrKeyRevisionMismatch
+	}
 	m.mu.Lock()
 	e, ok := m.vals[key]
 	if !ok || e.rev != rev {

@@ -39,7 +39,9 @@ func TestGrafanaDashboardQueriesExistingMetrics(t *testing.T) {
 	m.SetLeader(true)
 	m.LeaseRenewalFailed()
 	m.TrackCondition("daraja", func() string { return "ok" })
-	m.RegisterConditions(func() map[string]int { return map[string]int{"ok": 1} })
+	m.RegisterSummary(func() wire.StatusSummary {
+		return wire.StatusSummary{Total: 1, States: map[string]int{"ok": 1}, Conditions: map[string]int{"ok": 1}}
+	})
 	m.Event(wire.Event{Provider: "daraja", Type: wire.EventRefreshed})
 
 	rec := httptest.NewRecorder()

@@ -127,8 +127,9 @@ type Metrics struct {
 	other     *providerOpts
 	known     atomic.Pointer[func(string) bool]
 	noAttrs   metric.AddOption
-	states    atomic.Pointer[func() map[string]int]
-	gStates   metric.Int64ObservableGauge
+	// summary counts every provider served by state and condition.
+	summary atomic.Pointer[func() wire.StatusSummary]
+	gStates metric.Int64ObservableGauge
 
 	mu      sync.Mutex
 	expiry  []expirySource
@@ -140,8 +141,6 @@ type Metrics struct {
 	gCond   metric.Int64ObservableGauge
 	gConds  metric.Int64ObservableGauge
 	conds   []conditionSource
-	// condCounts counts every provider by condition.
-	condCounts atomic.Pointer[func() map[string]int]
 }
 
 type conditionSource struct {
@@ -324,18 +323,18 @@ func (m *Metrics) observe(_ context.Context, o metric.Observer) error {
 			o.ObserveInt64(m.gCond, v, s.attrs[i])
 		}
 	}
-	if fn := m.condCounts.Load(); fn != nil {
-		n := (*fn)()
-		for _, c := range wire.Conditions {
-			o.ObserveInt64(m.gConds, int64(n[c]), metric.WithAttributes(KeyCondition.String(c)))
-		}
-	}
 	for _, s := range pools {
 		o.ObserveInt64(m.gPool, int64(s.fn()), s.attrs)
 	}
-	if fn := m.states.Load(); fn != nil {
-		for _, st := range [...]string{wire.StateOK, wire.StateFailing, wire.StateNoToken} {
-			o.ObserveInt64(m.gStates, int64((*fn)()[st]), metric.WithAttributes(keyState.String(st)))
+	if fn := m.summary.Load(); fn != nil {
+		// One count of every provider for both gauges (with 100,000
+		// providers a count is a walk of them all).
+		sum := (*fn)()
+		for i, st := range summaryStates {
+			o.ObserveInt64(m.gStates, int64(sum.States[st]), stateAttrs[i])
+		}
+		for i, c := range wire.Conditions {
+			o.ObserveInt64(m.gConds, int64(sum.Conditions[c]), conditionAttrs[i])
 		}
 	}
 	return nil
@@ -343,6 +342,22 @@ func (m *Metrics) observe(_ context.Context, o metric.Observer) error {
 
 // keyState labels tokenbus_providers.
 var keyState = attribute.Key("state")
+
+// summaryStates are the states tokenbus_providers reports; stateAttrs and
+// conditionAttrs label each state and each of wire.Conditions.
+var (
+	summaryStates  = [...]string{wire.StateOK, wire.StateFailing, wire.StateNoToken}
+	stateAttrs     = attrsOf(keyState, summaryStates[:])
+	conditionAttrs = attrsOf(KeyCondition, wire.Conditions)
+)
+
+func attrsOf(k attribute.Key, values []string) []metric.ObserveOption {
+	out := make([]metric.ObserveOption, len(values))
+	for i, v := range values {
+		out[i] = metric.WithAttributes(k.String(v))
+	}
+	return out
+}
 
 func (m *Metrics) opts(provider string) *providerOpts {
 	if p, ok := m.providers[provider]; ok {
@@ -364,13 +379,15 @@ func (m *Metrics) SetKnown(known func(string) bool) {
 	m.known.Store(&known)
 }
 
-// RegisterStates reports tokenbus_providers{state} on every collection: fn
-// counts the providers served by state.
-func (m *Metrics) RegisterStates(fn func() map[string]int) {
+// RegisterSummary reports tokenbus_providers{state} and
+// tokenbus_providers_by_condition{condition} on every collection: fn counts
+// the providers served by state and by condition (called once per
+// collection).
+func (m *Metrics) RegisterSummary(fn func() wire.StatusSummary) {
 	if m == nil {
 		return
 	}
-	m.states.Store(&fn)
+	m.summary.Store(&fn)
 }
 
 // hasSeries reports whether provider has series of its own.
@@ -417,15 +434,6 @@ func (m *Metrics) TrackCondition(provider string, fn func() string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.conds = append(slices.Clip(m.conds), src)
-}
-
-// RegisterConditions reports tokenbus_providers_by_condition{condition} on
-// every collection: fn counts the providers served by condition.
-func (m *Metrics) RegisterConditions(fn func() map[string]int) {
-	if m == nil {
-		return
-	}
-	m.condCounts.Store(&fn)
 }
 
 // Event counts one provider event published (tokenbus_events_total).

@@ -10,6 +10,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 )
@@ -134,6 +135,34 @@ func TestInstruments(t *testing.T) {
 	}
 	m.SetLeader(false)
 	check("tokenbus.leader", map[string]float64{"": 0})
+}
+
+// TestSummaryCountedOncePerCollection: tokenbus_providers and
+// tokenbus_providers_by_condition come from one count of the providers per
+// collection (with 100,000 providers a count is a walk of them all; a
+// scrape made four).
+func TestSummaryCountedOncePerCollection(t *testing.T) {
+	m, r := newMetrics(t)
+	calls := 0
+	m.RegisterSummary(func() wire.StatusSummary {
+		calls++
+		return wire.StatusSummary{Total: 5, States: map[string]int{wire.StateOK: 3, wire.StateNoToken: 2},
+			Conditions: map[string]int{wire.ConditionOK: 3, wire.ConditionExpired: 1, wire.ConditionStarting: 1}}
+	})
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Fatalf("the summary was counted %d times in one collection", calls)
+	}
+	if got := points(t, r, "tokenbus.providers"); len(got) != 3 || got["state=ok"] != 3 || got["state=failing"] != 0 || got["state=no_token"] != 2 {
+		t.Fatalf("tokenbus.providers: %v", got)
+	}
+	if got := points(t, r, "tokenbus.providers.by_condition"); len(got) != len(wire.Conditions) || got["condition=ok"] != 3 ||
+		got["condition=expired"] != 1 || got["condition=starting"] != 1 || got["condition=retrying"] != 0 {
+		t.Fatalf("tokenbus.providers.by_condition: %v", got)
+	}
 }
 
 func TestNilMetricsIsANoOp(t *testing.T) {

@@ -6,13 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -62,6 +61,9 @@ type Call interface {
 	Called()
 	// Done ends the call: its token is published, or given up.
 	Done()
+	// Term is the lease term the call was admitted under: the filler's
+	// publishes are fenced on it.
+	Term() uint64
 }
 
 // Filler keeps one provider's pool full. Only the leader runs it: it is the
@@ -73,9 +75,27 @@ type Filler struct {
 	log  *slog.Logger
 	tr   trace.Tracer
 	kick chan struct{}
-	// expires is the earliest pool expiry (unix nanoseconds) of the tokens
-	// minted since the last count; 0 if none.
-	expires atomic.Int64
+
+	// expMu guards expires: when each token this filler published leaves
+	// the pool by its TTL (sorted; pruned as they pass).
+	expMu   sync.Mutex
+	expires []time.Time
+
+	// fmu guards the fence this filler wrote (fenceSeq 0: none yet):
+	// writing it holds fmu, publishes under it share fmu. On a replicated
+	// stream (serial), publishes also take turn, one at a time: the server
+	// refuses a fenced publish while another naming the same fence record
+	// commits.
+	fmu       sync.RWMutex
+	fenceTerm uint64
+	fenceSeq  uint64
+	fenceAt   time.Time
+	serial    bool
+	turn      chan struct{}
+
+	// listenRetry is how long the filler waits before listening for
+	// claimers again after a failure (tests shorten it).
+	listenRetry time.Duration
 }
 
 // NewFiller returns a filler for p that mints with cfg.Provider.
@@ -86,7 +106,7 @@ func NewFiller(p *Pool, cfg FillerConfig) *Filler {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 10 * time.Second
 	}
-	f := &Filler{pool: p, cfg: cfg, log: cfg.Logger, tr: cfg.Tracer, kick: make(chan struct{}, 1)}
+	f := &Filler{pool: p, cfg: cfg, log: cfg.Logger, tr: cfg.Tracer, kick: make(chan struct{}, 1), turn: make(chan struct{}, 1), serial: !p.parallel, listenRetry: time.Second}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
 	}
@@ -98,16 +118,22 @@ func NewFiller(p *Pool, cfg FillerConfig) *Filler {
 }
 
 // Run fills the pool at once, then keeps it at its size until ctx ends: it
-// refills after claims (claimers tell it), after tokens expire (it counts the
-// pool every Poll) and, with backoff, after failures. It answers claimers
-// that find the pool empty. It returns nil when ctx is cancelled, or an error
-// if it cannot listen for claimers.
+// refills after claims (claimers tell it), when the first token it
+// published leaves the pool by its TTL, at most Poll apart otherwise, and,
+// with backoff, after failures. It answers claimers that find the pool
+// empty. A failure to listen for claimers does not stop it: it fills
+// meanwhile and listens again after a second. It returns nil when ctx is
+// cancelled.
 func (f *Filler) Run(ctx context.Context) error {
-	sub, err := f.pool.store.nc.QueueSubscribe(f.pool.demand, fillerQueue, f.onDemand)
-	if err != nil {
-		return fmt.Errorf("pool: %s: listen for claimers: %w", f.pool.cfg.Name, err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+	// Claimers are answered until Run returns: while a stopped filler
+	// finishes its calls in flight, a claimer waits for their tokens.
+	lctx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
+	listening := make(chan struct{})
+	go func() {
+		defer close(listening)
+		f.listen(lctx)
+	}()
+	defer func() { stopListening(); <-listening }()
 
 	b := f.cfg.Backoff
 	transient := exponential(b.Initial, b.Max, 500*time.Millisecond, 30*time.Second)
@@ -156,41 +182,202 @@ func (f *Filler) Run(ctx context.Context) error {
 	}
 }
 
-// nextCount returns how long to wait before counting the pool again: Poll,
-// or less if a token minted since expires sooner.
-func (f *Filler) nextCount() time.Duration {
-	wait := f.cfg.Poll
-	if e := f.expires.Swap(0); e != 0 {
-		wait = min(wait, max(time.Until(time.Unix(0, e)), 10*time.Millisecond))
-	}
-	return wait
-}
-
-// noteExpiry records that a token minted now leaves the pool at at.
-func (f *Filler) noteExpiry(at time.Time) {
-	n := at.UnixNano()
+// listen answers claimers until ctx ends; a failed subscription is tried
+// again every listenRetry, so it never disables the filler for a term.
+func (f *Filler) listen(ctx context.Context) {
 	for {
-		cur := f.expires.Load()
-		if cur != 0 && cur <= n || f.expires.CompareAndSwap(cur, n) {
+		stop, err := f.pool.sig.Listen(f.onDemand)
+		if err == nil {
+			<-ctx.Done()
+			stop()
 			return
+		}
+		f.log.Error("single-use token pool: cannot listen for claimers; retrying", slog.String("error", err.Error()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(f.listenRetry):
 		}
 	}
 }
 
-// Retire empties the pool of tokens this filler minted, after its provider
-// was removed (leader.Retirer): none is handed out once the provider is gone.
-func (f *Filler) Retire(ctx context.Context) error { return f.pool.purge(ctx) }
+// nextCount returns how long to wait before counting the pool again: until
+// the first token this filler published leaves the pool by its TTL, at most
+// Poll. (Claims wake the filler at once: they need no count of their own.)
+func (f *Filler) nextCount() time.Duration {
+	now := time.Now()
+	f.expMu.Lock()
+	defer f.expMu.Unlock()
+	i := 0
+	for i < len(f.expires) && !f.expires[i].Add(expiryGrace).After(now) {
+		i++
+	}
+	f.expires = f.expires[i:]
+	wait := f.cfg.Poll
+	if len(f.expires) > 0 {
+		wait = min(wait, max(f.expires[0].Add(expiryGrace).Sub(now), 10*time.Millisecond))
+	}
+	return wait
+}
 
-// Takeover empties the pool before this filler, which replaces old (a
-// runtime provider put with new credentials), starts (leader.Successor): a
-// token minted with the replaced credentials is never handed out.
+// expiryGrace is how long after a token's TTL the filler counts the pool:
+// the server removes expired messages on its own timer, a little late.
+const expiryGrace = time.Second
+
+// noteExpiry records that a token just published leaves the pool at at. At
+// most a few pools' worth are kept (the earliest count).
+func (f *Filler) noteExpiry(at time.Time) {
+	f.expMu.Lock()
+	defer f.expMu.Unlock()
+	i, _ := slices.BinarySearchFunc(f.expires, at, time.Time.Compare)
+	f.expires = slices.Insert(f.expires, i, at)
+	if limit := 4 * (f.pool.cfg.Size + f.cfg.Concurrency); len(f.expires) > limit {
+		f.expires = f.expires[:limit]
+	}
+}
+
+// Retire is called after the provider was removed and this filler has
+// stopped (leader.Retirer): it writes a retired fence record, so that no
+// filler of this provider's generation — a deposed leader's included — can
+// publish again, and empties the pool. (Every replica's Pool, closed on the
+// removal, hands nothing out meanwhile.)
+func (f *Filler) Retire(ctx context.Context) error {
+	ferr := f.fence(ctx, true)
+	if err := f.pool.purge(ctx); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// Takeover is called before this filler, which replaces old (a runtime
+// provider put with new credentials), starts, once old has stopped
+// (leader.Successor). It writes this filler's fence record, so that no
+// filler of the replaced credentials — a deposed leader's included — can
+// publish again, and then empties the pool of the tokens minted with them.
+// (Every replica's Pool given the new generation hands none of them out
+// even before: SetGeneration.)
 func (f *Filler) Takeover(ctx context.Context, old any) {
 	if o, ok := old.(*Filler); !ok || o == f {
 		return
 	}
+	if err := f.fence(ctx, false); err != nil {
+		f.log.Warn("cannot fence off the replaced credentials' filler", slog.String("error", err.Error()))
+	}
 	if err := f.pool.purge(ctx); err != nil {
 		f.log.Warn("cannot empty the pool of tokens minted with replaced credentials", slog.String("error", err.Error()))
 	}
+}
+
+// fence writes this filler's fence record (retired: the provider's last)
+// under the current term, if the gate admits a call.
+func (f *Filler) fence(ctx context.Context, retired bool) error {
+	term := uint64(0)
+	if f.cfg.Gate != nil {
+		c, err := f.cfg.Gate(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Done()
+		term, ctx = c.Term(), c.Context()
+	}
+	f.fmu.Lock()
+	defer f.fmu.Unlock()
+	return f.arm(ctx, term, retired)
+}
+
+// arm writes this filler's fence record for term, after the provider's
+// last one, unless that one supersedes it (a newer term, newer credentials,
+// or a removal): then the filler publishes nothing more, and arm returns an
+// error wrapping refresher.ErrNotAllowed. Called with fmu held.
+func (f *Filler) arm(ctx context.Context, term uint64, retired bool) error {
+	gen := f.pool.Generation()
+	for try := 0; ; try++ {
+		last, seq, err := f.pool.q.LastFence(ctx)
+		if err != nil {
+			return fmt.Errorf("pool: %s: read the fence record: %w", f.pool.cfg.Name, err)
+		}
+		if last.supersedes(term, gen) {
+			f.fenceSeq = 0
+			return fmt.Errorf("%w: pool: %s: a newer term, newer credentials or a removal fills this pool (term %d, generation %d)",
+				refresher.ErrNotAllowed, f.pool.cfg.Name, last.Term, last.Generation)
+		}
+		nseq, err := f.pool.q.WriteFence(ctx, Fence{Term: term, Generation: gen, Retired: retired}, seq)
+		if errors.Is(err, ErrFenced) && try < 3 {
+			continue // someone wrote a record since: read it
+		}
+		if err != nil {
+			f.fenceSeq = 0
+			return fmt.Errorf("pool: %s: write the fence record: %w", f.pool.cfg.Name, err)
+		}
+		f.fenceTerm, f.fenceSeq, f.fenceAt = term, nseq, time.Now()
+		if retired {
+			f.fenceSeq = 0
+		}
+		return nil
+	}
+}
+
+// publish puts one minted token in the pool, fenced on this filler's fence
+// record for term (written first if this term has none yet). A refusal
+// because the record moved on is followed by one more try after reading
+// it — unless it is superseded (then the error wraps
+// refresher.ErrNotAllowed and the token is discarded).
+func (f *Filler) publish(ctx context.Context, term uint64, body []byte, ttl time.Duration) error {
+	for try := 0; ; try++ {
+		seq, err := f.armedFor(ctx, term)
+		if err != nil {
+			return err
+		}
+		err = f.publishAt(ctx, seq, Minted{Body: body, TTL: ttl, Generation: f.pool.Generation()})
+		if errors.Is(err, ErrFenced) && try < 1 {
+			f.fmu.Lock()
+			if f.fenceSeq == seq {
+				f.fenceSeq = 0
+			}
+			f.fmu.Unlock()
+			continue
+		}
+		return err
+	}
+}
+
+// armedFor returns the sequence of this filler's fence record for term,
+// writing the record first if there is none yet (or it is half its TTL
+// old).
+func (f *Filler) armedFor(ctx context.Context, term uint64) (uint64, error) {
+	ok := func() bool { return f.fenceSeq != 0 && f.fenceTerm == term && time.Since(f.fenceAt) <= FenceTTL/2 }
+	f.fmu.RLock()
+	seq, armed := f.fenceSeq, ok()
+	f.fmu.RUnlock()
+	if armed {
+		return seq, nil
+	}
+	f.fmu.Lock()
+	defer f.fmu.Unlock()
+	if !ok() {
+		if err := f.arm(ctx, term, false); err != nil {
+			return 0, err
+		}
+	}
+	return f.fenceSeq, nil
+}
+
+// publishAt publishes m fenced on the record at seq; the record is not
+// rewritten meanwhile (fmu shared), and on a replicated stream publishes
+// take turns.
+func (f *Filler) publishAt(ctx context.Context, seq uint64, m Minted) error {
+	f.fmu.RLock()
+	defer f.fmu.RUnlock()
+	if f.serial {
+		select {
+		case f.turn <- struct{}{}:
+			defer func() { <-f.turn }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	m.Fence = seq
+	return f.pool.q.Publish(ctx, m)
 }
 
 func exponential(initial, maxInterval, defInitial, defMax time.Duration) *backoff.ExponentialBackOff {
@@ -209,15 +396,15 @@ func exponential(initial, maxInterval, defInitial, defMax time.Duration) *backof
 	)
 }
 
-// onDemand answers a claimer: it wakes the refill loop and replies whether a
-// refill is coming.
-func (f *Filler) onDemand(msg *nats.Msg) {
+// onDemand answers a claimer (answer nil: a claim was made): it wakes the
+// refill loop and replies whether a refill is coming.
+func (f *Filler) onDemand(answer func([]byte)) {
 	failure := f.pool.failure()
 	select {
 	case f.kick <- struct{}{}:
 	default:
 	}
-	if msg.Reply == "" {
+	if answer == nil {
 		return
 	}
 	r := demandReply{}
@@ -232,7 +419,7 @@ func (f *Filler) onDemand(msg *nats.Msg) {
 		}
 	}
 	body, _ := json.Marshal(r)
-	_ = msg.Respond(body)
+	answer(body)
 }
 
 // fill counts the ready tokens and the waiting claimers, and mints what is
@@ -309,14 +496,14 @@ func (f *Filler) mintOne(ctx context.Context) error {
 		// The call and the publish run under the gate's context: a stop of
 		// the filler lets them finish, a lost lease ends them.
 		ctx = c.Context()
-		return f.mintCalled(ctx, c.Called)
+		return f.mintCalled(ctx, c.Term(), c.Called)
 	}
-	return f.mintCalled(ctx, func() {})
+	return f.mintCalled(ctx, 0, func() {})
 }
 
-// mintCalled makes the provider call of mintOne; called is told when the
-// provider has answered.
-func (f *Filler) mintCalled(ctx context.Context, called func()) error {
+// mintCalled makes the provider call of mintOne under term; called is told
+// when the provider has answered.
+func (f *Filler) mintCalled(ctx context.Context, term uint64, called func()) error {
 	start := time.Now()
 	tok, err := f.cfg.Provider.Token(ctx)
 	called()
@@ -337,11 +524,11 @@ func (f *Filler) mintCalled(ctx context.Context, called func()) error {
 	if err != nil {
 		return fmt.Errorf("pool: encode token: %w", err)
 	}
-	pctx, cancel := withTimeout(ctx, 5*time.Second)
+	pctx, cancel := withTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := f.pool.store.js.Publish(pctx, f.pool.subject, body, jetstream.WithMsgTTL(ttl), jetstream.WithExpectStream(f.pool.store.stream)); err != nil {
+	if err := f.publish(pctx, term, body, ttl); err != nil {
 		reason := metrics.DiscardPublishFailed
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, refresher.ErrNotAllowed) {
 			reason = metrics.DiscardLeaseLost
 		}
 		f.log.Warn("a token the provider issued was not put in the pool", slog.String("reason", reason), slog.String("error", err.Error()))
@@ -350,7 +537,7 @@ func (f *Filler) mintCalled(ctx context.Context, called func()) error {
 		}
 		return fmt.Errorf("pool: %s: publish a token: %w", f.pool.cfg.Name, err)
 	}
-	f.noteExpiry(now.Add(ttl))
+	f.noteExpiry(time.Now().Add(ttl))
 	f.pool.minted(now)
 	return nil
 }

@@ -70,6 +70,11 @@ type Store struct {
 	js     jetstream.JetStream
 	bucket string
 	stream string
+
+	replicas int
+
+	mu     sync.Mutex
+	floors map[string]*atomic.Uint64 // per provider: the oldest generation handed out
 }
 
 // Open creates or updates the pool stream of bucket (work-queue retention,
@@ -82,7 +87,7 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int) (*Sto
 	if err != nil {
 		return nil, fmt.Errorf("pool: jetstream: %w", err)
 	}
-	s := &Store{nc: nc, js: js, bucket: bucket, stream: StreamPrefix + bucket}
+	s := &Store{nc: nc, js: js, bucket: bucket, stream: StreamPrefix + bucket, replicas: max(replicas, 1), floors: map[string]*atomic.Uint64{}}
 	err = refresher.UntilReady(ctx, nil, func(ctx context.Context) error {
 		_, err := js.CreateOrUpdateStream(ctx, s.streamConfig(bucket, replicas))
 		return err
@@ -135,6 +140,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Now returns the current time; time.Now if nil.
 	Now func() time.Time
+	// Generation is the generation of the provider's credentials (a
+	// runtime provider's revision in the credential bucket; 0 for the
+	// configuration file's): the filler tags each token it mints with it,
+	// and no token of an older generation is handed out (SetGeneration).
+	Generation uint64
 
 	ackWait time.Duration // AckWait if zero (tests shorten it)
 }
@@ -143,13 +153,20 @@ type Config struct {
 // one was handed before. It implements the rpc package's Source and Blocking
 // interfaces and is safe for concurrent use.
 type Pool struct {
-	cfg     Config
-	store   *Store
-	cons    jetstream.Consumer
-	subject string
-	demand  string
-	log     *slog.Logger
-	now     func() time.Time
+	cfg Config
+	q   Queue
+	sig Signals
+	log *slog.Logger
+	now func() time.Time
+	gen atomic.Uint64
+	// floor is the oldest generation handed out, shared by the pools of
+	// one provider on one Store (a replaced pool still answering a claim
+	// knows its successor's generation); closed: the provider is gone.
+	floor  *atomic.Uint64
+	closed atomic.Bool
+	// parallel: the stream has one replica, so fenced publishes need not
+	// take turns (a replicated stream refuses one while another commits).
+	parallel bool
 
 	mu       sync.Mutex
 	lastErr  error
@@ -191,7 +208,37 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool: %s: consumer: %w", cfg.Name, err)
 	}
-	p := &Pool{cfg: cfg, store: s, cons: cons, subject: subject, demand: subject + ".demand", log: cfg.Logger, now: cfg.Now}
+	s.mu.Lock()
+	floor := s.floors[cfg.Name]
+	if floor == nil {
+		floor = new(atomic.Uint64)
+		s.floors[cfg.Name] = floor
+	}
+	s.mu.Unlock()
+	q := &jsQueue{js: s.js, stream: s.stream, subject: subject, fence: fenceSubject(s.bucket, cfg.Name), cons: cons}
+	p := newPool(cfg, q, natsSignals{nc: s.nc, demand: subject + ".demand"}, floor)
+	p.parallel = s.replicas == 1
+	return p, nil
+}
+
+// New returns the pool of cfg.Name on q, signalling its filler through sig:
+// for tests that drive the pool against a simulated stream. Store.Pool is
+// the production constructor.
+func New(cfg Config, q Queue, sig Signals) (*Pool, error) {
+	if cfg.Size < 1 {
+		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
+	}
+	if cfg.Wait <= 0 {
+		cfg.Wait = DefaultWait
+	}
+	if cfg.ackWait <= 0 {
+		cfg.ackWait = AckWait
+	}
+	return newPool(cfg, q, sig, new(atomic.Uint64)), nil
+}
+
+func newPool(cfg Config, q Queue, sig Signals, floor *atomic.Uint64) *Pool {
+	p := &Pool{cfg: cfg, q: q, sig: sig, floor: floor, log: cfg.Logger, now: cfg.Now}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -199,8 +246,32 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 	if p.now == nil {
 		p.now = time.Now
 	}
-	return p, nil
+	p.SetGeneration(cfg.Generation)
+	return p
 }
+
+// SetGeneration makes gen the generation of the credentials this pool's
+// filler mints with, before the filler runs, and stops every pool of the
+// provider on this Store from handing out a token of an older generation,
+// including claims already under way on a pool gen replaces (runtime
+// providers rotated: docs/single-use-tokens.md).
+func (p *Pool) SetGeneration(gen uint64) {
+	p.gen.Store(gen)
+	for {
+		cur := p.floor.Load()
+		if cur >= gen || p.floor.CompareAndSwap(cur, gen) {
+			return
+		}
+	}
+}
+
+// Generation returns the generation of the credentials the pool's filler
+// mints with.
+func (p *Pool) Generation() uint64 { return p.gen.Load() }
+
+// Close stops the pool from handing out anything more, claims under way
+// included: its provider was removed.
+func (p *Pool) Close() { p.closed.Store(true) }
 
 // consumerConfig is the durable pull consumer that claims cfg's tokens.
 func (s *Store) consumerConfig(cfg Config, subject string) jetstream.ConsumerConfig {
@@ -279,27 +350,24 @@ func (p *Pool) counts(ctx context.Context) (ready, waiting int, err error) {
 	p.mu.Lock()
 	gen := p.readyGen
 	p.mu.Unlock()
-	info, err := p.cons.Info(ctx)
+	ready, waiting, err = p.q.Counts(ctx)
 	if err != nil {
 		return 0, 0, fmt.Errorf("pool: %s: consumer info: %w", p.cfg.Name, err)
 	}
 	p.mu.Lock()
 	if p.readyGen == gen {
-		p.ready, p.readyAt, p.counted = int(info.NumPending), time.Now(), true
+		p.ready, p.readyAt, p.counted = ready, time.Now(), true
 	}
 	p.mu.Unlock()
-	return int(info.NumPending), info.NumWaiting, nil
+	return ready, waiting, nil
 }
 
 // purge removes every ready token of this pool from the stream.
 func (p *Pool) purge(ctx context.Context) error {
 	ctx, cancel := withTimeout(ctx, 5*time.Second)
 	defer cancel()
-	st, err := p.store.js.Stream(ctx, p.store.stream)
-	if err == nil {
-		err = st.Purge(ctx, jetstream.WithPurgeSubject(p.subject))
-	}
-	if err != nil {
+	p.forgetReady()
+	if err := p.q.Purge(ctx); err != nil {
 		return fmt.Errorf("pool: %s: empty the pool: %w", p.cfg.Name, err)
 	}
 	return nil
@@ -339,6 +407,10 @@ func (p *Pool) Get(ctx context.Context) ([]byte, error) {
 // claim fetches one ready token, waiting up to wait for one (0: not at all),
 // and returns it once it is safely removed from the pool; nil, nil if there
 // was none. A token is handed out only if:
+//   - it was minted with the provider's current credentials: its generation
+//     is not older than the newest this Store's pools were given, and the
+//     pool is not closed (checked once the ack is confirmed, the last step
+//     before the token is returned);
 //   - this is its first delivery (a redelivered token was claimed by someone
 //     whose ack never came; dropping it rules out a second hand-out even if
 //     that ack was merely late);
@@ -350,36 +422,21 @@ func (p *Pool) Get(ctx context.Context) ([]byte, error) {
 func (p *Pool) claim(ctx context.Context, wait time.Duration) ([]byte, error) {
 	for ctx.Err() == nil {
 		start := time.Now()
-		var (
-			batch jetstream.MessageBatch
-			err   error
-		)
-		if wait <= 0 {
-			batch, err = p.cons.FetchNoWait(1)
-		} else {
-			batch, err = p.cons.Fetch(1, jetstream.FetchMaxWait(wait))
-		}
+		msg, err := p.q.Fetch(ctx, wait)
 		if err != nil {
 			return nil, fmt.Errorf("%w: pool: %s: fetch: %w", refresher.ErrNoToken, p.cfg.Name, err)
 		}
-		var msg jetstream.Msg
-		for m := range batch.Messages() { // read until closed: never abandon a delivery
-			msg = m
-		}
 		if msg == nil {
-			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-				return nil, fmt.Errorf("%w: pool: %s: fetch: %w", refresher.ErrNoToken, p.cfg.Name, err)
-			}
 			return nil, nil
 		}
 		p.forgetReady() // a token left the pool: the next reader counts again
 		body, why := p.check(msg)
 		if why != "" {
-			_ = msg.Ack()
+			msg.Drop()
 			p.log.Warn("single-use token dropped", slog.String("reason", why))
 			continue
 		}
-		if err := msg.DoubleAck(ctx); err != nil {
+		if err := msg.Ack(ctx); err != nil {
 			// Not confirmed: the token may or may not be removed; it is
 			// not handed out (if it was not removed, it is redelivered
 			// after AckWait and dropped as a redelivery).
@@ -390,6 +447,10 @@ func (p *Pool) claim(ctx context.Context, wait time.Duration) ([]byte, error) {
 			p.log.Warn("single-use token dropped", slog.String("reason", "claim too slow to be sure of its ack"), slog.Duration("took", took))
 			continue
 		}
+		if why := p.replaced(msg); why != "" {
+			p.log.Warn("single-use token dropped", slog.String("reason", why))
+			continue
+		}
 		p.claimed()
 		return body, nil
 	}
@@ -397,12 +458,11 @@ func (p *Pool) claim(ctx context.Context, wait time.Duration) ([]byte, error) {
 }
 
 // check says why msg must not be handed out, or "".
-func (p *Pool) check(msg jetstream.Msg) ([]byte, string) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		return nil, "no metadata"
+func (p *Pool) check(msg Delivery) ([]byte, string) {
+	if why := p.replaced(msg); why != "" {
+		return nil, why
 	}
-	if meta.NumDelivered != 1 {
+	if msg.Delivered() != 1 {
 		return nil, "redelivered"
 	}
 	var tok wire.Token
@@ -413,6 +473,18 @@ func (p *Pool) check(msg jetstream.Msg) ([]byte, string) {
 		return nil, "about to expire"
 	}
 	return msg.Data(), ""
+}
+
+// replaced says why msg, minted with credentials since replaced or of a
+// provider since removed, must not be handed out, or "".
+func (p *Pool) replaced(msg Delivery) string {
+	switch {
+	case p.closed.Load():
+		return "provider removed"
+	case msg.Generation() < p.floor.Load():
+		return "minted with replaced credentials"
+	}
+	return ""
 }
 
 // margin returns the configured margin, or a quarter of life.
@@ -438,9 +510,9 @@ type demandReply struct {
 func (p *Pool) ask(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
-	msg, err := p.store.nc.RequestWithContext(rctx, p.demand, nil)
+	data, err := p.sig.Ask(rctx)
 	switch {
-	case errors.Is(err, nats.ErrNoResponders):
+	case errors.Is(err, ErrNoFiller):
 		return fmt.Errorf("%w: %w", refresher.ErrNoToken, ErrNoFiller)
 	case err != nil && ctx.Err() != nil:
 		return fmt.Errorf("%w: %w", refresher.ErrNoToken, ErrEmpty)
@@ -448,7 +520,7 @@ func (p *Pool) ask(ctx context.Context) error {
 		return fmt.Errorf("%w: %w (%w)", refresher.ErrNoToken, ErrNoFiller, err)
 	}
 	var r demandReply
-	if err := json.Unmarshal(msg.Data, &r); err != nil {
+	if err := json.Unmarshal(data, &r); err != nil {
 		return fmt.Errorf("%w: pool: %s: bad answer from the filler", refresher.ErrNoToken, p.cfg.Name)
 	}
 	if !r.Failing {
@@ -462,7 +534,7 @@ func (p *Pool) ask(ctx context.Context) error {
 }
 
 // claimed tells the filler, if any, that a token was taken.
-func (p *Pool) claimed() { _ = p.store.nc.Publish(p.demand, nil) }
+func (p *Pool) claimed() { p.sig.Claimed() }
 
 // Status reports the pool for token.status: how many tokens are ready and,
 // on the replica that fills it, the last failure and the last token minted.

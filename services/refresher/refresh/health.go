@@ -221,8 +221,11 @@ func servingEnd(tok wire.Token) time.Time {
 // condition returns the provider's condition, since when, and the last
 // failure's cause (empty after a success).
 func (h *health) condition() (cond string, since time.Time, cause string) {
-	now := h.now()
-	e := h.slot.Load()
+	return h.conditionAt(h.now(), h.slot.Load())
+}
+
+// conditionAt is condition at now with e the slot's entry.
+func (h *health) conditionAt(now time.Time, e *Entry) (cond string, since time.Time, cause string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.failures > 0 {

@@ -213,15 +213,21 @@ func TestTransitionsAreObserved(t *testing.T) {
 		rec := &recorder{}
 		m := NewManager(Config{Name: "p", Provider: prov, Observer: rec, RefreshBefore: 20 * time.Second,
 			Backoff: refresher.Backoff{Initial: 10 * time.Second, Max: 10 * time.Second, PermanentInitial: 30 * time.Second, PermanentMax: 30 * time.Second}})
+		cond := func(want string) {
+			t.Helper()
+			st := m.Status()
+			if st.Condition != want {
+				t.Fatalf("condition %q (%+v), want %q", st.Condition, st, want)
+			}
+			// Brief (token.status's summary, the metrics) agrees with Status.
+			if state, c := m.Brief(); state != st.State || c != st.Condition {
+				t.Fatalf("Brief: %s/%s, Status: %s/%s", state, c, st.State, st.Condition)
+			}
+		}
+		cond(wire.ConditionStarting)
 		stop := run(t, m)
 		defer stop()
 		synctest.Wait()
-		cond := func(want string) {
-			t.Helper()
-			if st := m.Status(); st.Condition != want {
-				t.Fatalf("condition %q (%+v), want %q", st.Condition, st, want)
-			}
-		}
 		cond(wire.ConditionOK)
 		prov.set(outage)
 		time.Sleep(45 * time.Second) // refreshes from ~35 s fail; the token leaves service at 59 s

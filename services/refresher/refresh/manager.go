@@ -180,6 +180,22 @@ func (m *Manager) Status() wire.ProviderStatus {
 	return st
 }
 
+// Brief returns what Status reports in State and Condition, building
+// nothing else and allocating nothing: token.status's summary and the
+// metrics count every provider with it.
+func (m *Manager) Brief() (state, condition string) {
+	now, e := m.now(), m.slot.Load()
+	state = wire.StateNoToken
+	if e != nil && servable(e.Token, now) {
+		state = wire.StateOK
+		if _, err := m.slot.LastError(); err != nil {
+			state = wire.StateFailing
+		}
+	}
+	condition, _, _ = m.health.conditionAt(now, e)
+	return state, condition
+}
+
 // Name returns the provider name.
 func (m *Manager) Name() string { return m.cfg.Name }
 

@@ -53,7 +53,7 @@ func startObserved(t *testing.T) *observed {
 	clk := newClock()
 	mgr := refresh.NewManager(refresh.Config{Name: "p1", Provider: &countingProvider{life: time.Hour, now: clk.now}, Now: clk.now, Tracer: o.tp.Tracer("refresh"), Recorder: met})
 	o.svc, err = rpc.Start(o.nc, rpc.Config{Version: "1.2.3", Sources: map[string]rpc.Source{"p1": mgr}, Tracer: o.tp.Tracer("rpc"), Recorder: met,
-		Status: func() wire.Status { return wire.Status{Instance: "i1"} }})
+		Status: func(q wire.StatusRequest) wire.Status { return wire.Status{Instance: "i1"}.Page(q) }})
 	if err != nil {
 		t.Fatal(err)
 	}

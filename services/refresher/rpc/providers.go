@@ -262,18 +262,25 @@ func (s *Service) handleStatus(req micro.Request) {
 		_ = req.Error(fmt.Sprint(wire.CodeBadRequest), "bad request", body)
 		return
 	}
-	all := s.cfg.Status()
-	limit := max(s.nc.MaxPayload()*9/10, 4096)
+	st := s.cfg.Status(q)
+	page := st.Providers
+	size := max(s.nc.MaxPayload()*9/10, 4096)
+	limit := q.Limit
+	if limit <= 0 || limit > wire.StatusPageMax {
+		limit = wire.StatusPageMax
+	}
 	for {
-		body, err := json.Marshal(all.Page(q))
-		if err == nil && (int64(len(body)) <= limit || q.Limit == 1) {
+		body, err := json.Marshal(st)
+		if err == nil && (int64(len(body)) <= size || limit == 1) {
 			_ = req.Respond(body)
 			return
 		}
-		if q.Limit <= 0 || q.Limit > wire.StatusPageMax {
-			q.Limit = wire.StatusPageMax
+		// The page with half the limit: its first half, followed by the
+		// rest (what asking with that limit would answer).
+		limit = max(limit/2, 1)
+		if len(page) > limit {
+			st.Providers, st.Next = page[:limit], page[limit-1].Name
 		}
-		q.Limit = max(q.Limit/2, 1)
 	}
 }
 

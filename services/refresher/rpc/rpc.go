@@ -91,11 +91,12 @@ type Config struct {
 	// is called on the request path and must be cheap and safe for
 	// concurrent use.
 	Lookup func(name string) (Source, bool)
-	// Status reports this replica's view for token.status, every provider
-	// in page order; the endpoint is not registered when nil. The service
-	// summarises, filters and pages it (wire.Status.Page) and keeps the
+	// Status reports this replica's view for token.status: the summary of
+	// every provider and the page the request asks for, as wire.Status.Page
+	// cuts it (a small fleet may return all.Page(q)). The endpoint is not
+	// registered when nil. The service cuts the page further to keep the
 	// reply within one NATS message.
-	Status func() wire.Status
+	Status func(q wire.StatusRequest) wire.Status
 	// Registry serves tokenbus.providers.*; nil answers them 503 with a
 	// how-to (runtime providers are off).
 	Registry Registry
@@ -296,11 +297,11 @@ func (s *Service) handleGet(req micro.Request) {
 		return
 	}
 	if rev > 0 {
-		_ = req.Respond(body, micro.WithHeaders(micro.Headers{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}))
+		err = req.Respond(body, micro.WithHeaders(micro.Headers{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}))
 	} else {
-		_ = req.Respond(body)
+		err = req.Respond(body)
 	}
-	s.end(c, codeOK)
+	s.answered(c, err)
 }
 
 // parseGet reads a token.get body: empty, {} or {"min_validity":"30s"}
@@ -408,10 +409,32 @@ func (s *Service) asyncRev(c call, reply string, fn func(context.Context) ([]byt
 			if rev > 0 {
 				msg.Header = nats.Header{wire.HeaderRevision: {strconv.FormatUint(rev, 10)}}
 			}
-			_ = s.nc.PublishMsg(msg)
+			err = s.nc.PublishMsg(msg)
 		}
-		s.end(c, codeOK)
+		s.answered(c, err)
 	}()
+}
+
+// answered ends c once its token reply was published (err nil: 200). A
+// reply that could not be published (the connection closed, a payload past
+// the server's limit) was not answered: it is recorded as 503, not 200,
+// and logged; for a single-use claim the token claimed for it is lost
+// (never handed out twice: it left the pool before the reply).
+func (s *Service) answered(c call, err error) {
+	if err == nil {
+		s.end(c, codeOK)
+		return
+	}
+	code := wire.CodeUnavailable
+	msg := "reply not sent"
+	if c.claim {
+		msg = "reply not sent: the single-use token claimed for it is lost"
+	}
+	c.span.SetAttributes(keyErrorCode.Int(code))
+	c.span.SetStatus(codes.Error, msg)
+	s.log.LogAttrs(c.ctx, slog.LevelWarn, msg, slog.String("endpoint", c.endpoint),
+		slog.String("provider", c.provider), slog.String("error", err.Error()))
+	s.end(c, code)
 }
 
 // call is one request in progress.
@@ -522,7 +545,10 @@ func (s *Service) fail(c call, reply string, req micro.Request, err error) {
 	for k, v := range extra {
 		h[k] = v
 	}
-	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: h})
+	if err := s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: h}); err != nil {
+		s.log.LogAttrs(c.ctx, slog.LevelWarn, "error reply not sent", slog.String("endpoint", c.endpoint),
+			slog.String("provider", c.provider), slog.Int("code", code), slog.String("error", err.Error()))
+	}
 }
 
 // Code maps a domain error to its wire code and message (SPEC §3): unknown

@@ -24,7 +24,7 @@ func TestStatusFitsOneMessage(t *testing.T) {
 		all[i] = wire.ProviderStatus{Name: fmt.Sprintf("m-%05d", i), Kind: "daraja", State: wire.StateFailing, LastError: long}
 	}
 	all[7].State = wire.StateNoToken
-	svc, err := rpc.Start(nc, rpc.Config{Status: func() wire.Status { return wire.Status{Instance: "i", Providers: all} }})
+	svc, err := rpc.Start(nc, rpc.Config{Status: func(q wire.StatusRequest) wire.Status { return wire.Status{Instance: "i", Providers: all}.Page(q) }})
 	if err != nil {
 		t.Fatal(err)
 	}

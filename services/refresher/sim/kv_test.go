@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -320,6 +321,38 @@ func (s simStream) GetLastMsgForSubject(_ context.Context, subject string) (*jet
 		hdr.Set("KV-Operation", "DEL")
 	}
 	return &jetstream.RawStreamMsg{Subject: subject, Sequence: r.seq, Header: hdr, Data: r.data, Time: r.at}, nil
+}
+
+// simInherited is leader.Inherited on the simulated tokens bucket: the
+// last message of every key, in key order (a fixed order for replays).
+type simInherited struct{ b *bucket }
+
+func (s simInherited) LastPerKey(_ context.Context, fn func(key string, h nats.Header, seq uint64)) error {
+	s.b.mu.Lock()
+	recs := make([]rec, 0, len(s.b.last))
+	for _, key := range slices.Sorted(maps.Keys(s.b.last)) {
+		recs = append(recs, s.b.last[key])
+	}
+	s.b.mu.Unlock()
+	for _, r := range recs {
+		hdr := cloneHeader(r.hdr)
+		if r.op != jetstream.KeyValuePut {
+			hdr.Set("KV-Operation", "DEL")
+		}
+		fn(r.key, hdr, r.seq)
+	}
+	return nil
+}
+
+func (s simInherited) Message(_ context.Context, seq uint64) ([]byte, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	for _, r := range s.b.last {
+		if r.seq == seq {
+			return r.data, nil
+		}
+	}
+	return nil, jetstream.ErrMsgNotFound
 }
 
 func cloneHeader(h nats.Header) nats.Header {

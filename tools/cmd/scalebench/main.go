@@ -16,18 +16,34 @@
 //   - token.get latency (p50, p99) during the fill (2 callers asking for
 //     providers already put; a 503 for a token not yet fetched counts as an
 //     answer) and over random providers once ready;
+//   - the latency (p50, p99) of the status endpoints while filling (each
+//     asked every 250 ms) and once ready (50 times each): token.status
+//     {"limit":1}, tokenbus.providers.list (a page of 1000 after a random
+//     provider), the status page's /status.json (its default page) and
+//     /metrics;
 //   - with --pprof DIR: a CPU profile of the refresher over the first
-//     --cpu-profile of the fill and over the idle window, heap profiles
-//     (after a GC) once ready and once idle, MemStats and the goroutine
-//     count, written to DIR for go tool pprof.
+//     --cpu-profile of the fill and over the idle window (which starts once
+//     the fill profile has ended), heap profiles (after a GC) once ready and
+//     once idle, MemStats and the goroutine count, written to DIR for go
+//     tool pprof.
+//
+// With --takeover it measures a leader change instead (takeover.go): a
+// nats-server process and two refresher processes; once every token is
+// ready it SIGKILLs the leader, then (the killed replica restarted as a
+// standby) SIGTERMs the new one, and reports for each how long the standby
+// took to lead and to serve every provider, the token requests the
+// simulator received after the signal (0: no valid token is fetched again)
+// and both replicas' RSS.
 //
 // Usage:
 //
 //	go run ./tools/cmd/scalebench --providers 10000 --source api
 //	go run ./tools/cmd/scalebench --providers 10000 --source config --refresher ./bin/refresher
+//	go run ./tools/cmd/scalebench --providers 100000 --takeover
 //
-// Without --refresher it builds services/refresher/cmd/refresher into a
-// temporary directory (run it from the repository root). Everything it starts
+// Without --refresher (and, for --takeover, --nats-server) it builds
+// services/refresher/cmd/refresher (and nats-server) into a temporary
+// directory (run it from the repository root). Everything it starts
 // is stopped before it exits, and it gives up after --timeout.
 package main
 
@@ -84,6 +100,9 @@ type options struct {
 	idle        time.Duration
 	pprofDir    string
 	cpuProfile  time.Duration
+	takeover    bool
+	natsServer  string
+	leaseTTL    time.Duration
 }
 
 // Result is one run's figures.
@@ -110,7 +129,21 @@ type Result struct {
 	IdleCPUPercent   float64 `json:"idle_cpu_percent_of_core"`
 	IdleSeconds      float64 `json:"idle_window_seconds"`
 	IdleRSSMiB       float64 `json:"idle_rss_mib"`
-	LoadAvg          string  `json:"loadavg_at_end"`
+	// StatusEndpoints times token.status, tokenbus.providers.list,
+	// /status.json and /metrics, by those names.
+	StatusEndpoints map[string]*EndpointLatency `json:"status_endpoints"`
+	LoadAvg         string                      `json:"loadavg_at_end"`
+}
+
+// EndpointLatency is one status endpoint's latency while filling and once
+// every token is ready, in milliseconds.
+type EndpointLatency struct {
+	FillP50MS float64 `json:"fill_p50_ms"`
+	FillP99MS float64 `json:"fill_p99_ms"`
+	FillN     int     `json:"fill_requests"`
+	P50MS     float64 `json:"p50_ms"`
+	P99MS     float64 `json:"p99_ms"`
+	N         int     `json:"requests"`
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -129,6 +162,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.idle, "idle", 10*time.Second, "how long to measure idle CPU once every token is fresh")
 	fs.StringVar(&o.pprofDir, "pprof", "", "write CPU and heap profiles of the refresher to this directory (runs it with --debug-pprof)")
 	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "with --pprof: length of the CPU profile taken from the first put")
+	fs.BoolVar(&o.takeover, "takeover", false, "measure a leader change (SIGKILL, then SIGTERM) with two refresher processes and a nats-server process")
+	fs.StringVar(&o.natsServer, "nats-server", "", "--takeover: nats-server binary (default: build github.com/nats-io/nats-server/v2)")
+	fs.DurationVar(&o.leaseTTL, "lease-ttl", 10*time.Second, "--takeover: the refreshers' lease.ttl")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -138,6 +174,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
+	if o.takeover {
+		res, err := benchTakeover(ctx, o, stderr)
+		if err != nil {
+			return err
+		}
+		b, _ := json.MarshalIndent(res, "", "  ")
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
 	res, err := bench(ctx, o, stderr)
 	if err != nil {
 		return err
@@ -145,6 +190,62 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	b, _ := json.MarshalIndent(res, "", "  ")
 	_, err = fmt.Fprintf(stdout, "%s\n", b)
 	return err
+}
+
+// merchant names provider i; merchantCred is its consumer key.
+func merchant(i int) string     { return fmt.Sprintf("m-%05d", i) }
+func merchantCred(i int) string { return fmt.Sprintf("merchant-%05d", i) }
+
+// putBody is provider i as the body of tokenbus.providers.put.
+func putBody(i int, simURL string) json.RawMessage {
+	b, _ := json.Marshal(map[string]string{"name": merchant(i), "kind": "daraja", "base_url": simURL,
+		"consumer_key": merchantCred(i), "consumer_secret": simulator.DerivedSecret(merchantCred(i))})
+	return b
+}
+
+// newKey returns a fresh sealing key, base64.
+func newKey() string {
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	return base64.StdEncoding.EncodeToString(key)
+}
+
+// writeConfig writes a refresher configuration to path: NATS as natsCfg
+// (a YAML flow mapping), the HTTP surface on httpPort, the sealing key,
+// extra top-level YAML, and with --source config every provider.
+func writeConfig(path string, o options, natsCfg string, httpPort int, key, extra, simURL string) error {
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, `nats: %s
+http: {listen: "127.0.0.1:%d"}
+log: {level: warn}
+fetch_concurrency: %d
+credentials:
+  keys: [{id: k1, key: %q}]
+%s`, natsCfg, httpPort, o.concurrency, key, extra)
+	if o.source == "config" {
+		cfg.WriteString("providers:\n")
+		for i := range o.providers {
+			fmt.Fprintf(&cfg, "  - name: %s\n    kind: daraja\n    base_url: %s\n    consumer_key: %s\n    consumer_secret: %s\n",
+				merchant(i), simURL, merchantCred(i), simulator.DerivedSecret(merchantCred(i)))
+		}
+	}
+	return os.WriteFile(path, []byte(cfg.String()), 0o600)
+}
+
+// binary returns path if set, else builds pkg into dir/name (from the
+// repository root).
+func binary(ctx context.Context, path, dir, name, pkg string, log io.Writer) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	out := filepath.Join(dir, name)
+	fmt.Fprintf(log, "building %s…\n", name)
+	build := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	build.Stdout, build.Stderr = log, log
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("build %s (run from the repository root, or pass its binary): %w", name, err)
+	}
+	return out, nil
 }
 
 func freePort() (int, error) {
@@ -164,15 +265,9 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	if !o.keep {
 		defer os.RemoveAll(dir)
 	}
-	bin := o.refresher
-	if bin == "" {
-		bin = filepath.Join(dir, "refresher")
-		fmt.Fprintln(log, "building the refresher…")
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./services/refresher/cmd/refresher")
-		build.Stdout, build.Stderr = log, log
-		if err := build.Run(); err != nil {
-			return nil, fmt.Errorf("build the refresher (run from the repository root, or pass --refresher): %w", err)
-		}
+	bin, err := binary(ctx, o.refresher, dir, "refresher", "./services/refresher/cmd/refresher", log)
+	if err != nil {
+		return nil, err
 	}
 
 	// The simulator, in this process, on loopback.
@@ -191,28 +286,13 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	var cfg strings.Builder
-	fmt.Fprintf(&cfg, `nats:
-  embedded: {listen: "127.0.0.1:%d", store_dir: %q}
-http: {listen: "127.0.0.1:0"}
-log: {level: warn}
-fetch_concurrency: %d
-credentials:
-  keys: [{id: k1, key: %q}]
-`, natsPort, filepath.Join(dir, "nats"), o.concurrency, base64.StdEncoding.EncodeToString(key))
-	name := func(i int) string { return fmt.Sprintf("m-%05d", i) }
-	cred := func(i int) string { return fmt.Sprintf("merchant-%05d", i) }
-	if o.source == "config" {
-		cfg.WriteString("providers:\n")
-		for i := range o.providers {
-			fmt.Fprintf(&cfg, "  - name: %s\n    kind: daraja\n    base_url: %s\n    consumer_key: %s\n    consumer_secret: %s\n",
-				name(i), simURL, cred(i), simulator.DerivedSecret(cred(i)))
-		}
+	httpPort, err := freePort()
+	if err != nil {
+		return nil, err
 	}
 	cfgPath := filepath.Join(dir, "refresher.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
+	natsCfg := fmt.Sprintf(`{embedded: {listen: "127.0.0.1:%d", store_dir: %q}}`, natsPort, filepath.Join(dir, "nats"))
+	if err := writeConfig(cfgPath, o, natsCfg, httpPort, newKey(), "", simURL); err != nil {
 		return nil, err
 	}
 
@@ -289,15 +369,14 @@ credentials:
 	defer endFill()
 	fillLat := make(chan []time.Duration, 1)
 	go func() {
-		fillLat <- fillGets(fillCtx, nc, func() string { return name(mrand.IntN(int(max(put.Load(), 1)))) })
+		fillLat <- fillGets(fillCtx, nc, func() string { return merchant(mrand.IntN(int(max(put.Load(), 1)))) })
 	}()
+	httpBase := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	fillProbes := make(chan map[string][]time.Duration, 1)
+	go func() { fillProbes <- probeEndpoints(fillCtx, nc, httpBase, o.providers, 250*time.Millisecond, 0, log) }()
 	if o.source == "api" {
 		start = time.Now()
-		body := func(i int) json.RawMessage {
-			b, _ := json.Marshal(map[string]string{"name": name(i), "kind": "daraja", "base_url": simURL,
-				"consumer_key": cred(i), "consumer_secret": simulator.DerivedSecret(cred(i))})
-			return b
-		}
+		body := func(i int) json.RawMessage { return putBody(i, simURL) }
 		var err error
 		if o.putBatch == 1 {
 			err = putAll(ctx, nc, o.providers, body, &put)
@@ -331,6 +410,7 @@ credentials:
 	res.CPUSecondsReady = procCPU(pid)
 	endFill()
 	fl := <-fillLat
+	fillTimes := <-fillProbes
 	res.FillGets = len(fl)
 	res.FillGetP50MS, res.FillGetP99MS = percentile(fl, 0.50), percentile(fl, 0.99)
 	res.BoundSeconds = float64(o.providers) * o.latency.Seconds() / float64(o.concurrency)
@@ -343,15 +423,25 @@ credentials:
 	}
 
 	// token.get latency, 8 callers, random providers.
-	lat, err := gets(ctx, nc, o.gets, func() string { return name(mrand.IntN(o.providers)) })
+	lat, err := gets(ctx, nc, o.gets, func() string { return merchant(mrand.IntN(o.providers)) })
 	if err != nil {
 		return nil, err
 	}
 	res.Gets = len(lat)
 	res.GetP50MS, res.GetP99MS = percentile(lat, 0.50), percentile(lat, 0.99)
 	res.RSSMiB, res.PeakRSSMiB = procMem(pid)
+	res.StatusEndpoints = endpointLatencies(fillTimes, probeEndpoints(ctx, nc, httpBase, o.providers, 0, 50, log))
+	for _, n := range endpointNames {
+		if e := res.StatusEndpoints[n]; e != nil {
+			fmt.Fprintf(log, "%s: p50 %.1f ms, p99 %.1f ms filling; p50 %.1f ms, p99 %.1f ms ready\n", n, e.FillP50MS, e.FillP99MS, e.P50MS, e.P99MS)
+		}
+	}
 
-	// Idle: every token fresh, nobody asking.
+	// Idle: every token fresh, nobody asking. The fill's CPU profile
+	// must have ended: the process profiles one window at a time (an
+	// idle profile asked for meanwhile was refused, and idle CPU read 0 %
+	// over 0 s).
+	profiles.Wait()
 	if o.idle > 0 {
 		cpu0, t0 := procCPU(pid), time.Now()
 		if pprofURL != "" {
@@ -361,12 +451,12 @@ credentials:
 				filepath.Join(o.pprofDir, fmt.Sprintf("cpu-idle-%d.pprof", o.providers)), o.idle+30*time.Second); err != nil {
 				fmt.Fprintln(log, "idle cpu profile:", err)
 			}
-		} else {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(o.idle):
-			}
+		}
+		// Without a profile (or if it failed), the window is waited out.
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Until(t0.Add(o.idle))):
 		}
 		res.IdleSeconds = time.Since(t0).Seconds()
 		res.IdleCPUPercent = 100 * (procCPU(pid) - cpu0) / res.IdleSeconds
@@ -384,12 +474,91 @@ credentials:
 				fmt.Fprintln(log, "profile:", err)
 			}
 		}
-		profiles.Wait()
 	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		res.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
 	return res, nil
+}
+
+// endpointNames are the status endpoints probeEndpoints times.
+var endpointNames = []string{"token.status", "tokenbus.providers.list", "/status.json", "/metrics"}
+
+// probeEndpoints asks each status endpoint once a round — token.status
+// {"limit":1}, tokenbus.providers.list after a random provider (a page of
+// 1000), /status.json (the status page's default page) and /metrics, one
+// after the other — with rounds every apart (back to back if 0), until ctx
+// ends or after rounds rounds (0: until ctx ends). It returns each
+// endpoint's times; a request that fails is logged, not timed.
+func probeEndpoints(ctx context.Context, nc *nats.Conn, httpBase string, providers int, every time.Duration, rounds int, log io.Writer) map[string][]time.Duration {
+	out := map[string][]time.Duration{}
+	client := &http.Client{Timeout: 30 * time.Second}
+	logged := map[string]bool{}
+	ask := func(name string, f func(context.Context) error) {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		t := time.Now()
+		if err := f(rctx); err != nil {
+			if ctx.Err() == nil && !logged[name] {
+				logged[name] = true
+				fmt.Fprintf(log, "%s: %v\n", name, err)
+			}
+			return
+		}
+		out[name] = append(out[name], time.Since(t))
+	}
+	natsAsk := func(subject string, body []byte) func(context.Context) error {
+		return func(ctx context.Context) error {
+			msg, err := nc.RequestWithContext(ctx, subject, body)
+			if err == nil && msg.Header.Get(wire.HeaderErrorCode) != "" {
+				err = fmt.Errorf("%s %s", msg.Header.Get(wire.HeaderErrorCode), msg.Header.Get(wire.HeaderError))
+			}
+			return err
+		}
+	}
+	httpAsk := func(path string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, httpBase+path, nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				return err
+			}
+			if resp.StatusCode != http.StatusOK {
+				return errors.New(resp.Status)
+			}
+			return nil
+		}
+	}
+	for n := 0; ctx.Err() == nil && (rounds == 0 || n < rounds); n++ {
+		after, _ := json.Marshal(wire.ProviderListRequest{After: merchant(mrand.IntN(providers)), Limit: wire.StatusPageMax})
+		ask("token.status", natsAsk(wire.StatusSubject, []byte(`{"limit":1}`)))
+		ask("tokenbus.providers.list", natsAsk(wire.ProvidersListSubject, after))
+		ask("/status.json", httpAsk("/status.json"))
+		ask("/metrics", httpAsk("/metrics"))
+		if every > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(every):
+			}
+		}
+	}
+	return out
+}
+
+// endpointLatencies sums up probeEndpoints' times while filling and once
+// ready.
+func endpointLatencies(fill, ready map[string][]time.Duration) map[string]*EndpointLatency {
+	out := map[string]*EndpointLatency{}
+	for _, n := range endpointNames {
+		f, r := fill[n], ready[n]
+		out[n] = &EndpointLatency{FillP50MS: percentile(f, 0.50), FillP99MS: percentile(f, 0.99), FillN: len(f),
+			P50MS: percentile(r, 0.50), P99MS: percentile(r, 0.99), N: len(r)}
+	}
+	return out
 }
 
 // putBatches puts n providers through tokenbus.providers.put_many, batch at

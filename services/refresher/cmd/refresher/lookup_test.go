@@ -96,7 +96,7 @@ func TestStandbyWithALaggingWatchReadsTheBucket(t *testing.T) {
 	holdLease(t, st)
 	m, logs := startStandby(t, ns.ClientURL(), srv.URL)
 	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-		if s := m.Status(); s.LeaderInstance != "elsewhere" || s.Leader {
+		if s := m.Status(wire.StatusRequest{}); s.LeaderInstance != "elsewhere" || s.Leader {
 			return fmt.Errorf("status %+v", s)
 		}
 		return nil

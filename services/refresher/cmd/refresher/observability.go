@@ -57,7 +57,7 @@ func (o *observability) trackExpiry(mgr *refresh.Manager) {
 		}
 		return time.Time{}, time.Time{}, false
 	})
-	o.metrics.TrackCondition(mgr.Name(), func() string { return mgr.Status().Condition })
+	o.metrics.TrackCondition(mgr.Name(), func() string { _, c := mgr.Brief(); return c })
 }
 
 func (o *observability) close(ctx context.Context) error {

@@ -169,13 +169,13 @@ func (m *Main) Run(ctx context.Context) error {
 	if instance == "" {
 		instance = instanceID()
 	}
-	// Every provider request is checked against the lease as it leaves.
-	transport := httpx.WithUserAgent(leader.Guard(httpx.NewTransport(cfg.FetchConcurrency)), "tokenbus-refresher/"+Version+" ("+instance+")")
-
 	m.instance = instance
 	if m.telStop, err = telemetry.Setup(ctx, "tokenbus-refresher", Version, instance); err != nil {
 		return err
 	}
+	// One transport for every provider: its idle connections, the lease
+	// check every request passes as it leaves, and the tracing.
+	transport := httpx.Instrument(httpx.WithUserAgent(leader.Guard(httpx.NewTransport(cfg.FetchConcurrency)), "tokenbus-refresher/"+Version+" ("+instance+")"))
 	names := make([]string, 0, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		names = append(names, p.Name)
@@ -256,8 +256,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.Metrics.SetKnown(m.set.known)
-	m.Metrics.RegisterStates(m.stateCounts)
-	m.Metrics.RegisterConditions(m.conditionCounts)
+	m.Metrics.RegisterSummary(m.set.summary)
 	for _, p := range cfg.Providers {
 		if err := m.serveConfig(ctx, p, transport); err != nil {
 			return err
@@ -326,38 +325,20 @@ func (m *Main) Run(ctx context.Context) error {
 // copy of the bucket before it answers requests.
 const copyWait = 5 * time.Second
 
-// Status reports this replica's view of every provider: config-file ones in
-// configuration order, then runtime ones by name.
-func (m *Main) Status() wire.Status {
+// Status reports this replica's view for token.status and the status page:
+// its leadership, the summary of every provider, and the page of providers
+// q asks for (config-file ones in configuration order, then runtime ones by
+// name), as wire.Status.Page would cut it.
+func (m *Main) Status(q wire.StatusRequest) wire.Status {
 	ls := m.leader.State()
+	sum, page, next := m.set.status(q, true)
 	return wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term,
-		SealFormat: credentials.Format, Providers: m.set.statuses()}
+		SealFormat: credentials.Format, Summary: &sum, Providers: page, Next: next}
 }
 
 // statuser reports one provider for token.status.
 type statuser interface {
 	Status() wire.ProviderStatus
-}
-
-// stateCounts counts every provider by state (tokenbus_providers).
-func (m *Main) stateCounts() map[string]int {
-	n := map[string]int{}
-	for _, p := range m.set.statuses() {
-		n[p.State]++
-	}
-	return n
-}
-
-// conditionCounts counts every provider that reports a condition by it
-// (tokenbus_providers_by_condition).
-func (m *Main) conditionCounts() map[string]int {
-	n := map[string]int{}
-	for _, p := range m.set.statuses() {
-		if p.Condition != "" {
-			n[p.Condition]++
-		}
-	}
-	return n
 }
 
 // openCredentials opens the credential bucket with the configured keys.

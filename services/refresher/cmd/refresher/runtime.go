@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,9 +45,9 @@ type served struct {
 type providerSet struct {
 	mu      sync.RWMutex
 	byName  map[string]*served
-	config  []string // config-file providers, in configuration order
-	runtime []string // runtime providers, sorted
-	sorted  []string // every provider, sorted (tokenbus.providers.list)
+	config  []string  // config-file providers, in configuration order
+	runtime []*served // runtime providers, by name (walked without a map lookup each)
+	sorted  []string  // every provider, sorted (tokenbus.providers.list)
 	// pending holds tokens seen in the bucket for a provider not (yet)
 	// known here, so that a runtime provider added later starts from it and
 	// a valid token is not fetched again. Expired ones are dropped.
@@ -60,10 +62,15 @@ type providerSet struct {
 	// stale counts the runtime providers sealed with an older key, so that
 	// the re-sealer's tick does not scan every provider when none is.
 	stale int
+	// sumCache is the last count of every provider (status); a count that
+	// took less than sumCacheMin is not reused.
+	sumCache    summaryCache
+	sumCacheMin time.Duration
 }
 
 func newProviderSet() *providerSet {
-	return &providerSet{byName: map[string]*served{}, pending: map[string]*refresh.Entry{}, removed: map[string]time.Time{}, byCred: map[string]string{}}
+	return &providerSet{byName: map[string]*served{}, pending: map[string]*refresh.Entry{}, removed: map[string]time.Time{}, byCred: map[string]string{},
+		sumCacheMin: summaryCacheMin}
 }
 
 // sharing returns the provider other than name that uses credential cred,
@@ -86,6 +93,12 @@ func insertSorted(s []string, name string) []string {
 		return s
 	}
 	return slices.Insert(s, i, name)
+}
+
+// runtimeIndex finds the runtime provider name: its index, or where it
+// would be inserted.
+func (ps *providerSet) runtimeIndex(name string) (int, bool) {
+	return slices.BinarySearchFunc(ps.runtime, name, func(sv *served, name string) int { return strings.Compare(sv.name, name) })
 }
 
 func removeSorted(s []string, name string) []string {
@@ -115,11 +128,16 @@ func (ps *providerSet) add(sv *served) *served {
 	if sv.stale {
 		ps.stale++
 	}
+	if sv.source == wire.SourceRuntime {
+		if i, found := ps.runtimeIndex(sv.name); found {
+			ps.runtime[i] = sv
+		} else {
+			ps.runtime = slices.Insert(ps.runtime, i, sv)
+		}
+	}
 	if old == nil {
 		if sv.source == wire.SourceConfig {
 			ps.config = append(ps.config, sv.name)
-		} else {
-			ps.runtime = insertSorted(ps.runtime, sv.name)
 		}
 		ps.sorted = insertSorted(ps.sorted, sv.name)
 	}
@@ -153,7 +171,9 @@ func (ps *providerSet) remove(name string) *served {
 		delete(ps.byCred, sv.cred)
 	}
 	delete(ps.byName, name)
-	ps.runtime = removeSorted(ps.runtime, name)
+	if i, found := ps.runtimeIndex(name); found {
+		ps.runtime = slices.Delete(ps.runtime, i, i+1)
+	}
 	ps.sorted = removeSorted(ps.sorted, name)
 	return sv
 }
@@ -213,22 +233,266 @@ func (ps *providerSet) dropExpiredLocked() {
 	}
 }
 
-// statuses returns every provider's status in page order: config-file
-// providers in configuration order, then runtime providers by name.
-func (ps *providerSet) statuses() []wire.ProviderStatus {
-	ps.mu.RLock()
-	list := make([]statuser, 0, len(ps.config)+len(ps.runtime))
-	for _, names := range [][]string{ps.config, ps.runtime} {
-		for _, n := range names {
-			list = append(list, ps.byName[n].st)
+// briefer is a statuser that reports State and Condition without building
+// its whole status (refresh.Manager); the others are asked for Status.
+type briefer interface {
+	Brief() (state, condition string)
+}
+
+// brief returns st's State and Condition.
+func brief(st statuser) (state, condition string) {
+	if b, ok := st.(briefer); ok {
+		return b.Brief()
+	}
+	s := st.Status()
+	return s.State, s.Condition
+}
+
+// statusChunk is how many providers each walks under one hold of the set's
+// read lock: a put or delete waiting for the lock (and the token.get
+// lookups queued behind it) wait for a chunk, never for a whole walk of
+// 100,000 providers.
+const statusChunk = 256
+
+// each calls fn with the providers in page order (config-file providers in
+// configuration order, then runtime providers by name) from the cfg-th
+// config-file provider (none if cfg < 0), then the runtime providers named
+// after after, until fn returns false. fn is told the provider's index
+// among the config-file ones (-1 for a runtime one) and runs outside the
+// lock: a provider added or removed during the walk may be missed or seen,
+// never seen twice.
+func (ps *providerSet) each(cfg int, after string, fn func(sv *served, cfg int) bool) {
+	buf := make([]*served, 0, statusChunk)
+	for i := cfg; i >= 0; {
+		buf = buf[:0]
+		ps.mu.RLock()
+		n := len(ps.config)
+		for ; i < n && len(buf) < statusChunk; i++ {
+			buf = append(buf, ps.byName[ps.config[i]])
+		}
+		ps.mu.RUnlock()
+		for j, sv := range buf {
+			if !fn(sv, i-len(buf)+j) {
+				return
+			}
+		}
+		if i >= n {
+			break
 		}
 	}
-	ps.mu.RUnlock()
-	out := make([]wire.ProviderStatus, len(list))
-	for i, s := range list {
-		out[i] = s.Status()
+	for {
+		buf = buf[:0]
+		ps.mu.RLock()
+		j, found := ps.runtimeIndex(after)
+		if found {
+			j++
+		}
+		buf = append(buf, ps.runtime[j:min(j+statusChunk, len(ps.runtime))]...)
+		j += len(buf)
+		more := j < len(ps.runtime)
+		ps.mu.RUnlock()
+		for _, sv := range buf {
+			if !fn(sv, -1) {
+				return
+			}
+		}
+		if !more || len(buf) == 0 {
+			return
+		}
+		after = buf[len(buf)-1].name
 	}
-	return out
+}
+
+// summaryCache keeps the last count of every provider by state and
+// condition. A count that took at least summaryCacheMin is reused for ten
+// times as long as it took (about 150 ms with 100,000 providers), so that
+// token.status polled in a loop, the status page and /metrics spend at
+// most about a tenth of a core counting; a smaller set is counted afresh
+// every time.
+type summaryCache struct {
+	mu   sync.Mutex
+	sum  wire.StatusSummary
+	at   time.Time
+	took time.Duration
+}
+
+// summaryCacheMin is the least counting time worth reusing a count for.
+const summaryCacheMin = time.Millisecond
+
+// counter counts providers by state and condition without a map operation
+// per provider.
+type counter struct {
+	total  int
+	states [3]int
+	conds  [5]int
+	other  map[string]int // states and conditions outside the lists
+	otherC map[string]int
+}
+
+var (
+	counterStates = [3]string{wire.StateOK, wire.StateFailing, wire.StateNoToken}
+	counterConds  = [5]string{wire.ConditionStarting, wire.ConditionOK, wire.ConditionRetrying, wire.ConditionCredentialsRejected, wire.ConditionExpired}
+)
+
+func (c *counter) add(state, cond string) {
+	c.total++
+	if i := slices.Index(counterStates[:], state); i >= 0 {
+		c.states[i]++
+	} else {
+		if c.other == nil {
+			c.other = map[string]int{}
+		}
+		c.other[state]++
+	}
+	if cond == "" {
+		return
+	}
+	if i := slices.Index(counterConds[:], cond); i >= 0 {
+		c.conds[i]++
+	} else {
+		if c.otherC == nil {
+			c.otherC = map[string]int{}
+		}
+		c.otherC[cond]++
+	}
+}
+
+// summary returns the counts as wire.Status.Page reports them: every state
+// seen, and Conditions only when a provider reports one.
+func (c *counter) summary() wire.StatusSummary {
+	sum := wire.StatusSummary{Total: c.total, States: map[string]int{}}
+	for i, n := range c.states {
+		if n > 0 {
+			sum.States[counterStates[i]] = n
+		}
+	}
+	maps.Copy(sum.States, c.other)
+	for i, n := range c.conds {
+		if n > 0 {
+			if sum.Conditions == nil {
+				sum.Conditions = map[string]int{}
+			}
+			sum.Conditions[counterConds[i]] = n
+		}
+	}
+	if len(c.otherC) > 0 {
+		if sum.Conditions == nil {
+			sum.Conditions = map[string]int{}
+		}
+		maps.Copy(sum.Conditions, c.otherC)
+	}
+	return sum
+}
+
+// cachedSummary returns the last count if it may still be reused.
+func (ps *providerSet) cachedSummary() (wire.StatusSummary, bool) {
+	c := &ps.sumCache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at.IsZero() || c.took < ps.sumCacheMin || time.Since(c.at) >= 10*c.took {
+		return wire.StatusSummary{}, false
+	}
+	return c.sum, true
+}
+
+func (ps *providerSet) storeSummary(sum wire.StatusSummary, at time.Time, took time.Duration) {
+	c := &ps.sumCache
+	c.mu.Lock()
+	c.sum, c.at, c.took = sum, at, took
+	c.mu.Unlock()
+}
+
+// summary counts every provider by state and condition
+// (tokenbus_providers, tokenbus_providers_by_condition). The maps are
+// shared: read them only.
+func (ps *providerSet) summary() wire.StatusSummary {
+	sum, _, _ := ps.status(wire.StatusRequest{}, false)
+	return sum
+}
+
+// status returns what wire.Status.Page returns over every provider's
+// status in page order — the summary of every provider (see summaryCache;
+// its maps are shared: read them only), the page q asks for and the After
+// of the next page — building the status of the providers of the page only
+// (token.status polled every 50 ms with 100,000 providers built all of
+// them). Without page, only the summary.
+func (ps *providerSet) status(q wire.StatusRequest, page bool) (wire.StatusSummary, []wire.ProviderStatus, string) {
+	limit := q.Limit
+	if limit <= 0 || limit > wire.StatusPageMax {
+		limit = wire.StatusPageMax
+	}
+	// Where the page starts: after the provider q.After names, or at the
+	// beginning when no provider has that name.
+	fromCfg, fromRuntime := 0, ""
+	if q.After != "" {
+		ps.mu.RLock()
+		if sv := ps.byName[q.After]; sv != nil && sv.source == wire.SourceConfig {
+			fromCfg = slices.Index(ps.config, q.After) + 1
+		} else if sv != nil {
+			fromCfg, fromRuntime = -1, q.After
+		}
+		ps.mu.RUnlock()
+	}
+	var picked []*served
+	more := false
+	// pick takes sv into the page if it matches; false once the page is
+	// full and one more match shows a next page.
+	pick := func(sv *served, state, cond string) bool {
+		if !statusMatches(q, sv.name, state, cond) {
+			return true
+		}
+		if len(picked) == limit {
+			more = true
+			return false
+		}
+		picked = append(picked, sv)
+		return true
+	}
+	sum, ok := ps.cachedSummary()
+	if !ok {
+		// One walk counts every provider and picks the page.
+		var c counter
+		start := time.Now()
+		ps.each(0, "", func(sv *served, cfg int) bool {
+			state, cond := brief(sv.st)
+			c.add(state, cond)
+			if page && !more && (fromCfg >= 0 && cfg >= fromCfg || cfg < 0 && (fromCfg >= 0 || sv.name > fromRuntime)) {
+				pick(sv, state, cond)
+			}
+			return true
+		})
+		sum = c.summary()
+		ps.storeSummary(sum, start, time.Since(start))
+	} else if page {
+		// The page only: from its start to one match past its end.
+		ps.each(fromCfg, fromRuntime, func(sv *served, _ int) bool {
+			state, cond := brief(sv.st)
+			return pick(sv, state, cond)
+		})
+	}
+	if !page {
+		return sum, nil, ""
+	}
+	out := make([]wire.ProviderStatus, 0, len(picked))
+	for _, sv := range picked {
+		// Its state may have moved since it was picked: the page shows
+		// only what matches when built.
+		if st := sv.st.Status(); statusMatches(q, st.Name, st.State, st.Condition) {
+			out = append(out, st)
+		}
+	}
+	next := ""
+	if more {
+		next = picked[len(picked)-1].name
+	}
+	return sum, out, next
+}
+
+// statusMatches reports whether a provider passes q's filter, as
+// wire.Status.Page filters.
+func statusMatches(q wire.StatusRequest, name, state, cond string) bool {
+	return (q.Provider == "" || name == q.Provider) && (q.State == "" || state == q.State) &&
+		(q.Condition == "" || cond == q.Condition) && (q.Search == "" || strings.Contains(name, q.Search))
 }
 
 // list pages every provider by name for tokenbus.providers.list.
@@ -249,7 +513,8 @@ func (ps *providerSet) list(after string, limit int) ([]wire.ProviderInfo, strin
 	ps.mu.RUnlock()
 	out := make([]wire.ProviderInfo, len(page))
 	for j, sv := range page {
-		out[j] = wire.ProviderInfo{Name: sv.name, Kind: sv.kind, Source: sv.source, State: sv.st.Status().State}
+		state, _ := brief(sv.st)
+		out[j] = wire.ProviderInfo{Name: sv.name, Kind: sv.kind, Source: sv.source, State: state}
 	}
 	next := ""
 	if more && len(out) > 0 {
@@ -283,8 +548,8 @@ func (ps *providerSet) staleRuntime() []*served {
 		return nil
 	}
 	var out []*served
-	for _, n := range ps.runtime {
-		if sv := ps.byName[n]; sv.stale {
+	for _, sv := range ps.runtime {
+		if sv.stale {
 			out = append(out, sv)
 		}
 	}
@@ -453,6 +718,11 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		return
 	}
 	sv.prov, sv.rev, sv.stale = ev.Provider, ev.Revision, ev.Stale
+	if pl, ok := sv.src.(*pool.Pool); ok {
+		// Before it is served: from now on no replaced credentials' token
+		// is handed out by any of this provider's pools here.
+		pl.SetGeneration(ev.Revision)
+	}
 	if old != nil && old.mgr != nil && sv.mgr != nil {
 		// Served until replaced; on the leader the new manager takes over
 		// what the old one published last once it has stopped (Takeover).
@@ -480,8 +750,12 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 // removeRuntime stops serving name; the leader stops its loop and deletes
 // its token with a fenced delete (a standby leaves that to the leader).
 func (m *Main) removeRuntime(ctx context.Context, name string) {
-	if sv := m.set.remove(name); sv == nil {
+	sv := m.set.remove(name)
+	if sv == nil {
 		return
+	}
+	if pl, ok := sv.src.(*pool.Pool); ok {
+		pl.Close() // claims under way hand nothing out
 	}
 	if m.leader.Valid() {
 		m.events.Removed(name)

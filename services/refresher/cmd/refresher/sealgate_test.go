@@ -29,7 +29,7 @@ func TestResealWaitsForTheFleet(t *testing.T) {
 	if !m.fleetOpensFormat(t.Context()) {
 		t.Fatal("a fleet of this release alone: re-sealing should go ahead")
 	}
-	if st := m.Status(); st.SealFormat < 2 {
+	if st := m.Status(wire.StatusRequest{}); st.SealFormat < 2 {
 		t.Fatalf("token.status seal_format %d, want the whole-record format", st.SealFormat)
 	}
 

@@ -112,11 +112,11 @@ func (m *Main) readyCheck(ctx context.Context) error {
 
 // pageStatus is Status for the status page: before start-up finishes, only
 // this replica's name and version.
-func (m *Main) pageStatus() wire.Status {
+func (m *Main) pageStatus(q wire.StatusRequest) wire.Status {
 	if !m.ready.isStarted() {
-		return wire.Status{Instance: m.instance, Version: Version}
+		return wire.Status{Instance: m.instance, Version: Version}.Page(q)
 	}
-	return m.Status()
+	return m.Status(q)
 }
 
 // connectNATS connects to the external servers of nats.url, retrying with

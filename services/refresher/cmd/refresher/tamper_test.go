@@ -77,7 +77,7 @@ providers:
 func (x *tamper) leading(t *testing.T, within time.Duration) {
 	t.Helper()
 	testutil.CheckFor(t, within, 10*time.Millisecond, func() error {
-		if !x.m.Status().Leader {
+		if !x.m.Status(wire.StatusRequest{}).Leader {
 			return errors.New("not leading")
 		}
 		if _, e := getToken(t, x.nc, "daraja-test"); e != "" {
@@ -123,7 +123,7 @@ func TestHostileLeaseRecordsDoNotStopTheCluster(t *testing.T) {
 				t.Fatal(err)
 			}
 			testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
-				if x.m.Status().Leader {
+				if x.m.Status(wire.StatusRequest{}).Leader {
 					return errors.New("still leading on a lease it no longer holds")
 				}
 				return nil
@@ -234,7 +234,7 @@ func TestForgedTermRecordIsRewritten(t *testing.T) {
 	if err != nil || !strings.Contains(string(e.Value()), `"replica-a"`) {
 		t.Fatalf("term record %s (%v), want the leader's", e.Value(), err)
 	}
-	if !x.m.Status().Leader {
+	if !x.m.Status(wire.StatusRequest{}).Leader {
 		t.Fatal("the leader stepped down over a forged term record")
 	}
 }

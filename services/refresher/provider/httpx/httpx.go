@@ -1,5 +1,5 @@
 // Package httpx is the HTTP plumbing every provider kind shares: one client per
-// provider with a timeout and otelhttp tracing, a body capped at MaxBody, and
+// provider with a timeout over one shared transport with otelhttp tracing, a body capped at MaxBody, and
 // decoding that turns HTML, garbage or a missing field into a
 // *refresher.ProviderError instead of a stored token. Nothing here logs, and no
 // error carries a request header, a credential or a response body that could
@@ -70,24 +70,40 @@ func (u userAgent) RoundTrip(req *http.Request) (*http.Response, error) {
 	return u.base.RoundTrip(req)
 }
 
+// Instrument returns base (http.DefaultTransport if nil) recording a client
+// span per request, named by method and path, without URL query strings
+// or headers. base is returned as it is if it is already instrumented.
+// otelhttp.NewTransport creates its metric instruments on every call
+// (about 4.5 KiB), so the refresher instruments one transport that every
+// provider shares (TestSharedTransportBuildsNoInstruments), not one per
+// provider.
+func Instrument(base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	if _, ok := base.(hideQuery); ok {
+		return base
+	}
+	return hideQuery{otelhttp.NewTransport(restoreQuery{base},
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return "provider " + r.Method + " " + r.URL.Path
+		}),
+	)}
+}
+
 // NewClient returns an HTTP client for one provider's token endpoint: it times
 // out after timeout (DefaultTimeout if zero), does not follow redirects (a
 // redirected token request would resend credentials elsewhere), and records a
-// client span per call without URL query strings or headers.
+// client span per call without URL query strings or headers (Instrument:
+// a base that Instrument returned is shared as it is, so that a client
+// costs a few words, not a transport).
 func NewClient(timeout time.Duration, base http.RoundTripper) *http.Client {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	if base == nil {
-		base = http.DefaultTransport
-	}
 	return &http.Client{
-		Timeout: timeout,
-		Transport: hideQuery{otelhttp.NewTransport(restoreQuery{base},
-			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-				return "provider " + r.Method + " " + r.URL.Path
-			}),
-		)},
+		Timeout:       timeout,
+		Transport:     Instrument(base),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }

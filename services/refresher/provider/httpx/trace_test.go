@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -59,5 +60,40 @@ func TestClientSpanHasNoQueryOrHeaders(t *testing.T) {
 		if kv.Key == "url.full" && v != srv.URL+"/oauth/v1/generate" {
 			t.Errorf("url.full = %q", v)
 		}
+	}
+}
+
+// TestSharedTransportBuildsNoInstruments: clients over a transport that
+// Instrument returned use it as it is — one otelhttp wrapper, and one set
+// of its metric instruments, for every provider — and each call still
+// records its client span.
+func TestSharedTransportBuildsNoInstruments(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer srv.Close()
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(tp)
+	defer otel.SetTracerProvider(prev)
+
+	shared := Instrument(NewTransport(4))
+	if Instrument(shared) != shared {
+		t.Fatal("Instrument wrapped an instrumented transport again")
+	}
+	for i := range 3 {
+		c := NewClient(time.Second, shared)
+		if c.Transport != shared {
+			t.Fatalf("client %d has a transport of its own", i)
+		}
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v2/auth", nil)
+		if _, err := Do(context.Background(), c, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(exp.GetSpans()); n != 3 {
+		t.Fatalf("%d spans for 3 calls", n)
 	}
 }

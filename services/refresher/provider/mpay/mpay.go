@@ -31,7 +31,8 @@ type Config struct {
 	Lifetime time.Duration
 	// Timeout bounds each token request; httpx.DefaultTimeout if zero.
 	Timeout time.Duration
-	// Transport is the base HTTP transport; http.DefaultTransport if nil.
+	// Transport is the base HTTP transport (http.DefaultTransport if nil);
+	// one that httpx.Instrument returned is shared as it is, traced.
 	Transport http.RoundTripper
 	// Now returns the current time; time.Now if nil.
 	Now func() time.Time

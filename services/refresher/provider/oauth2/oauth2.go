@@ -49,7 +49,8 @@ type Config struct {
 	Headers map[string]refresher.Secret
 	// Timeout bounds each token request; httpx.DefaultTimeout if zero.
 	Timeout time.Duration
-	// Transport is the base HTTP transport; http.DefaultTransport if nil.
+	// Transport is the base HTTP transport (http.DefaultTransport if nil);
+	// one that httpx.Instrument returned is shared as it is, traced.
 	Transport http.RoundTripper
 	// Now returns the current time; time.Now if nil.
 	Now func() time.Time
@@ -76,10 +77,10 @@ func New(cfg Config) *Provider {
 	if cfg.AuthStyle == AuthStyleParams {
 		style = oauth2.AuthStyleInParams
 	}
-	base := cfg.Transport
-	if base == nil {
-		base = http.DefaultTransport
-	}
+	// The configured headers are set above the (shared) instrumented
+	// transport: one per provider, a few words each.
+	client := httpx.NewClient(cfg.Timeout, cfg.Transport)
+	client.Transport = &headers{base: client.Transport, headers: cfg.Headers}
 	host := cfg.TokenURL
 	if u, err := url.Parse(cfg.TokenURL); err == nil {
 		host = u.Host
@@ -93,7 +94,7 @@ func New(cfg Config) *Provider {
 			AuthStyle:    style,
 		},
 		host:   host,
-		client: httpx.NewClient(cfg.Timeout, &headers{base: base, headers: cfg.Headers}),
+		client: client,
 		now:    now,
 	}
 }

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+)
+
+// fixedStatus is a statuser without Brief (a single-use pool's kind).
+type fixedStatus wire.ProviderStatus
+
+func (f fixedStatus) Status() wire.ProviderStatus { return wire.ProviderStatus(f) }
+
+// TestStatusPagesAsPageDoes: token.status's summary and page, computed
+// without building every provider's status, are byte for byte what
+// wire.Status.Page makes of every provider's status, for every filter and
+// page boundary (config-file providers first, in configuration order; a
+// pool, which has no Brief; providers in every state).
+func TestStatusPagesAsPageDoes(t *testing.T) {
+	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return at }
+	ps := newProviderSet()
+	var config, runtime []string
+	add := func(name, source string, i int) {
+		mgr := refresh.NewManager(refresh.Config{Name: name, Kind: "daraja", Now: clock})
+		tok := func(issued time.Time) {
+			e, err := refresh.NewEntry(wire.Token{Provider: name, AccessToken: "t", TokenType: "Bearer", IssuedAt: issued, ExpiresAt: issued.Add(time.Hour)}, uint64(i+1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mgr.Slot().Store(e)
+		}
+		var st statuser = mgr
+		switch i % 5 {
+		case 0: // ok
+			tok(at.Add(-time.Minute))
+		case 1: // failing: a valid token and a failed refresh
+			tok(at.Add(-time.Minute))
+			mgr.Slot().Fail(errors.New("daraja: HTTP 503"), at)
+		case 2: // no_token: expired
+			tok(at.Add(-2 * time.Hour))
+		case 3: // starting
+		case 4: // a pool
+			n := i % 3
+			st = fixedStatus{Name: name, Kind: "mpay", State: []string{wire.StateNoToken, wire.StateOK, wire.StateFailing}[n], Pool: &n}
+		}
+		ps.add(&served{name: name, kind: "daraja", source: source, mgr: mgr, st: st})
+		if source == wire.SourceConfig {
+			config = append(config, name)
+		} else {
+			runtime = append(runtime, name)
+		}
+	}
+	// Config-file providers are not in name order; runtime names sort
+	// around theirs; more than a few chunks of each.
+	for i := range statusChunk + 40 {
+		add(fmt.Sprintf("zc-%04d", (i*7919)%(statusChunk+40)), wire.SourceConfig, i)
+	}
+	for i := range 3*statusChunk + 17 {
+		add(fmt.Sprintf("%c-%05d", "amz"[i%3], i), wire.SourceRuntime, i+1)
+	}
+	slices.Sort(runtime)
+	var all []wire.ProviderStatus
+	for _, n := range append(slices.Clone(config), runtime...) {
+		all = append(all, ps.get(n).st.Status())
+	}
+	ref := wire.Status{Instance: "i", Providers: all}
+
+	check := func(q wire.StatusRequest) wire.Status {
+		t.Helper()
+		sum, page, next := ps.status(q, true)
+		got, _ := json.Marshal(wire.Status{Instance: "i", Summary: &sum, Providers: page, Next: next})
+		want, _ := json.Marshal(ref.Page(q))
+		if string(got) != string(want) {
+			t.Fatalf("%+v:\n got %.600s\nwant %.600s", q, got, want)
+		}
+		var st wire.Status
+		_ = json.Unmarshal(got, &st)
+		return st
+	}
+	qs := []wire.StatusRequest{
+		{}, {Limit: 1}, {Limit: 7}, {Limit: 5000}, {Limit: -3},
+		{After: config[0]}, {After: config[len(config)-1]}, {After: config[17], Limit: 3},
+		{After: runtime[0]}, {After: runtime[len(runtime)-1]}, {After: runtime[400], Limit: 2},
+		{After: "no-such-provider", Limit: 2}, {After: "m-"},
+		{State: wire.StateFailing}, {State: wire.StateNoToken, Limit: 10}, {State: "nonsense"},
+		{Condition: wire.ConditionExpired, Limit: 5}, {Condition: wire.ConditionStarting},
+		{Search: "7", Limit: 9}, {Search: "zc-", After: config[3]},
+		{Provider: runtime[5]}, {Provider: config[9]}, {Provider: runtime[5], After: runtime[6]}, {Provider: runtime[5], After: config[0]},
+		{Provider: runtime[5], State: wire.StateOK}, {Provider: "nobody"},
+	}
+	// Counted afresh (one walk counts and picks the page), then with the
+	// count reused (a walk of the page only).
+	for _, reuse := range []bool{false, true} {
+		ps.sumCacheMin = time.Hour
+		if reuse {
+			sum, _, _ := ps.status(wire.StatusRequest{}, true)
+			ps.sumCacheMin = 0
+			ps.storeSummary(sum, time.Now(), time.Hour)
+		}
+		for _, q := range qs {
+			check(q)
+		}
+		// Following Next visits every match once, whatever the filter.
+		for _, q := range []wire.StatusRequest{{Limit: 100}, {State: wire.StateOK, Limit: 33}, {Search: "a-", Limit: 50}} {
+			for pages := 0; ; pages++ {
+				st := check(q)
+				if st.Next == "" {
+					break
+				}
+				q.After = st.Next
+				if pages > 100 {
+					t.Fatal("paging does not end")
+				}
+			}
+		}
+	}
+	// The metrics count what the summary counts.
+	sum, _, _ := ps.status(wire.StatusRequest{}, true)
+	if got := ps.summary(); got.Total != len(all) || fmt.Sprint(got) != fmt.Sprint(sum) {
+		t.Fatalf("summary %+v, status %+v", got, sum)
+	}
+}
+
+// TestStatusSummaryReuse: a count of the providers is reused for ten times
+// as long as it took, and only when it took at least summaryCacheMin (a
+// small set is counted afresh on every request).
+func TestStatusSummaryReuse(t *testing.T) {
+	ps := newProviderSet()
+	sum := wire.StatusSummary{Total: 7, States: map[string]int{wire.StateOK: 7}}
+	for _, c := range []struct {
+		age, took time.Duration
+		reused    bool
+	}{
+		{0, 20 * time.Millisecond, true},
+		{150 * time.Millisecond, 20 * time.Millisecond, true},
+		{250 * time.Millisecond, 20 * time.Millisecond, false},
+		{0, summaryCacheMin / 2, false},
+	} {
+		ps.storeSummary(sum, time.Now().Add(-c.age), c.took)
+		if got, ok := ps.cachedSummary(); ok != c.reused || ok && got.Total != 7 {
+			t.Errorf("counted %v ago in %v: reused %v, want %v", c.age, c.took, ok, c.reused)
+		}
+	}
+	// A count of a small set is not reused: a change shows at once.
+	ps.add(&served{name: "a", source: wire.SourceRuntime, st: fixedStatus{Name: "a", State: wire.StateOK}})
+	if sum := ps.summary(); sum.Total != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	ps.add(&served{name: "b", source: wire.SourceRuntime, st: fixedStatus{Name: "b", State: wire.StateNoToken}})
+	if sum := ps.summary(); sum.Total != 2 || sum.States[wire.StateNoToken] != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+}
