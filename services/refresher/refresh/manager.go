@@ -285,6 +285,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.stop()
 			return nil
 		case k := <-m.kick:
+			if k.replace && m.ownCopy() {
+				continue // the leader asks about a token this manager published itself
+			}
 			if !m.stale(k.bad) || m.failing() {
 				continue // already replaced, or retrying on its own schedule
 			}
