@@ -11,13 +11,20 @@ func (m *Manager) Adopt(tok wire.Token, rev uint64) {
 	}
 }
 
-// Unverified asks Run to fetch a new token at once if it holds a copy: the
-// leader found no record of the copy in the bucket (deleted and created
-// again), so it cannot tell whether a leader wrote it.
+// Unverified asks Run to fetch a new token at once if it holds a copy it
+// did not fetch itself: the leader found no record of the copy in the bucket
+// (deleted and created again), so it cannot tell whether a leader wrote it.
+// A token this manager fetched (this term: served before its publish, which
+// the leader's one pass of the bucket may not have seen yet) is left alone.
 func (m *Manager) Unverified() {
-	if e := m.slot.Load(); e != nil {
-		m.Replace(e.Token.AccessToken)
+	e := m.slot.Load()
+	if e == nil {
+		return
 	}
+	if own := m.fetched.Load(); own != nil && *own == e.Token.AccessToken {
+		return
+	}
+	m.Replace(e.Token.AccessToken)
 }
 
 // Recreated is told that the bucket lost every token (deleted and created

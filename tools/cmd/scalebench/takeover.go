@@ -240,28 +240,56 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 		}
 	}
 	res.ReadySeconds = time.Since(start).Seconds()
-	res.LeaderRSSMiB, _ = procMem(a.cmd.Process.Pid)
-	res.StandbyRSSMiB, _ = procMem(b.cmd.Process.Pid)
-	fmt.Fprintf(log, "ready in %.1fs; RSS leader %.0f MiB, standby %.0f MiB\n", res.ReadySeconds, res.LeaderRSSMiB, res.StandbyRSSMiB)
+	leader, standby, err := roles(ctx, a, b)
+	if err != nil {
+		return nil, err
+	}
+	res.LeaderRSSMiB, _ = procMem(leader.cmd.Process.Pid)
+	res.StandbyRSSMiB, _ = procMem(standby.cmd.Process.Pid)
+	fmt.Fprintf(log, "ready in %.1fs; RSS leader (%s) %.0f MiB, standby (%s) %.0f MiB\n", res.ReadySeconds, leader.name, res.LeaderRSSMiB, standby.name, res.StandbyRSSMiB)
 
 	settle := max(o.leaseTTL, 5*time.Second)
-	if res.Kill, err = takeover(ctx, nc, sim, a, b, syscall.SIGKILL, settle, o.providers, allOK, log); err != nil {
+	if res.Kill, err = takeover(ctx, nc, sim, leader, standby, syscall.SIGKILL, settle, o.providers, allOK, log); err != nil {
 		return nil, err
 	}
-	// a comes back as a standby, holding every token, before b stops.
-	if err := a.start(); err != nil {
+	// The killed replica comes back as a standby, holding every token,
+	// before the new leader stops.
+	if err := leader.start(); err != nil {
 		return nil, err
 	}
-	if err := a.await(ctx, "every token in its copy", allOK); err != nil {
+	if err := leader.await(ctx, "every token in its copy", allOK); err != nil {
 		return nil, err
 	}
-	if res.Term, err = takeover(ctx, nc, sim, b, a, syscall.SIGTERM, settle, o.providers, allOK, log); err != nil {
+	if leader, standby, err = roles(ctx, a, b); err != nil {
+		return nil, err
+	}
+	if res.Term, err = takeover(ctx, nc, sim, leader, standby, syscall.SIGTERM, settle, o.providers, allOK, log); err != nil {
 		return nil, err
 	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		res.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
 	return res, nil
+}
+
+// roles returns which of a and b leads now (the lease may have moved since
+// a first led, on a loaded machine) and which stands by.
+func roles(ctx context.Context, a, b *replica) (leader, standby *replica, err error) {
+	for {
+		sa, ea := a.status(ctx)
+		sb, eb := b.status(ctx)
+		switch {
+		case ea == nil && eb == nil && sa.Leader && !sb.Leader:
+			return a, b, nil
+		case ea == nil && eb == nil && sb.Leader && !sa.Leader:
+			return b, a, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, errors.New("no single leader among the two replicas")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // takeover stops the leader with sig and measures how the standby takes
