@@ -24,6 +24,8 @@ type callTracker struct {
 	mu       sync.Mutex
 	inFlight map[string]int
 	overlaps []string
+	// calls holds, per consumer key, when each token request arrived.
+	calls map[string][]time.Time
 }
 
 func (c *callTracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -36,6 +38,10 @@ func (c *callTracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key, _, _ = strings.Cut(string(b), ":")
 	}
 	c.mu.Lock()
+	if c.calls == nil {
+		c.calls = map[string][]time.Time{}
+	}
+	c.calls[key] = append(c.calls[key], time.Now())
 	c.inFlight[key]++
 	if c.inFlight[key] > 1 {
 		c.overlaps = append(c.overlaps, fmt.Sprintf("%s at %s by %s", key, time.Now().Format("15:04:05.000"), r.UserAgent()))
@@ -47,6 +53,29 @@ func (c *callTracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.mu.Unlock()
 	}()
 	c.next.ServeHTTP(w, r)
+}
+
+// tooSoon returns, per consumer key, the token requests that arrived less
+// than gap after the previous one for that key between from and to: a call
+// made while the token of the last one was nowhere near its refresh.
+func (c *callTracker) tooSoon(from, to time.Time, gap time.Duration) (perKey map[string]int, soon []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	perKey = map[string]int{}
+	for key, times := range c.calls {
+		var last time.Time
+		for _, at := range times {
+			if at.Before(from) || at.After(to) {
+				continue
+			}
+			perKey[key]++
+			if !last.IsZero() && at.Sub(last) < gap {
+				soon = append(soon, fmt.Sprintf("%s: %v after the previous call, at %s", key, at.Sub(last).Round(time.Millisecond), at.Format("15:04:05.000")))
+			}
+			last = at
+		}
+	}
+	return perKey, soon
 }
 
 // busy reports whether any token request is in flight.
@@ -196,6 +225,26 @@ func TestRollingRestartThrowsNoTokenAway(t *testing.T) {
 	for _, o := range overlaps {
 		t.Errorf("two calls in flight at once for credential %s", o)
 	}
+	// Per credential: no call while the last token was far from its
+	// refresh. A token lives 4 s and is refreshed 1.5 s (+ up to a quarter
+	// of that, jitter) before it expires: calls for one credential come
+	// about 2.5 s apart; half the refresh interval apart is a call that was
+	// not due (a new leader refetching a valid token, a replaced loop
+	// calling again: what kills a fleet's Daraja token).
+	perKey, soon := tracker.tooSoon(start, end, (life-1500*time.Millisecond)/2)
+	for _, s := range soon {
+		t.Errorf("a token request not due: %s", s)
+	}
+	most := 0
+	for _, n := range perKey {
+		most = max(most, n)
+	}
+	// At most one call per refresh interval (2.1 s at the earliest) over
+	// the run, and one more for the start.
+	if limit := int(end.Sub(start)/(2100*time.Millisecond)) + 2; most > limit {
+		t.Errorf("a credential was called %d times in %v, more than the %d its refreshes need", most, end.Sub(start).Round(time.Second), limit)
+	}
+	t.Logf("calls per credential: %v (at most %d)", perKey, most)
 	ok, fail, expired := load.ok.Load(), load.fail.Load(), load.expired.Load()
 	t.Logf("rolling restarts over %v: %d tokens issued, %d not published, %d requests abandoned; %d overlapping calls; token.get %d ok, %d failed, %d expired",
 		end.Sub(start).Round(time.Second), issued, lost, cancelled, len(overlaps), ok, fail, expired)

@@ -50,9 +50,20 @@ import (
 const RefreshPrefix = "tokenbus.leader.refresh."
 
 // Loop calls one provider while this replica leads: a refresh manager or a
-// single-use pool filler. Run returns when ctx ends.
+// single-use pool filler. Run returns when ctx ends. A Loop that is also
+// Scheduled is started and stopped with Start and Stop instead, and runs no
+// goroutine of its own.
 type Loop interface {
 	Run(ctx context.Context) error
+}
+
+// Scheduled is a Loop that runs on a shared scheduler (a refresh manager):
+// Start returns at once, its calls are admitted under ctx; Stop is
+// graceful: it returns once the loop's call in flight has ended and its
+// token is published (or, with the lease lost, given up).
+type Scheduled interface {
+	Start(ctx context.Context)
+	Stop()
 }
 
 // Keeper is a Loop that keeps one shared token in the tokens bucket (a
@@ -148,8 +159,18 @@ type Adopter interface {
 	Adopt(tok wire.Token, rev uint64)
 }
 
+// running is a loop started (or about to be) in the current term. The
+// fields other than loop are guarded by the leader's mutex.
 type running struct {
-	loop   Loop
+	name string
+	loop Loop
+	// ready, if not nil, is closed once a Set that waits for the loop's
+	// predecessor to stop has started the loop, or given up (cancelled).
+	ready     chan struct{}
+	started   bool
+	cancelled bool
+	// A Loop that is not Scheduled runs on a goroutine until cancel; done
+	// is closed when it returns.
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -262,30 +283,52 @@ func (l *Leader) Run(ctx context.Context) error { return l.lease.Run(ctx, l.lead
 
 // Set makes loop the loop of name: started at once if this replica leads,
 // else when it does. A loop it replaces is stopped first (its call in flight
-// finishes and its token is published) and Set waits for that; the leader's
-// mutex is not held meanwhile.
+// finishes and its token is published), the new one takes over from it
+// (Successor) and only then starts; Set waits for that. The leader's mutex
+// is not held meanwhile, and no other provider is waited for.
 func (l *Leader) Set(name string, loop Loop) {
 	l.mu.Lock()
 	old := l.running[name]
 	delete(l.running, name)
 	if old != nil {
-		old.cancel()
+		old.cancelled = true
 		l.leaving[name] = old.loop
 	}
 	l.loops[name] = loop
 	delete(l.undeleted, name)
-	leading := l.lctx != nil
-	if leading {
-		// The new loop's goroutine forgets old once it has taken over.
-		l.startLocked(name, loop, old)
+	var r *running
+	lctx := l.lctx
+	if lctx != nil {
+		r = &running{name: name, loop: loop}
+		if old != nil {
+			r.ready = make(chan struct{})
+		} else {
+			l.startLocked(r)
+		}
+		l.running[name] = r
 	}
 	l.mu.Unlock()
-	if old != nil {
-		<-old.done
-		if !leading {
-			l.forgetLeaving(name, old.loop)
-		}
+	if old == nil {
+		return
 	}
+	l.stop(old)
+	if r == nil {
+		l.forgetLeaving(name, old.loop)
+		return
+	}
+	if s, ok := loop.(Successor); ok && lctx.Err() == nil {
+		s.Takeover(lctx, old.loop)
+	}
+	l.mu.Lock()
+	if !r.cancelled && l.lctx == lctx {
+		l.startLocked(r)
+	}
+	// Only now are the old loop's last writes the new loop's own.
+	if l.leaving[name] == old.loop {
+		delete(l.leaving, name)
+	}
+	close(r.ready)
+	l.mu.Unlock()
 }
 
 // forgetLeaving ends the time during which old's writes count as name's.
@@ -309,13 +352,13 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 	delete(l.counted, name)
 	delete(l.refused, name)
 	if old != nil {
-		old.cancel()
+		old.cancelled = true
 		l.leaving[name] = old.loop
 	}
 	leading := l.lctx != nil
 	l.mu.Unlock()
 	if old != nil {
-		<-old.done
+		l.stop(old)
 		if r, ok := old.loop.(Retirer); ok && leading {
 			if err := r.Retire(ctx); err != nil {
 				l.log.Warn("leader: cleaning up after a removed provider", slog.String("provider", name), slog.String("error", err.Error()))
@@ -334,35 +377,28 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 		}
 	}
 	if old != nil {
-		l.mu.Lock()
-		if l.leaving[name] == old.loop {
-			delete(l.leaving, name)
-		}
-		l.mu.Unlock()
+		l.forgetLeaving(name, old.loop)
 	}
 	return err
 }
 
-// startLocked runs loop under the leading context, once after (the loop it
-// replaces, if any) has stopped. A loop that returns an error before its
-// context ends is run again after a retry period: a failure (a subscription
-// that could not be made) does not disable a provider for a whole term.
-func (l *Leader) startLocked(name string, loop Loop, after *running) {
+// startLocked starts r's loop under the leading context: a Scheduled loop
+// with Start; any other on a goroutine of its own, which runs it again after
+// a retry period if it returns an error before its context ends (a failure,
+// such as a subscription that could not be made, does not disable a
+// provider for a whole term).
+func (l *Leader) startLocked(r *running) {
+	r.started = true
+	if s, ok := r.loop.(Scheduled); ok {
+		s.Start(l.lctx)
+		return
+	}
 	ctx, cancel := context.WithCancel(l.lctx)
-	r := &running{loop: loop, cancel: cancel, done: make(chan struct{})}
-	l.running[name] = r
+	r.cancel, r.done = cancel, make(chan struct{})
 	go func() {
 		defer close(r.done)
-		if after != nil {
-			<-after.done
-			if s, ok := loop.(Successor); ok && ctx.Err() == nil {
-				s.Takeover(ctx, after.loop)
-			}
-			// Only now are the old loop's last writes the new loop's own.
-			l.forgetLeaving(name, after.loop)
-		}
 		for ctx.Err() == nil {
-			err := loop.Run(ctx)
+			err := r.loop.Run(ctx)
 			if ctx.Err() != nil {
 				return
 			}
@@ -370,13 +406,65 @@ func (l *Leader) startLocked(name string, loop Loop, after *running) {
 			if err != nil {
 				msg = "provider loop failed; starting it again: " + err.Error()
 			}
-			l.log.Error(msg, slog.String("provider", name))
+			l.log.Error(msg, slog.String("provider", r.name))
+			t := time.NewTimer(l.lease.cfg.RetryPeriod)
 			select {
 			case <-ctx.Done():
-			case <-time.After(l.lease.cfg.RetryPeriod):
+			case <-t.C:
 			}
+			t.Stop()
 		}
 	}()
+}
+
+// stop stops r, which the caller took out of l.running, gracefully: it
+// returns once r's loop has stopped (or was never started). It must not be
+// called with the leader's mutex held.
+func (l *Leader) stop(r *running) {
+	l.mu.Lock()
+	r.cancelled = true // (already, by whoever took it out of l.running)
+	ready := r.ready
+	l.mu.Unlock()
+	if ready != nil {
+		<-ready // a Set is starting it once its predecessor stopped
+	}
+	l.mu.Lock()
+	started := r.started
+	l.mu.Unlock()
+	if !started {
+		return
+	}
+	if s, ok := r.loop.(Scheduled); ok {
+		s.Stop()
+		return
+	}
+	r.cancel()
+	<-r.done
+}
+
+// stopAll stops every loop in rs, a few at a time: a loop with a call in
+// flight does not hold up the others' stop.
+func (l *Leader) stopAll(rs []*running) {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		next int
+	)
+	for range min(len(rs), 32) {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				i := next
+				next++
+				mu.Unlock()
+				if i >= len(rs) {
+					return
+				}
+				l.stop(rs[i])
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // lead is the leader's work for one term: stop ends it gracefully (the calls
@@ -407,7 +495,9 @@ func (l *Leader) lead(stop, lost context.Context) {
 	l.lctx = stop
 	// In name order: a seed of the simulation replays the same start.
 	for _, name := range slices.Sorted(maps.Keys(l.loops)) {
-		l.startLocked(name, l.loops[name], nil)
+		r := &running{name: name, loop: l.loops[name]}
+		l.startLocked(r)
+		l.running[name] = r
 	}
 	l.mu.Unlock()
 
@@ -425,17 +515,17 @@ func (l *Leader) lead(stop, lost context.Context) {
 	l.checkInherited(stop)
 	l.retryDeletes(stop)
 	l.mu.Lock()
+	// In name order: a seed of the simulation replays the same stop.
 	var stopping []*running
-	for name, r := range l.running {
-		r.cancel()
+	for _, name := range slices.Sorted(maps.Keys(l.running)) {
+		r := l.running[name]
+		r.cancelled = true // a Set waiting for r's predecessor does not start it
 		stopping = append(stopping, r)
 		delete(l.running, name)
 	}
 	l.lctx = nil
 	l.mu.Unlock()
-	for _, r := range stopping {
-		<-r.done
-	}
+	l.stopAll(stopping)
 	l.adoptRefused()
 	l.wg.Wait()
 	// Calls that are not a loop's (a forwarded refresh's) end too before

@@ -32,7 +32,8 @@ func LeaseBucket(kv jetstream.KeyValue) KV { return jsKV{kv} }
 type jsKV struct{ kv jetstream.KeyValue }
 
 // Get returns key's entry. A key whose last entry is a delete or purge
-// marker answers jetstream.ErrKeyDeleted, a key that never existed
+// marker answers jetstream.ErrKeyDeleted (with the marker's entry, when
+// known), a key that never existed
 // jetstream.ErrKeyNotFound: a standby creates a lease that never existed at
 // once, but waits a ttl before it creates one someone deleted (the holder
 // may still act until its next renewal).
@@ -42,7 +43,7 @@ func (b jsKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, err
 		return e, err
 	}
 	if h, herr := b.kv.History(ctx, key); herr == nil && len(h) > 0 {
-		return nil, jetstream.ErrKeyDeleted
+		return h[len(h)-1], jetstream.ErrKeyDeleted // the marker: its revision tells deletes apart
 	}
 	return nil, err
 }
@@ -314,11 +315,19 @@ func (l *Lease) campaign(ctx context.Context) bool {
 		seenAt  time.Time
 	)
 	updates := l.watch(ctx)
-	var deletedAt time.Time // when this replica first saw the key deleted
+	var (
+		deletedAt  time.Time // when this replica first saw the key deleted
+		deletedRev uint64    // by the marker at this revision (0: unknown)
+	)
 	for {
 		entry, err := l.get(ctx)
 		if !errors.Is(err, jetstream.ErrKeyDeleted) {
 			deletedAt = time.Time{}
+		} else if entry != nil && entry.Revision() != deletedRev {
+			// Another delete: the key was written in between (a holder
+			// may have acquired it since the last look), so the wait starts
+			// again (seed 9556 of the simulation).
+			deletedAt, deletedRev = time.Time{}, entry.Revision()
 		}
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):

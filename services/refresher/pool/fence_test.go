@@ -26,6 +26,7 @@ func (c termCall) Context() context.Context { return c.ctx }
 func (c termCall) Called()                  {}
 func (c termCall) Done()                    {}
 func (c termCall) Term() uint64             { return c.term }
+func (c termCall) Held() bool               { return true }
 
 // gateOf admits every call under term: a replica that believes it leads.
 func gateOf(term uint64) func(context.Context) (pool.Call, error) {

@@ -64,6 +64,10 @@ type Call interface {
 	// Term is the lease term the call was admitted under: the filler's
 	// publishes are fenced on it.
 	Term() uint64
+	// Held reports whether that lease is still held with its deadline
+	// ahead: a token that could not be published while it is was not lost
+	// to a lost lease.
+	Held() bool
 }
 
 // Filler keeps one provider's pool full. Only the leader runs it: it is the
@@ -280,6 +284,10 @@ func (f *Filler) fence(ctx context.Context, retired bool) error {
 		defer c.Done()
 		term, ctx = c.Term(), c.Context()
 	}
+	// Bounded whatever the Queue does: a write that never commits (a
+	// replica cut off) must not hold up the successor's start for ever.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	f.fmu.Lock()
 	defer f.fmu.Unlock()
 	return f.arm(ctx, term, retired)
@@ -496,14 +504,14 @@ func (f *Filler) mintOne(ctx context.Context) error {
 		// The call and the publish run under the gate's context: a stop of
 		// the filler lets them finish, a lost lease ends them.
 		ctx = c.Context()
-		return f.mintCalled(ctx, c.Term(), c.Called)
+		return f.mintCalled(ctx, c.Term(), c.Called, c.Held)
 	}
-	return f.mintCalled(ctx, 0, func() {})
+	return f.mintCalled(ctx, 0, func() {}, func() bool { return true })
 }
 
 // mintCalled makes the provider call of mintOne under term; called is told
-// when the provider has answered.
-func (f *Filler) mintCalled(ctx context.Context, term uint64, called func()) error {
+// when the provider has answered, held says whether the lease is held.
+func (f *Filler) mintCalled(ctx context.Context, term uint64, called func(), held func() bool) error {
 	start := time.Now()
 	tok, err := f.cfg.Provider.Token(ctx)
 	called()
@@ -524,11 +532,14 @@ func (f *Filler) mintCalled(ctx context.Context, term uint64, called func()) err
 	if err != nil {
 		return fmt.Errorf("pool: encode token: %w", err)
 	}
-	pctx, cancel := withTimeout(ctx, 10*time.Second)
+	pctx, cancel := withTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := f.publish(pctx, term, body, ttl); err != nil {
+		// Lost to a lost lease only if it is lost (a stop's drain bound
+		// can end the call's context while the lease is held), or a newer
+		// term's filler fenced this one off.
 		reason := metrics.DiscardPublishFailed
-		if ctx.Err() != nil || errors.Is(err, refresher.ErrNotAllowed) {
+		if ctx.Err() != nil && !held() || errors.Is(err, refresher.ErrNotAllowed) {
 			reason = metrics.DiscardLeaseLost
 		}
 		f.log.Warn("a token the provider issued was not put in the pool", slog.String("reason", reason), slog.String("error", err.Error()))

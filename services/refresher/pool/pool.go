@@ -11,8 +11,16 @@
 // twice. A Filler, run by the leader only, calls the provider to keep the pool
 // at its size, refills after claims and expiries, and answers claimers that
 // find the pool empty whether a refill is coming (so that they wait) or the
-// provider is failing (so that they get a 503 at once). docs/single-use-tokens.md
-// gives the reasoning.
+// provider is failing (so that they get a 503 at once).
+//
+// Every publish is fenced: the server checks it against the provider's fence
+// record in the stream, which a newer term's filler, a filler of rotated
+// credentials or a removal replaces, so a deposed filler adds nothing. Every
+// token carries the generation of the credentials it was minted with, and no
+// pool hands out one older than the newest generation it was given
+// (SetGeneration, Close). The pool reaches JetStream only through Queue and
+// Signals, so that the deterministic simulation (package sim) drives the same
+// code. docs/single-use-tokens.md gives the reasoning.
 //
 // No token value is ever written to the KV bucket: KV watchers never see one.
 package pool
@@ -248,6 +256,25 @@ func newPool(cfg Config, q Queue, sig Signals, floor *atomic.Uint64) *Pool {
 	}
 	p.SetGeneration(cfg.Generation)
 	return p
+}
+
+// Successor returns a pool of the same provider on the same stream with
+// cfg (its credentials rotated), sharing p's oldest generation handed out:
+// p stops handing out tokens older than the generation its successor is
+// given (SetGeneration). Store.Pool does the same for pools it opens.
+func (p *Pool) Successor(cfg Config) (*Pool, error) {
+	if cfg.Size < 1 {
+		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
+	}
+	if cfg.Wait <= 0 {
+		cfg.Wait = DefaultWait
+	}
+	if cfg.ackWait <= 0 {
+		cfg.ackWait = AckWait
+	}
+	n := newPool(cfg, p.q, p.sig, p.floor)
+	n.parallel = p.parallel
+	return n, nil
 }
 
 // SetGeneration makes gen the generation of the credentials this pool's

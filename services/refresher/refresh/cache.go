@@ -30,16 +30,18 @@ func NewEntry(tok wire.Token, revision uint64) (*Entry, error) {
 }
 
 // Slot holds one provider's current token and last failure. Reads are
-// lock-free; writers wake everyone waiting in Wait.
+// lock-free; writers wake everyone waiting on Changed. The zero Slot is
+// empty and ready to use; it allocates its wake-up channel only when
+// somebody waits.
 type Slot struct {
 	cur     atomic.Pointer[Entry]
 	mu      sync.Mutex
 	lastErr error
 	errAt   time.Time
-	changed chan struct{}
+	changed chan struct{} // nil while nobody waits
 }
 
-func newSlot() *Slot { return &Slot{changed: make(chan struct{})} }
+func newSlot() *Slot { return &Slot{} }
 
 // Load returns the current entry, or nil.
 func (s *Slot) Load() *Entry { return s.cur.Load() }
@@ -123,10 +125,15 @@ func (s *Slot) LastError() (time.Time, error) {
 func (s *Slot) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
 	return s.changed
 }
 
 func (s *Slot) wake() {
-	close(s.changed)
-	s.changed = make(chan struct{})
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 }

@@ -28,7 +28,7 @@ func lastsFor(tok wire.Token, now time.Time, d time.Duration) bool { return serv
 // all (the usual 503 of token.get, which says why), or the refresh failed or
 // gave a token that expires sooner.
 func (m *Manager) GetFresh(ctx context.Context, d time.Duration, refresh func(ctx context.Context, invalid string) ([]byte, error)) ([]byte, uint64, error) {
-	now := m.now()
+	now := m.s.now()
 	e := m.slot.Load()
 	if e != nil && lastsFor(e.Token, now, d) {
 		return e.JSON, e.Revision, nil
@@ -61,7 +61,7 @@ func (m *Manager) GetFresh(ctx context.Context, d time.Duration, refresh func(ct
 	if err := json.Unmarshal(body, &tok); err != nil {
 		return nil, 0, fmt.Errorf("refresh: decode the refreshed token: %w", err)
 	}
-	if !lastsFor(tok, m.now(), d) {
+	if !lastsFor(tok, m.s.now(), d) {
 		return nil, 0, fmt.Errorf("%w: the refreshed token expires sooner", refresher.ErrMinValidity)
 	}
 	var rev uint64

@@ -3,7 +3,6 @@ package refresh
 import (
 	"errors"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -12,7 +11,7 @@ import (
 
 // Observer is told about a provider's transitions as its Manager makes them
 // on the lease holder: it publishes them as events (token.events.<provider>).
-// Calls are made from the manager's goroutines, one provider's in order;
+// Calls are made from the scheduler's goroutines, one provider's in order;
 // they must not block.
 type Observer interface {
 	// Refreshed: a new token was fetched and published (at revision rev)
@@ -54,62 +53,58 @@ type Failure struct {
 // health is what one manager knows of its provider's refreshes beyond the
 // current token: the run of failures since the last success, and the
 // transitions it has reported. Status derives the provider's condition from
-// it and the slot; Run reports each attempt to it.
+// it and the slot; the scheduler reports each attempt to it. It is guarded
+// by the manager's mutex; what describes a run of failures exists only
+// while there is one.
 type health struct {
-	name  string
-	obs   Observer
-	now   func() time.Time
-	slot  *Slot
 	start time.Time
+	// reported is the issue time of the last token reported refreshed.
+	reported  time.Time
+	fail      *failRun // nil unless the last attempt failed
+	repairing bool
+	running   bool
+}
 
-	mu sync.Mutex
-	// failures counts the failed attempts since the last success;
-	// failingSince is when the first of them failed.
-	failures     int
-	failingSince time.Time
-	last         Failure
+// failRun is the run of failed attempts since the last success.
+type failRun struct {
+	// failures counts the failed attempts; since is when the first failed.
+	failures int
+	since    time.Time
+	last     Failure
 	// rejectedSince is when the current run of credential rejections began
 	// (zero when the last failure was not one).
 	rejectedSince time.Time
 	// expired is the token reported expired in this run of failures.
 	expired *wire.Token
-	timer   *time.Timer
-	// reported is the issue time of the last token reported refreshed.
-	reported  time.Time
-	repairing bool
-	running   bool
 }
 
-func newHealth(name string, obs Observer, now func() time.Time, slot *Slot) *health {
-	return &health{name: name, obs: obs, now: now, slot: slot, start: now()}
+// setRunning marks the manager as started (it calls the provider) or not.
+func (m *Manager) setRunning(on bool) {
+	m.mu.Lock()
+	m.h.running = on
+	m.mu.Unlock()
 }
 
-// run marks the manager's loop as running (it calls the provider) or not.
-func (h *health) run(on bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.running = on
-	if !on && h.timer != nil {
-		h.timer.Stop()
-		h.timer = nil
-	}
-}
-
-// repair notes that a foreign write is being repaired: the next successful
-// publish of the same token reports Repaired.
-func (h *health) repair() {
-	h.mu.Lock()
-	h.repairing = true
-	h.mu.Unlock()
+// noteRepair notes that a foreign write is being repaired: the next
+// successful publish of the same token reports Repaired.
+func (m *Manager) noteRepair() {
+	m.mu.Lock()
+	m.h.repairing = true
+	m.mu.Unlock()
 }
 
 // succeeded records a successful attempt: tok is published at rev; fetched
 // reports that it was fetched by this attempt, not only published again (a
 // publish retried, a foreign write repaired).
-func (h *health) succeeded(tok wire.Token, rev uint64, fetched bool) {
+func (m *Manager) succeeded(tok wire.Token, rev uint64, fetched bool) {
 	tok.AccessToken = "" // observers never see a token
-	h.mu.Lock()
-	failures, since := h.failures, h.failingSince
+	m.mu.Lock()
+	h := &m.h
+	var failures int
+	var since time.Time
+	if h.fail != nil {
+		failures, since = h.fail.failures, h.fail.since
+	}
 	attempt := failures + 1
 	repaired := h.repairing
 	// A token fetched earlier whose publish is retried is reported now,
@@ -118,99 +113,99 @@ func (h *health) succeeded(tok wire.Token, rev uint64, fetched bool) {
 	if refreshed {
 		h.reported = tok.IssuedAt
 	}
-	h.failures, h.failingSince, h.last, h.rejectedSince, h.expired = 0, time.Time{}, Failure{}, time.Time{}, nil
+	h.fail = nil
 	h.repairing = false
-	if h.timer != nil {
-		h.timer.Stop()
-		h.timer = nil
-	}
-	now := h.now()
-	h.mu.Unlock()
-	if h.obs == nil {
+	now := m.s.now()
+	m.mu.Unlock()
+	obs := m.s.cfg.Observer
+	if obs == nil {
 		return
 	}
 	if failures > 0 {
-		h.obs.Recovered(h.name, tok, attempt, now.Sub(since))
+		obs.Recovered(m.name, tok, attempt, now.Sub(since))
 	}
 	if refreshed {
-		h.obs.Refreshed(h.name, tok, rev, attempt)
+		obs.Refreshed(m.name, tok, rev, attempt)
 	}
 	if repaired {
-		h.obs.Repaired(h.name, rev)
+		obs.Repaired(m.name, rev)
 	}
 }
 
-// failed records a failed attempt whose retry is due in wait.
-func (h *health) failed(err error, wait time.Duration) {
-	now := h.now()
+// failed records a failed attempt whose retry is due in wait. It returns
+// when the current token leaves service if that is still to be reported
+// (zero otherwise): the scheduler checks it then (checkExpiry).
+func (m *Manager) failed(err error, wait time.Duration) (checkAt time.Time) {
+	now := m.s.now()
 	f := Failure{Err: err, Kind: refresher.Classify(err), Cause: refresher.Cause(err), RetryIn: wait, At: now}
-	h.mu.Lock()
-	if h.failures == 0 {
-		h.failingSince = now
+	m.mu.Lock()
+	h := &m.h
+	if h.fail == nil {
+		h.fail = &failRun{since: now}
 	}
-	h.failures++
-	f.Attempt = h.failures
-	h.last = f
+	r := h.fail
+	r.failures++
+	f.Attempt = r.failures
+	r.last = f
 	entering := false
 	if f.Cause == wire.CauseRejectedCredentials {
-		entering = h.rejectedSince.IsZero()
+		entering = r.rejectedSince.IsZero()
 		if entering {
-			h.rejectedSince = now
+			r.rejectedSince = now
 		}
 	} else {
-		h.rejectedSince = time.Time{}
+		r.rejectedSince = time.Time{}
 	}
 	var expired *wire.Token
-	if e := h.slot.Load(); e != nil && h.expired == nil {
+	if e := m.slot.Load(); e != nil && r.expired == nil {
 		if !servable(e.Token, now) {
 			tok := e.Token
 			tok.AccessToken = ""
-			h.expired, expired = &tok, &tok
-		} else if h.timer == nil && h.running {
+			r.expired, expired = &tok, &tok
+		} else if h.running {
 			// Report the expiry when it happens, not at the next attempt.
-			h.timer = time.AfterFunc(servingEnd(e.Token).Sub(now), h.checkExpiry)
+			checkAt = servingEnd(e.Token)
 		}
 	}
-	since := h.failingSince
-	h.mu.Unlock()
-	if h.obs == nil {
-		return
+	since := r.since
+	m.mu.Unlock()
+	if obs := m.s.cfg.Observer; obs != nil {
+		obs.RefreshFailed(m.name, f)
+		if entering {
+			obs.CredentialsRejected(m.name, f)
+		}
+		if expired != nil {
+			obs.Expired(m.name, *expired, now.Sub(since), f)
+		}
 	}
-	h.obs.RefreshFailed(h.name, f)
-	if entering {
-		h.obs.CredentialsRejected(h.name, f)
-	}
-	if expired != nil {
-		h.obs.Expired(h.name, *expired, now.Sub(since), f)
-	}
+	return checkAt
 }
 
 // checkExpiry reports the token expired if, now that its time is up, it has
-// not been replaced and refreshes are still failing.
-func (h *health) checkExpiry() {
-	now := h.now()
-	h.mu.Lock()
-	h.timer = nil
-	e := h.slot.Load()
-	if !h.running || h.failures == 0 || h.expired != nil || e == nil {
-		h.mu.Unlock()
-		return
+// not been replaced and refreshes are still failing. It returns when to
+// check again (a token seen in the bucket replaced it meanwhile), or zero.
+func (m *Manager) checkExpiry() (again time.Time) {
+	now := m.s.now()
+	m.mu.Lock()
+	h := &m.h
+	e := m.slot.Load()
+	if !h.running || h.fail == nil || h.fail.expired != nil || e == nil {
+		m.mu.Unlock()
+		return time.Time{}
 	}
 	if servable(e.Token, now) {
-		// Replaced meanwhile (a token seen in the bucket): check again at
-		// its own end.
-		h.timer = time.AfterFunc(servingEnd(e.Token).Sub(now), h.checkExpiry)
-		h.mu.Unlock()
-		return
+		m.mu.Unlock()
+		return servingEnd(e.Token)
 	}
 	tok := e.Token
 	tok.AccessToken = ""
-	h.expired = &tok
-	since, last := h.failingSince, h.last
-	h.mu.Unlock()
-	if h.obs != nil {
-		h.obs.Expired(h.name, tok, now.Sub(since), last)
+	h.fail.expired = &tok
+	since, last := h.fail.since, h.fail.last
+	m.mu.Unlock()
+	if obs := m.s.cfg.Observer; obs != nil {
+		obs.Expired(m.name, tok, now.Sub(since), last)
 	}
+	return time.Time{}
 }
 
 // servingEnd is when tok stops being served: ExpiryMargin before its expiry.
@@ -220,28 +215,29 @@ func servingEnd(tok wire.Token) time.Time {
 
 // condition returns the provider's condition, since when, and the last
 // failure's cause (empty after a success).
-func (h *health) condition() (cond string, since time.Time, cause string) {
-	return h.conditionAt(h.now(), h.slot.Load())
+func (m *Manager) condition() (cond string, since time.Time, cause string) {
+	return m.conditionAt(m.s.now(), m.slot.Load())
 }
 
 // conditionAt is condition at now with e the slot's entry.
-func (h *health) conditionAt(now time.Time, e *Entry) (cond string, since time.Time, cause string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.failures > 0 {
-		cause = h.last.Cause
+func (m *Manager) conditionAt(now time.Time, e *Entry) (cond string, since time.Time, cause string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.h.fail
+	if r != nil {
+		cause = r.last.Cause
 	}
 	switch {
-	case h.failures > 0 && !h.rejectedSince.IsZero():
-		return wire.ConditionCredentialsRejected, h.rejectedSince, cause
+	case r != nil && !r.rejectedSince.IsZero():
+		return wire.ConditionCredentialsRejected, r.rejectedSince, cause
 	case e != nil && !servable(e.Token, now):
 		return wire.ConditionExpired, servingEnd(e.Token), cause
-	case h.failures > 0:
-		return wire.ConditionRetrying, h.failingSince, cause
+	case r != nil:
+		return wire.ConditionRetrying, r.since, cause
 	case e != nil:
 		return wire.ConditionOK, e.Token.IssuedAt, cause
 	default:
-		return wire.ConditionStarting, h.start, cause
+		return wire.ConditionStarting, m.h.start, cause
 	}
 }
 

@@ -8,7 +8,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 )
 
-// jitter is a manager's source of randomness: Config.Rand if set (the
+// jitter is a manager's source of randomness: ProviderConfig.Rand if set (the
 // simulation: a seed then fixes every refresh time and backoff), else
 // math/rand/v2's global source.
 type jitter struct {
@@ -18,7 +18,7 @@ type jitter struct {
 
 // int64N returns a random number in [0, n).
 func (m *Manager) int64N(n int64) int64 {
-	if m.rnd.r == nil {
+	if m.rnd == nil {
 		return rand.Int64N(n)
 	}
 	m.rnd.mu.Lock()
@@ -35,7 +35,7 @@ type backOff interface {
 // exponential is the package's exponential backoff (factor 2, ± 50 %
 // jitter, no end), drawing its jitter from the manager's source.
 func (m *Manager) exponential(initial, max time.Duration) backOff {
-	if m.rnd.r == nil {
+	if m.rnd == nil {
 		return exponential(initial, max)
 	}
 	return jittered{m: m, b: backoff.NewExponentialBackOff(

@@ -2,7 +2,9 @@
 // fetch at start, publish, refresh ahead of expiry with jitter, retry with
 // exponential backoff (transient failures) or slowly (permanent ones), and
 // refresh on demand when a caller reports the current token rejected. It
-// serves the current token from memory and never an expired one.
+// serves the current token from memory and never an expired one. One
+// Scheduler runs the refreshes of every provider of a refresher (a timer
+// heap and a few workers); a provider's Manager is only its state.
 package refresh
 
 import (
@@ -16,7 +18,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -103,69 +104,98 @@ type Call interface {
 	Held() bool
 }
 
-// Manager keeps one provider's token fresh. Create it with NewManager, run it
-// with Run, read it with Current; Refresh asks for a new token.
+// Manager keeps one provider's token fresh. Make it with a Scheduler's
+// NewManager (or NewManager, which gives it a scheduler of its own), start
+// it with Start (or Run), read it with Current; Refresh asks for a new
+// token. It holds only what is its provider's own: what every provider
+// shares (publisher, gate, backoff settings, logger, tracer, observers,
+// clock) is its scheduler's, and it has no goroutine, timer, context or
+// channel of its own.
 type Manager struct {
-	cfg    Config
-	log    *slog.Logger
-	now    func() time.Time
-	slot   *Slot
-	kick   chan kick
-	repair chan struct{}
-	tr     trace.Tracer
-	rnd    jitter
-	// pending is a token the provider issued that is not yet published: it
-	// is served from this replica meanwhile, and only its publish is
-	// retried (fetching another would, for Daraja, kill it fleet-wide).
-	// call is the gate's admission it came from, held until the token is
-	// published or given up. Both belong to Run (and the step it waits for);
-	// they outlive one step, so a stop publishes the token before Run
-	// returns.
-	pending *refresher.Token
-	call    Call
+	s        *Scheduler
+	name     string
+	kind     string
+	cred     string
+	provider refresher.Provider
+	// before and cooldown are RefreshBefore and RefreshCooldown.
+	before, cooldown time.Duration
+	staleBefore      time.Time
+	slot             Slot
+	rnd              *jitter // nil: math/rand/v2's global source
 	// published is the revision of this manager's last successful publish.
 	published atomic.Uint64
 	// fetched is the last token this manager's own call fetched: a copy
 	// that is this token (served before its publish, or the watch's echo
 	// of it) is this manager's own, never an unverified one.
 	fetched atomic.Pointer[string]
-	// health follows the run of failures since the last success, for the
-	// provider's condition and its events.
-	health *health
-	// forced is the last refresh forced by a report (the cooldown).
-	forcedMu  sync.Mutex
-	forcedAt  time.Time
+
+	// Scheduling state, guarded by the scheduler's mutex.
+	ctx      context.Context // Start's; nil while stopped
+	next     int64           // when the next turn is due (scheduler clock)
+	expiryAt int64           // when to check that the token left service; 0: no check
+	key      int64           // the key of the heap it is in
+	idx      int32           // its index in that heap
+	where    uint8           // which heap (inNone, inTimers, inEmpty, inValid)
+	state    uint8           // stIdle, stQueued, stRunning, stStopping, stParked
+	repair   bool            // a repair asked for, not yet taken
+	kick     *kick           // a forced refresh asked for, not yet taken
+	stopped  chan struct{}   // closed when a turn in progress ends for Stop
+	abort    context.CancelFunc
+
+	// pending is a token the provider issued that is not yet published: it
+	// is served from this replica meanwhile, and only its publish is
+	// retried (fetching another would, for Daraja, kill it fleet-wide).
+	// call is the gate's admission it came from, held until the token is
+	// published or given up. Both, and run, belong to the turn in progress,
+	// or to the scheduler (under its mutex) between turns; they outlive one
+	// turn, so a stop publishes the token before Stop returns.
+	pending *refresher.Token
+	call    Call
+	run     *refreshRun
+
+	// mu guards h and the cooldown.
+	mu        sync.Mutex
+	h         health
+	forcedAt  time.Time // the last refresh forced by a report (the cooldown)
 	forcedBad string
+}
+
+// refreshRun is one refresh in progress, from its first attempt until it
+// succeeds: its span, the attempts made, the request that asked for it, and
+// the backoff of its retries (made on the first failure, dropped with the
+// run on success).
+type refreshRun struct {
+	span      trace.Span
+	attempts  int
+	link      trace.SpanContext // the token.refresh request that asked for the next refresh
+	transient backOff
+	permanent backOff
 }
 
 // DefaultRefreshCooldown is the refresh cooldown of a provider that sets none.
 const DefaultRefreshCooldown = 5 * time.Second
 
-// NewManager returns a manager for cfg.Provider.
+// NewManager returns a manager for cfg.Provider with a scheduler of its own
+// (one provider call at a time). A refresher with many providers makes one
+// Scheduler and its managers with Scheduler.NewManager instead.
 func NewManager(cfg Config) *Manager {
-	cfg.Backoff = cfg.Backoff.WithDefaults()
-	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, slot: newSlot(), kick: make(chan kick, 4), repair: make(chan struct{}, 1), tr: cfg.Tracer, rnd: jitter{r: cfg.Rand}}
-	if m.log == nil {
-		m.log = slog.New(slog.DiscardHandler)
+	sc := SchedulerConfig{
+		Publisher: cfg.Publisher, Backoff: cfg.Backoff, Logger: cfg.Logger, Now: cfg.Now, Tracer: cfg.Tracer,
+		Recorder: cfg.Recorder, Discarded: cfg.Discarded, Observer: cfg.Observer, Workers: 1,
 	}
-	m.log = m.log.With(slog.String("provider", cfg.Name))
-	if m.now == nil {
-		m.now = time.Now
+	if gate := cfg.Gate; gate != nil {
+		sc.Gate = func(ctx context.Context, _ string) (Call, error) { return gate(ctx) }
 	}
-	if m.cfg.RefreshCooldown <= 0 {
-		m.cfg.RefreshCooldown = DefaultRefreshCooldown
-	}
-	if m.tr == nil {
-		m.tr = otel.Tracer("github.com/tokenbus/tokenbus/services/refresher/refresh")
-	}
-	m.health = newHealth(cfg.Name, cfg.Observer, m.now, m.slot)
-	return m
+	return NewScheduler(sc).NewManager(ProviderConfig{
+		Name: cfg.Name, Kind: cfg.Kind, Provider: cfg.Provider, RefreshBefore: cfg.RefreshBefore,
+		RefreshCooldown: cfg.RefreshCooldown, StaleBefore: cfg.StaleBefore, Rand: cfg.Rand,
+	})
 }
 
 // Status reports the provider's state for token.status and the status page.
 func (m *Manager) Status() wire.ProviderStatus {
-	st := wire.ProviderStatus{Name: m.cfg.Name, Kind: m.cfg.Kind, State: wire.StateNoToken}
-	now := m.now()
+	st := wire.ProviderStatus{Name: m.name, Kind: m.kind, State: wire.StateNoToken}
+	now := m.s.now()
 	if e := m.slot.Load(); e != nil {
 		exp, iss := e.Token.ExpiresAt, e.Token.IssuedAt
 		st.ExpiresAt, st.LastRefresh = &exp, &iss
@@ -179,7 +209,7 @@ func (m *Manager) Status() wire.ProviderStatus {
 			st.State = wire.StateFailing
 		}
 	}
-	cond, since, cause := m.health.condition()
+	cond, since, cause := m.condition()
 	st.Condition, st.ConditionSince, st.Cause = cond, &since, cause
 	return st
 }
@@ -188,7 +218,7 @@ func (m *Manager) Status() wire.ProviderStatus {
 // nothing else and allocating nothing: token.status's summary and the
 // metrics count every provider with it.
 func (m *Manager) Brief() (state, condition string) {
-	now, e := m.now(), m.slot.Load()
+	now, e := m.s.now(), m.slot.Load()
 	state = wire.StateNoToken
 	if e != nil && servable(e.Token, now) {
 		state = wire.StateOK
@@ -196,19 +226,19 @@ func (m *Manager) Brief() (state, condition string) {
 			state = wire.StateFailing
 		}
 	}
-	condition, _, _ = m.health.conditionAt(now, e)
+	condition, _, _ = m.conditionAt(now, e)
 	return state, condition
 }
 
 // Name returns the provider name.
-func (m *Manager) Name() string { return m.cfg.Name }
+func (m *Manager) Name() string { return m.name }
 
 // Slot returns the manager's token slot.
-func (m *Manager) Slot() *Slot { return m.slot }
+func (m *Manager) Slot() *Slot { return &m.slot }
 
 // Current returns the current token, pre-encoded, or an error wrapping
 // refresher.ErrNoToken when none is valid at this moment.
-func (m *Manager) Current() (*Entry, error) { return m.slot.Valid(m.now()) }
+func (m *Manager) Current() (*Entry, error) { return m.slot.Valid(m.s.now()) }
 
 // Get returns the current token as wire JSON, from memory.
 func (m *Manager) Get(context.Context) ([]byte, error) {
@@ -242,7 +272,7 @@ func DefaultRefreshBefore(life time.Duration) time.Duration {
 // cut to half the lifetime.
 func (m *Manager) refreshAt(tok refresher.Token) time.Time {
 	life := tok.Lifetime()
-	margin := m.cfg.RefreshBefore
+	margin := m.before
 	if margin <= 0 {
 		margin = DefaultRefreshBefore(life)
 	}
@@ -256,155 +286,150 @@ func (m *Manager) refreshAt(tok refresher.Token) time.Time {
 	return tok.ExpiresAt.Add(-margin - jitter)
 }
 
-// Run fetches a token at once, then keeps it fresh until ctx ends. It returns
-// nil when ctx is cancelled.
+// Run starts the manager (Start), keeps its token fresh until ctx ends, and
+// stops it (Stop). It returns nil. A refresher runs its managers with Start
+// and Stop on a shared Scheduler; Run is for a manager on its own.
 func (m *Manager) Run(ctx context.Context) error {
-	transient := m.exponential(m.cfg.Backoff.Initial, m.cfg.Backoff.Max)
-	permanent := m.exponential(m.cfg.Backoff.PermanentInitial, m.cfg.Backoff.PermanentMax)
-	timer := time.NewTimer(m.firstRefresh())
-	defer timer.Stop()
-	var (
-		span     trace.Span
-		attempts int
-		link     trace.SpanContext // the token.refresh request that asked for the next refresh
-	)
-	endSpan := func(outcome string, err error) {
-		if span == nil {
-			return
+	m.Start(ctx)
+	<-ctx.Done()
+	m.Stop()
+	return nil
+}
+
+// Start schedules the manager's first call: at once, unless its slot holds
+// a valid token (published by a previous leader), which is refreshed on its
+// normal schedule. Its calls are admitted by the scheduler's gate under ctx;
+// ctx's end stops its calls (Stop ends it). Start on a started manager does
+// nothing.
+func (m *Manager) Start(ctx context.Context) { m.s.start(m, ctx) }
+
+// Stop ends the manager's calls gracefully: a call in flight finishes and a
+// token the provider issued that is not published yet is published now,
+// retried while the call's context lasts (a clean stop: the lease is renewed
+// meanwhile) and the token is valid. Only a lost lease (or a stop's bound
+// running out) gives it up, counted. It returns once that is done; the
+// manager may be started again.
+func (m *Manager) Stop() { m.s.stop(m) }
+
+// turn is one due turn: the gate's admission, then one attempt (a call and
+// the publish of its token, or the publish alone of a pending token). It
+// returns when the next turn is due, and ended when the attempt's context
+// ended (a lost lease, or the manager's context).
+func (m *Manager) turn() (wait time.Duration, ended bool) {
+	if m.pending != nil && !m.usable(*m.pending) {
+		m.discard(metrics.DiscardExpired)
+	}
+	if m.pending == nil && m.s.cfg.Gate != nil {
+		gctx, cancel := context.WithCancel(m.ctx)
+		if !m.s.setAbort(m, cancel) {
+			cancel()
+			return 0, true // stopped meanwhile
 		}
-		span.SetAttributes(attribute.Int("tokenbus.attempts", attempts), attribute.String("tokenbus.outcome", outcome))
+		c, err := m.s.cfg.Gate(gctx, m.cred)
+		m.s.setAbort(m, nil)
+		cancel()
 		if err != nil {
-			span.SetStatus(codes.Error, err.Error())
+			if gctx.Err() != nil {
+				return 0, true
+			}
+			// Not the lease holder (or too little time left on the
+			// lease): not a provider failure. Leader work is about to be
+			// stopped, or the lease renewed; wait quietly.
+			m.s.log.Info("refresh skipped: not the lease holder", slog.String("provider", m.name), slog.String("error", err.Error()))
+			return m.s.cfg.Backoff.Initial, false
 		}
-		span.End()
-		span, attempts = nil, 0
+		m.call = c
 	}
-	defer func() { endSpan("cancelled", nil) }()
-	m.health.run(true)
-	defer m.health.run(false)
-
-	for {
-		select {
-		case <-ctx.Done():
-			m.stop()
-			return nil
-		case k := <-m.kick:
-			if !m.stale(k.bad) || m.failing() {
-				continue // already replaced, or retrying on its own schedule
-			}
-			if m.pending != nil && m.pending.AccessToken.Reveal() == k.bad && !k.replace {
-				m.settle() // the provider rejected it: fetch another
-			} // (asked by the leader, Replace: its own token, issued and not yet published, is published)
-			timer.Stop()
-			link = k.from
-		case <-m.repair:
-			// Someone else's token was written to our key: write ours again.
-			if e := m.slot.Load(); e != nil && !e.Token.Expired(m.now()) && m.pending == nil {
-				m.pending = &refresher.Token{AccessToken: refresher.Secret(e.Token.AccessToken), TokenType: e.Token.TokenType, IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt}
-			}
-			timer.Stop()
-		case <-timer.C:
-		}
-		if m.pending != nil && !m.usable(*m.pending) {
-			m.discard(metrics.DiscardExpired)
-		}
-
-		step := func() bool {
-			// The call and the publish run under the gate's context: a
-			// stop of this loop lets them finish, a lost lease ends them.
-			base := ctx
-			if m.call != nil {
-				base = m.call.Context()
-			}
-			var sctx context.Context
-			if span == nil {
-				// A refresh asked for by token.refresh links to that request's span.
-				sctx, span = m.tr.Start(base, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.cfg.Name)),
-					trace.WithLinks(trace.Link{SpanContext: link}))
-				link = trace.SpanContext{}
-			} else {
-				sctx = trace.ContextWithSpan(base, span)
-			}
-			attempts++
-			fetch := m.pending == nil // else it only publishes a token already issued
-			tok, err := m.attempt(sctx, attempts)
-			if base.Err() != nil {
-				return true
-			}
-			if err == nil {
-				transient.Reset()
-				permanent.Reset()
-				endSpan("ok", nil)
-				m.health.succeeded(tok.Wire(m.cfg.Name), m.published.Load(), fetch)
-				next := m.refreshAt(tok)
-				m.log.InfoContext(sctx, "token refreshed", slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
-				timer.Reset(max(next.Sub(m.now()), 0))
-				return false
-			}
-			if errors.Is(err, refresher.ErrNotAllowed) {
-				// Lost the lease (or the write was fenced off): not a provider
-				// failure. Leader work is about to be cancelled; wait quietly.
-				m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
-				timer.Reset(m.cfg.Backoff.Initial)
-				return false
-			}
-			if m.pending != nil {
-				// The provider answered; only the publish failed. Retry the
-				// publish alone, on the transient schedule.
-				wait := transient.NextBackOff()
-				m.log.WarnContext(sctx, "token publish failed; serving the token from this replica and retrying the publish", slog.String("error", err.Error()), slog.Duration("retry_in", wait))
-				timer.Reset(wait)
-				return false
-			}
-			m.slot.Fail(err, m.now())
-			kind := refresher.Classify(err)
-			var wait time.Duration
-			if kind == refresher.Permanent {
-				wait = permanent.NextBackOff()
-				endSpan("failed", err)
-				transient.Reset()
-			} else {
-				wait = transient.NextBackOff()
-			}
-			wait = retryIn(kind, err, wait, m.cfg.Backoff, m.slot.Load(), m.now())
-			m.health.failed(err, wait)
-			m.log.WarnContext(sctx, "token refresh failed", slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
-			timer.Reset(wait)
-			return false
-		}
-		// One step (the attempt, its span and logs) runs on a short-lived
-		// goroutine: its deep stack (HTTP, JSON, tracing, the KV write) is
-		// freed when it ends, so the goroutine that waits here between
-		// refreshes stays small. With thousands of providers that is most of
-		// the memory each one costs.
-		if m.pending == nil && m.cfg.Gate != nil {
-			// Wait for the gate here, on this small goroutine, rather than
-			// on thousands of step goroutines at a start.
-			c, err := m.cfg.Gate(ctx)
-			if err != nil {
-				if ctx.Err() != nil {
-					m.stop()
-					return nil
-				}
-				// Not the lease holder (or too little time left on the
-				// lease): not a provider failure. Leader work is about to be
-				// cancelled, or the lease renewed; wait quietly.
-				m.log.Info("refresh skipped: not the lease holder", slog.String("error", err.Error()))
-				timer.Reset(m.cfg.Backoff.Initial)
-				continue
-			}
-			m.call = c
-		}
-		var stop bool
-		offload(func() { stop = step() })
-		if m.pending == nil {
-			m.settle()
-		}
-		if stop {
-			m.stop()
-			return nil
-		}
+	wait, ended = m.step()
+	if m.pending == nil {
+		m.settle()
 	}
+	return wait, ended
+}
+
+// step makes one attempt under the call's context (or the manager's, with
+// no gate): a stop lets the call finish, a lost lease ends it.
+func (m *Manager) step() (wait time.Duration, ended bool) {
+	base := m.ctx
+	if m.call != nil {
+		base = m.call.Context()
+	}
+	if m.run == nil {
+		m.run = &refreshRun{}
+	}
+	r := m.run
+	var sctx context.Context
+	if r.span == nil {
+		// A refresh asked for by token.refresh links to that request's span.
+		sctx, r.span = m.s.tr.Start(base, "tokenbus.refresh", trace.WithAttributes(attribute.String("tokenbus.provider", m.name)),
+			trace.WithLinks(trace.Link{SpanContext: r.link}))
+		r.link = trace.SpanContext{}
+	} else {
+		sctx = trace.ContextWithSpan(base, r.span)
+	}
+	r.attempts++
+	fetch := m.pending == nil // else it only publishes a token already issued
+	tok, err := m.attempt(sctx, r.attempts)
+	if base.Err() != nil {
+		return 0, true
+	}
+	log := m.s.log
+	if err == nil {
+		m.endSpan("ok", nil)
+		m.run = nil // the backoff goes with the run of failures
+		m.succeeded(tok.Wire(m.name), m.published.Load(), fetch)
+		next := m.refreshAt(tok)
+		log.InfoContext(sctx, "token refreshed", slog.String("provider", m.name), slog.Time("expires_at", tok.ExpiresAt), slog.Time("next_refresh", next))
+		return max(next.Sub(m.s.now()), 0), false
+	}
+	b := m.s.cfg.Backoff
+	if errors.Is(err, refresher.ErrNotAllowed) {
+		// Lost the lease (or the write was fenced off): not a provider
+		// failure. Leader work is about to be stopped; wait quietly.
+		log.Info("refresh skipped: not the lease holder", slog.String("provider", m.name), slog.String("error", err.Error()))
+		return b.Initial, false
+	}
+	if r.transient == nil {
+		r.transient = m.exponential(b.Initial, b.Max)
+	}
+	if m.pending != nil {
+		// The provider answered; only the publish failed. Retry the
+		// publish alone, on the transient schedule.
+		wait := r.transient.NextBackOff()
+		log.WarnContext(sctx, "token publish failed; serving the token from this replica and retrying the publish", slog.String("provider", m.name), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+		return wait, false
+	}
+	m.slot.Fail(err, m.s.now())
+	kind := refresher.Classify(err)
+	if kind == refresher.Permanent {
+		if r.permanent == nil {
+			r.permanent = m.exponential(b.PermanentInitial, b.PermanentMax)
+		}
+		wait = r.permanent.NextBackOff()
+		m.endSpan("failed", err)
+		r.transient.Reset()
+	} else {
+		wait = r.transient.NextBackOff()
+	}
+	wait = retryIn(kind, err, wait, b, m.slot.Load(), m.s.now())
+	checkAt := m.failed(err, wait)
+	m.s.expiryCheckAt(m, checkAt)
+	log.WarnContext(sctx, "token refresh failed", slog.String("provider", m.name), slog.String("kind", kind.String()), slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+	return wait, false
+}
+
+// endSpan ends the refresh span in progress, if any.
+func (m *Manager) endSpan(outcome string, err error) {
+	r := m.run
+	if r == nil || r.span == nil {
+		return
+	}
+	r.span.SetAttributes(attribute.Int("tokenbus.attempts", r.attempts), attribute.String("tokenbus.outcome", outcome))
+	if err != nil {
+		r.span.SetStatus(codes.Error, err.Error())
+	}
+	r.span.End()
+	r.span, r.attempts = nil, 0
 }
 
 // settle ends the gate's admission of the last call, if any, and forgets a
@@ -421,19 +446,20 @@ func (m *Manager) settle() {
 // manager's call (not a copy held for a repair) is reported to Discarded.
 func (m *Manager) discard(reason string) {
 	if m.pending != nil && m.call != nil {
-		m.log.Warn("a token the provider issued was not published", slog.String("reason", reason))
-		if m.cfg.Discarded != nil {
-			m.cfg.Discarded(reason)
+		m.s.log.Warn("a token the provider issued was not published", slog.String("provider", m.name), slog.String("reason", reason))
+		if m.s.cfg.Discarded != nil {
+			m.s.cfg.Discarded(reason)
 		}
 	}
 	m.settle()
 }
 
-// stop ends Run: a token the provider issued and that is not published yet
-// is published now, retried while the call's context lasts (a clean stop:
-// the lease is renewed meanwhile) and the token is valid. Only a lost lease
-// (or a stop's bound running out) gives it up, counted.
-func (m *Manager) stop() {
+// finish ends the manager's turns: a token the provider issued and that is
+// not published yet is published now, retried while the call's context
+// lasts and the token is valid. Only a lost lease (or a stop's bound running
+// out) gives it up, counted.
+func (m *Manager) finish() {
+	defer m.endSpan("cancelled", nil)
 	if m.pending == nil || m.call == nil {
 		m.settle()
 		return
@@ -457,10 +483,12 @@ func (m *Manager) stop() {
 			m.settle()
 			return
 		}
+		t := time.NewTimer(wait.NextBackOff())
 		select {
 		case <-ctx.Done():
-		case <-time.After(wait.NextBackOff()):
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }
 
@@ -481,27 +509,18 @@ func (m *Manager) Takeover(_ context.Context, old any) {
 	}
 }
 
-// offload runs fn on its own goroutine and waits for it.
-func offload(fn func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		fn()
-	}()
-	<-done
-}
-
-// firstRefresh returns how long Run waits before its first call: at once,
-// unless the slot already holds a valid token (published by a previous
-// leader), which is then refreshed on its normal schedule. A new leader thus
-// does not replace a fresh Daraja token, which would invalidate it fleet-wide.
+// firstRefresh returns how long a started manager waits before its first
+// call: at once, unless the slot already holds a valid token (published by a
+// previous leader), which is then refreshed on its normal schedule. A new
+// leader thus does not replace a fresh Daraja token, which would invalidate
+// it fleet-wide.
 func (m *Manager) firstRefresh() time.Duration {
 	e := m.slot.Load()
-	if e == nil || e.Token.Expired(m.now()) || e.Token.IssuedAt.Before(m.cfg.StaleBefore) {
+	if e == nil || e.Token.Expired(m.s.now()) || e.Token.IssuedAt.Before(m.staleBefore) {
 		return 0
 	}
 	at := m.refreshAt(refresher.Token{IssuedAt: e.Token.IssuedAt, ExpiresAt: e.Token.ExpiresAt})
-	return max(at.Sub(m.now()), 0)
+	return max(at.Sub(m.s.now()), 0)
 }
 
 // attempt makes one upstream call and publishes its token; with a pending
@@ -517,29 +536,29 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 		m.pending = nil
 		return tok, nil
 	}
-	ctx, span := m.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
-		attribute.String("tokenbus.provider", m.cfg.Name), attribute.Int("tokenbus.attempt", n)))
+	ctx, span := m.s.tr.Start(ctx, "tokenbus.refresh.attempt", trace.WithAttributes(
+		attribute.String("tokenbus.provider", m.name), attribute.Int("tokenbus.attempt", n)))
 	defer span.End()
 	start := time.Now()
-	tok, err := m.cfg.Provider.Token(ctx)
+	tok, err := m.provider.Token(ctx)
 	took := time.Since(start)
 	if m.call != nil {
 		m.call.Called() // the concurrency slot covers the provider call only
 	}
 	if err == nil {
 		// Serve it at once, whatever happens to the publish.
+		m.pending = &tok
 		own := tok.AccessToken.Reveal()
 		m.fetched.Store(&own)
-		m.pending = &tok
-		if e, eerr := NewEntry(tok.Wire(m.cfg.Name), m.slot.revision()); eerr == nil {
+		if e, eerr := NewEntry(tok.Wire(m.name), m.slot.revision()); eerr == nil {
 			m.slot.Store(e)
 		}
 		if err = m.publish(ctx, tok); err == nil {
 			m.pending = nil
 		}
 	}
-	if m.cfg.Recorder != nil && ctx.Err() == nil {
-		m.cfg.Recorder.RecordAttempt(m.cfg.Name, took, err)
+	if m.s.cfg.Recorder != nil && ctx.Err() == nil {
+		m.s.cfg.Recorder.RecordAttempt(m.name, took, err)
 	}
 	if err != nil {
 		span.SetAttributes(attribute.String("tokenbus.error_kind", refresher.Classify(err).String()))
@@ -551,15 +570,15 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 }
 
 // usable reports whether tok may still be served and published.
-func (m *Manager) usable(tok refresher.Token) bool { return m.now().Before(tok.ExpiresAt) }
+func (m *Manager) usable(tok refresher.Token) bool { return m.s.now().Before(tok.ExpiresAt) }
 
 func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
-	w := tok.Wire(m.cfg.Name)
+	w := tok.Wire(m.name)
 	var rev uint64
-	if m.cfg.Publisher != nil {
-		r, err := m.cfg.Publisher.Publish(ctx, w)
+	if m.s.cfg.Publisher != nil {
+		r, err := m.s.cfg.Publisher.Publish(ctx, w)
 		if err != nil {
-			return fmt.Errorf("refresh: publish %s: %w", m.cfg.Name, err)
+			return fmt.Errorf("refresh: publish %s: %w", m.name, err)
 		}
 		rev = r
 		m.published.Store(r)
@@ -594,23 +613,15 @@ func (m *Manager) Owns(tok wire.Token, rev uint64) bool {
 // Repair asks Run to publish its token again at once (or to fetch one if it
 // holds none): someone else's token was written to its key.
 func (m *Manager) Repair() {
-	m.health.repair()
-	select {
-	case m.repair <- struct{}{}:
-	default:
-	}
+	m.noteRepair()
+	m.s.repair(m)
 }
 
 // Replace asks Run to fetch a new token at once if bad is still its current
 // one: the leader found bad in the bucket, written by no leader. Unlike
 // Refresh it is not subject to the refresh cooldown (it is no caller's
 // report), and it is asked again in every term that finds bad.
-func (m *Manager) Replace(bad string) {
-	select {
-	case m.kick <- kick{bad: bad, replace: true}:
-	default:
-	}
-}
+func (m *Manager) Replace(bad string) { m.s.kick(m, kick{bad: bad, replace: true}) }
 
 // kick asks Run for a refresh because bad was rejected; from is the span of
 // the request that reported it.
@@ -635,24 +646,24 @@ func (m *Manager) failing() bool {
 // token.get's min_validity) asks here first and records its refresh with
 // ForceNow.
 func (m *Manager) CooldownLeft() time.Duration {
-	m.forcedMu.Lock()
-	defer m.forcedMu.Unlock()
-	return m.cooldownLeftLocked(m.now())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cooldownLeftLocked(m.s.now())
 }
 
 // ForceNow records a refresh forced now, for the token bad ("" if none):
 // the cooldown starts again.
 func (m *Manager) ForceNow(bad string) {
-	m.forcedMu.Lock()
-	defer m.forcedMu.Unlock()
-	m.forcedAt, m.forcedBad = m.now(), bad
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forcedAt, m.forcedBad = m.s.now(), bad
 }
 
 func (m *Manager) cooldownLeftLocked(now time.Time) time.Duration {
 	if m.forcedAt.IsZero() {
 		return 0
 	}
-	return max(m.forcedAt.Add(m.cfg.RefreshCooldown).Sub(now), 0)
+	return max(m.forcedAt.Add(m.cooldown).Sub(now), 0)
 }
 
 // forceFor decides what a report of bad, the current token, does: join the
@@ -660,9 +671,9 @@ func (m *Manager) cooldownLeftLocked(now time.Time) time.Duration {
 // no wait: the cooldown starts), or wait that long (the cooldown of the
 // last forced refresh, which produced the token now reported).
 func (m *Manager) forceFor(bad string) (join bool, wait time.Duration) {
-	m.forcedMu.Lock()
-	defer m.forcedMu.Unlock()
-	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.s.now()
 	left := m.cooldownLeftLocked(now)
 	switch {
 	case left > 0 && m.forcedBad == bad:
@@ -678,7 +689,7 @@ func (m *Manager) forceFor(bad string) (join bool, wait time.Duration) {
 // i.e. whether a refresh on its account is due.
 func (m *Manager) stale(bad string) bool {
 	e := m.slot.Load()
-	return e == nil || e.Token.AccessToken == bad || e.Token.Expired(m.now())
+	return e == nil || e.Token.AccessToken == bad || e.Token.Expired(m.s.now())
 }
 
 // Refresh handles a report that invalid was rejected by the provider. If
@@ -706,12 +717,10 @@ func (m *Manager) refresh(ctx context.Context, invalid string) (*Entry, error) {
 	}
 	if join, wait := m.forceFor(invalid); !join {
 		if wait > 0 {
-			return nil, &refresher.CooldownError{Cooldown: m.cfg.RefreshCooldown, RetryAfter: wait}
+			return nil, &refresher.CooldownError{Cooldown: m.cooldown, RetryAfter: wait}
 		}
-		select {
-		case m.kick <- kick{bad: invalid, from: trace.SpanContextFromContext(ctx)}:
-		default: // a refresh is already asked for; wait for it
-		}
+		// A refresh already asked for is joined.
+		m.s.kick(m, kick{bad: invalid, from: trace.SpanContextFromContext(ctx)})
 	}
 	for {
 		select {

@@ -51,11 +51,11 @@ type bucket struct {
 	last       map[string]rec
 	log        []rec
 	committing map[string]int
-	watchers   map[*watcher]bool
+	watchers   []*watcher // in the order they started: deliveries in a fixed order
 }
 
 func newBucket(w *world, name string) *bucket {
-	return &bucket{w: w, name: name, last: map[string]rec{}, committing: map[string]int{}, watchers: map[*watcher]bool{}}
+	return &bucket{w: w, name: name, last: map[string]rec{}, committing: map[string]int{}}
 }
 
 // proposal is one write: check runs when it is proposed (the server's
@@ -106,7 +106,7 @@ func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64,
 	r := rec{bucket: b.name, key: p.key, data: p.data, op: p.op, seq: b.seq, hdr: p.hdr, at: time.Now()}
 	b.last[p.key] = r
 	b.log = append(b.log, r)
-	for w := range b.watchers {
+	for _, w := range b.watchers {
 		w.push(r)
 	}
 	b.mu.Unlock()
@@ -155,12 +155,12 @@ func (w *watcher) push(r rec) {
 func (b *bucket) watch(ctx context.Context, key string) *watcher {
 	w := &watcher{wake: make(chan struct{}, 1), out: make(chan jetstream.KeyValueEntry), key: key}
 	b.mu.Lock()
-	b.watchers[w] = true
+	b.watchers = append(b.watchers, w)
 	b.mu.Unlock()
 	go func() {
 		defer func() {
 			b.mu.Lock()
-			delete(b.watchers, w)
+			b.watchers = slices.DeleteFunc(b.watchers, func(o *watcher) bool { return o == w })
 			b.mu.Unlock()
 			close(w.out)
 		}()
@@ -202,7 +202,7 @@ func (k leaseKV) Get(_ context.Context, key string) (jetstream.KeyValueEntry, er
 	case !ok:
 		return nil, jetstream.ErrKeyNotFound
 	case r.op != jetstream.KeyValuePut:
-		return nil, jetstream.ErrKeyDeleted
+		return r, jetstream.ErrKeyDeleted // the marker, as leader.LeaseBucket returns it
 	}
 	return r, nil
 }

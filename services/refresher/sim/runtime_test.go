@@ -290,7 +290,18 @@ func (w *world) reportAfterFaults() {
 			break
 		}
 	}
-	reported, tok, err := w.report(s, c.name, m)
+	// A client retries a report that found no leader serving yet (its term
+	// record held up): answered within 10 s.
+	var (
+		reported string
+		tok      wire.Token
+		err      error
+	)
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if reported, tok, err = w.report(s, c.name, m); err == nil || !time.Now().Before(end) {
+			break
+		}
+	}
 	switch {
 	case err != nil:
 		w.violate(invReportAnswered, "%s's report of %s %q: %v", s.name, c.name, reported, err)

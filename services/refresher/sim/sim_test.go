@@ -278,6 +278,7 @@ type replica struct {
 	w        *world
 	name     string
 	l        *leader.Leader
+	sched    *refresh.Scheduler // every manager's turns, as cmd/refresher runs them
 	mgrs     map[string]*refresh.Manager
 	cut      bool // under w.mu: cut off from the majority (reads, no commits)
 	stopping bool // under w.mu: a graceful stop is under way
@@ -312,6 +313,19 @@ func (w *world) startReplica(slot int) *replica {
 		panic(err)
 	}
 	r.l = l
+	gate := l.Gate()
+	r.sched = refresh.NewScheduler(refresh.SchedulerConfig{
+		Publisher: l, Backoff: refresher.Backoff{Initial: 200 * time.Millisecond, Max: 2 * time.Second},
+		Gate: func(ctx context.Context, cred string) (refresh.Call, error) {
+			call, err := gate.Enter(ctx, cred)
+			if err != nil {
+				return nil, err
+			}
+			return call, nil
+		},
+		Discarded: func(reason string) { w.discard(r, reason) },
+		Workers:   4,
+	})
 	for _, c := range creds {
 		r.mgrs[c.name] = w.manager(r, c)
 		l.Set(c.name, r.mgrs[c.name])
@@ -370,20 +384,10 @@ func (w *world) manager(r *replica, c *credential) *refresh.Manager {
 
 // newManager builds a refresh manager of c on r with an empty slot.
 func (w *world) newManager(r *replica, c *credential, staleBefore time.Time) *refresh.Manager {
-	gate := r.l.Gate()
-	return refresh.NewManager(refresh.Config{
+	return r.sched.NewManager(refresh.ProviderConfig{
 		StaleBefore: staleBefore,
-		Name:        c.name, Kind: "daraja", Provider: caller{c: c, r: r}, Publisher: r.l, RefreshBefore: refreshBefore,
-		Backoff: refresher.Backoff{Initial: 200 * time.Millisecond, Max: 2 * time.Second},
-		Gate: func(ctx context.Context) (refresh.Call, error) {
-			call, err := gate.Enter(ctx, c.name)
-			if err != nil {
-				return nil, err
-			}
-			return call, nil
-		},
-		Discarded: func(reason string) { w.discard(r, reason) },
-		Rand:      rand.New(rand.NewPCG(w.seed, w.rng.Uint64())),
+		Name:        c.name, Kind: "daraja", Provider: caller{c: c, r: r}, Credential: c.name, RefreshBefore: refreshBefore,
+		Rand: rand.New(rand.NewPCG(w.seed, w.rng.Uint64())),
 	})
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
+	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 	"github.com/tokenbus/tokenbus/services/refresher/seal"
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
@@ -73,6 +74,9 @@ type Main struct {
 	Metrics  *metrics.Metrics
 	instance string
 	leader   *leader.Leader
+	// sched runs the turns of every refresh manager (one heap, a few
+	// workers; no goroutine per provider).
+	sched *refresh.Scheduler
 	// events publishes provider events (token.events.<provider>).
 	events *events.Publisher
 	// ready answers /readyz: start-up's progress, then a live check.
@@ -249,6 +253,21 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	gate := m.leader.Gate()
+	m.sched = refresh.NewScheduler(refresh.SchedulerConfig{
+		Publisher: m.leader, Backoff: m.opts.Backoff, Logger: m.logger, Recorder: m.obs, Observer: m.events,
+		Discarded: func(reason string) { m.Metrics.TokenDiscarded(reason) },
+		Gate: func(ctx context.Context, cred string) (refresh.Call, error) {
+			c, err := gate.Enter(ctx, cred)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		},
+		// The gate bounds the calls (fetch_concurrency); as many workers
+		// again publish meanwhile.
+		Workers: 2 * max(cfg.FetchConcurrency, 1),
+	})
 
 	m.set = newProviderSet()
 	m.lookup = m.newLookup()

@@ -615,11 +615,11 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 	if err != nil {
 		return nil, err
 	}
-	cred := p.Credential()
+	sv := &served{name: p.Name, kind: p.Kind, source: source, cred: p.Credential()}
+	cred := sv.cred // one copy of the string for both
 	if cred == "" {
 		cred = "name:" + p.Name
 	}
-	sv := &served{name: p.Name, kind: p.Kind, source: source, cred: p.Credential()}
 	discarded := func(reason string) { m.Metrics.TokenDiscarded(reason) }
 	gate := m.leader.Gate()
 	if singleUse(p) {
@@ -636,17 +636,9 @@ func (m *Main) build(ctx context.Context, p config.Provider, source string, tran
 		sv.src, sv.st, sv.loop = pl, pl, filler
 		return sv, nil
 	}
-	mgr := refresh.NewManager(refresh.Config{
-		Name: p.Name, Kind: p.Kind, Provider: prov, Publisher: m.leader,
-		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), Backoff: m.opts.Backoff, Logger: m.logger,
-		Recorder: m.obs, StaleBefore: staleBefore, Discarded: discarded, Observer: m.events,
-		Gate: func(ctx context.Context) (refresh.Call, error) {
-			c, err := gate.Enter(ctx, cred)
-			if err != nil {
-				return nil, err
-			}
-			return c, nil
-		},
+	mgr := m.sched.NewManager(refresh.ProviderConfig{
+		Name: p.Name, Kind: p.Kind, Provider: prov, Credential: cred,
+		RefreshBefore: p.RefreshBefore.D(), RefreshCooldown: p.RefreshCooldown.D(), StaleBefore: staleBefore,
 	})
 	sv.mgr, sv.st, sv.loop = mgr, mgr, mgr
 	sv.src = bucketSource{freshSource: freshSource{Source: leader.Source{Leader: m.leader, Name: p.Name, Local: mgr}, mgr: mgr}, lookup: m.lookup}
