@@ -271,16 +271,11 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	}
 
 	// The simulator, in this process, on loopback.
-	sim := simulator.New(simulator.Config{})
-	sim.SetFaults(simulator.Daraja, simulator.Faults{Latency: o.latency})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	sim, simURL, stopSim, err := startSimulator(o.latency)
 	if err != nil {
 		return nil, err
 	}
-	simSrv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = simSrv.Serve(ln) }()
-	defer simSrv.Close()
-	simURL := "http://" + ln.Addr().String()
+	defer stopSim()
 
 	natsPort, err := freePort()
 	if err != nil {
@@ -787,4 +782,19 @@ func procMem(pid int) (rss, hwm float64) {
 		}
 	}
 	return rss, hwm
+}
+
+// startSimulator serves a simulator whose Daraja token requests take
+// latency, in this process on loopback, and returns it, its URL and what
+// stops it.
+func startSimulator(latency time.Duration) (*simulator.Server, string, func(), error) {
+	sim := simulator.New(simulator.Config{})
+	sim.SetFaults(simulator.Daraja, simulator.Faults{Latency: latency})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	srv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return sim, "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -155,16 +154,11 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 		return nil, err
 	}
 
-	sim := simulator.New(simulator.Config{})
-	sim.SetFaults(simulator.Daraja, simulator.Faults{Latency: o.latency})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	sim, simURL, stopSim, err := startSimulator(o.latency)
 	if err != nil {
 		return nil, err
 	}
-	simSrv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = simSrv.Serve(ln) }()
-	defer simSrv.Close()
-	simURL := "http://" + ln.Addr().String()
+	defer stopSim()
 
 	// The NATS server: its own process, JetStream on, loopback only.
 	natsPort, err := freePort()
