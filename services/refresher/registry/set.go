@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
-	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/leader"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
@@ -33,7 +32,7 @@ type Statuser interface {
 // Served is one provider this replica serves: from the config file or a
 // runtime one from the credential bucket. Its fields are set before Set.Add
 // and not changed after, except Revision and Stale, which Set.Sealed
-// changes under the set's lock (read them with Set.Stored).
+// changes under the set's lock (read Revision with Set.StoredRevision).
 type Served struct {
 	Name, Kind string
 	// Source is wire.SourceConfig or wire.SourceRuntime.
@@ -48,11 +47,12 @@ type Served struct {
 	Reporter Statuser
 	// Loop is the loop the lease holder runs for it.
 	Loop leader.Loop
-	// Runtime providers: the entry as stored, its revision, and whether a
-	// secret is sealed with an older key.
-	Entry    config.Provider
-	Revision uint64
-	Stale    bool
+	// Runtime providers: the fingerprint of the entry as stored (the
+	// entry itself is read back from the credential bucket to re-seal it),
+	// its revision, and whether a secret is sealed with an older key.
+	Fingerprint Fingerprint
+	Revision    uint64
+	Stale       bool
 }
 
 // Set is every provider this replica serves. It changes while the
@@ -574,11 +574,11 @@ func (ps *Set) StaleRuntime() []*Served {
 	return out
 }
 
-// Stored returns the entry of the runtime provider sv as stored and its
-// revision, as Sealed last recorded them (the re-sealer seals that entry at
-// that revision).
-func (ps *Set) Stored(sv *Served) (config.Provider, uint64) {
+// StoredRevision returns the revision of the runtime provider sv's entry
+// as Sealed last recorded it (the re-sealer re-seals the entry only if it
+// is still at that revision).
+func (ps *Set) StoredRevision(sv *Served) uint64 {
 	ps.mu.RLock()
 	defer ps.mu.RUnlock()
-	return sv.Entry, sv.Revision
+	return sv.Revision
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 )
@@ -108,7 +109,7 @@ func TestRuntimeSingleUseRotationAndDelete(t *testing.T) {
 			switch {
 			case user == "" && sv == nil:
 				return nil
-			case user != "" && sv != nil && sv.Entry.Username == user:
+			case user != "" && sv != nil && sv.Credential == (config.Provider{Kind: config.KindMPay, BaseURL: srv.URL, Username: user}).Credential():
 				return nil
 			}
 			return fmt.Errorf("%s not applied yet", user)

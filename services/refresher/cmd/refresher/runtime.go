@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"reflect"
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -116,7 +115,7 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		m.logger.Error("runtime provider not served: another provider uses the same credential", slog.String("provider", ev.Name), slog.String("other", other))
 		return
 	}
-	if old != nil && reflect.DeepEqual(old.Entry, ev.Provider) {
+	if old != nil && old.Fingerprint == registry.FingerprintOf(ev.Provider) {
 		// The same provider: a re-seal, or a watch that started over.
 		m.set.Sealed(old, ev.Revision, ev.Stale)
 		m.kickReseal(ev.Stale)
@@ -133,7 +132,7 @@ func (m *Main) applyCredential(ctx context.Context, ev credentials.Event, transp
 		m.logger.Error("runtime provider not served", slog.String("provider", ev.Name), slog.String("error", err.Error()))
 		return
 	}
-	sv.Entry, sv.Revision, sv.Stale = ev.Provider, ev.Revision, ev.Stale
+	sv.Fingerprint, sv.Revision, sv.Stale = registry.FingerprintOf(ev.Provider), ev.Revision, ev.Stale
 	if pl, ok := sv.Endpoint.(*pool.Pool); ok {
 		// Before it is served: from now on no replaced credentials' token
 		// is handed out by any of this provider's pools here.
@@ -218,8 +217,14 @@ func (m *Main) reseal(ctx context.Context) {
 			if ctx.Err() != nil || !m.leader.Valid() {
 				break
 			}
-			p, rev := m.set.Stored(sv)
-			if err := m.creds.Reseal(ctx, p, rev); err != nil {
+			// The entry as stored now, re-sealed only if still at the
+			// revision seen stale (compare-and-swap: a newer one fails).
+			rev := m.set.StoredRevision(sv)
+			p, _, err := m.creds.Get(ctx, sv.Name)
+			if err == nil {
+				err = m.creds.Reseal(ctx, p, rev)
+			}
+			if err != nil {
 				m.logger.Debug("re-seal skipped", slog.String("provider", sv.Name), slog.String("error", err.Error()))
 				continue
 			}
