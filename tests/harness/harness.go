@@ -307,7 +307,8 @@ func (h *Harness) Current() wire.Token {
 
 // ForceRefresh makes the refresher fetch a new token, the way a caller
 // reporting a rejected token would (token.refresh over its own connection),
-// and returns the new token. It fails the test if that does not work.
+// and returns the new token once it is published. It fails the test if
+// that does not work.
 func (h *Harness) ForceRefresh() wire.Token {
 	h.tb.Helper()
 	tok, err := h.TryForceRefresh()
@@ -347,7 +348,19 @@ func (h *Harness) TryForceRefresh() (wire.Token, error) {
 	if tok.AccessToken == e.Token.AccessToken {
 		return wire.Token{}, errors.New("token.refresh answered the old token")
 	}
-	return tok, nil
+	// token.refresh answers as soon as the new token is served, which is
+	// before its publish: wait for the publish, so that a caller stopping
+	// the refresher next does not stop it first.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if cur, err := r.Manager.Current(); err == nil && cur.Token.AccessToken == tok.AccessToken && cur.Revision > e.Revision {
+			return tok, nil
+		}
+		if time.Now().After(deadline) {
+			return wire.Token{}, errors.New("token.refresh's token was not published within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Refresher returns the running refresher, or nil.

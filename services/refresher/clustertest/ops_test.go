@@ -62,7 +62,7 @@ credentials:
     - id: k1
       key: ${TEST_SEALING_KEY}
 providers:
-  - {name: daraja-config, kind: daraja, base_url: %q, consumer_key: app-config, consumer_secret: secret-config, refresh_before: 3s}
+  - {name: daraja-config, kind: daraja, base_url: %q, consumer_key: app-config, consumer_secret: secret-config, refresh_before: 5s}
 `, urls, leaseTTL, simURL)
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
@@ -84,7 +84,10 @@ providers:
 // key is its name (the simulator's many-credentials rule accepts it).
 func putMerchant(t *testing.T, nc *nats.Conn, name, simURL string) {
 	t.Helper()
-	put := fmt.Sprintf(`{"name":%q,"kind":"daraja","base_url":%q,"consumer_key":%q,"consumer_secret":%q}`,
+	// refresh_before 5 s: more than a handover from the previous release
+	// takes (it deleted the lease on a clean stop, which a standby waits
+	// out for a ttl, 2 s) plus the token's 1 s expiry margin.
+	put := fmt.Sprintf(`{"name":%q,"kind":"daraja","base_url":%q,"consumer_key":%q,"consumer_secret":%q,"refresh_before":"5s"}`,
 		name, simURL, name, simulator.DerivedSecret(name))
 	testutil.CheckFor(t, 20*time.Second, 200*time.Millisecond, func() error {
 		msg, err := nc.Request(wire.ProvidersPutSubject, []byte(put), 5*time.Second)

@@ -364,10 +364,13 @@ func (l *Lease) campaign(ctx context.Context) bool {
 					return true
 				}
 				seenRev, seenAt = entry.Revision(), l.clock.Now()
-			case rec.Holder == l.cfg.Holder && l.Resuming(term):
-				// Our own lease lapsed while JetStream could not commit,
-				// and nobody has written it since: take it back at once
-				// (compare-and-swap on the revision we still hold).
+			case derr == nil && rec.Holder == l.cfg.Holder:
+				// The record names this replica (its holder name is its
+				// process's own): its own lease lapsed while JetStream could
+				// not commit, or its takeover committed but the reply was
+				// lost. Nobody has written it since: take it back at once
+				// (compare-and-swap on the revision read), rather than wait
+				// a ttl as for another replica's record.
 				if l.tryTakeOver(ctx, entry.Revision()) {
 					return true
 				}

@@ -35,9 +35,16 @@ func (m *Manager) Recreated() {
 	e := m.slot.Load()
 	switch {
 	case e == nil:
-	case e.Revision != 0 && e.Revision == m.published.Load():
+	case m.ownCopy():
 		m.Repair()
 	default:
 		m.Replace(e.Token.AccessToken)
 	}
+}
+
+// ownCopy reports whether the copy is this manager's own last publish (a
+// token the leader need not check: this manager wrote it).
+func (m *Manager) ownCopy() bool {
+	e := m.slot.Load()
+	return e != nil && e.Revision != 0 && e.Revision == m.published.Load()
 }

@@ -263,6 +263,9 @@ func (s *Scheduler) kick(m *Manager, k kick) {
 // retrying on its own schedule), m's turn is due now. It reports whether
 // it took it.
 func (s *Scheduler) applyKickLocked(m *Manager, k kick, now int64) bool {
+	if k.replace && m.ownCopy() {
+		return false // the leader asks about a token this manager published itself
+	}
 	if !m.stale(k.bad) || m.failing() {
 		return false // already replaced, or retrying on its own schedule
 	}
