@@ -18,7 +18,7 @@ import (
 )
 
 // Failing-first tests of issue 17's close-read items 6, 10 and 12 (item 7
-// is in cmd/refresher's runtime_late_test.go).
+// is in registry's runtime_late_test.go).
 
 // runLeader runs l until the test ends and waits until it leads.
 func runLeader(t *testing.T, l *leader.Leader) (stop func()) {

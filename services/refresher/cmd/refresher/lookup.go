@@ -47,13 +47,13 @@ func (m *Main) newLookup() *natsx.Lookup {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if m.leader.Accept(ctx, tok, rev) {
-			m.set.token(tok, rev)
+			m.set.Token(tok, rev)
 		}
-		sv := m.set.get(tok.Provider)
-		if sv == nil || sv.mgr == nil {
+		sv := m.set.Get(tok.Provider)
+		if sv == nil || sv.Manager == nil {
 			return false
 		}
-		_, err := sv.mgr.Current()
+		_, err := sv.Manager.Current()
 		return err == nil
 	}})
 }

@@ -160,7 +160,7 @@ func TestStandbyWithALaggingWatchReadsTheBucket(t *testing.T) {
 	if err := st.KV().Delete(ctx, "daraja-test"); err != nil {
 		t.Fatal(err)
 	}
-	m.set.get("daraja-test").mgr.Slot().Store(&refresh.Entry{Token: wire.Token{Provider: "daraja-test", AccessToken: "expired", IssuedAt: now.Add(-time.Hour), ExpiresAt: now.Add(-time.Minute)}, Revision: 1 << 40})
+	m.set.Get("daraja-test").Manager.Slot().Store(&refresh.Entry{Token: wire.Token{Provider: "daraja-test", AccessToken: "expired", IssuedAt: now.Add(-time.Hour), ExpiresAt: now.Add(-time.Minute)}, Revision: 1 << 40})
 	if _, e := getToken(t, nc, "daraja-test"); !strings.HasPrefix(e, "503 ") {
 		t.Fatalf("token.get with the key deleted: %q, want 503", e)
 	}
@@ -187,7 +187,7 @@ func TestStandbyWithALaggingWatchReadsTheBucket(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
-		if e := m.set.get("daraja-test").mgr.Slot().Load(); e == nil || e.Revision != rev2 {
+		if e := m.set.Get("daraja-test").Manager.Slot().Load(); e == nil || e.Revision != rev2 {
 			return errors.New("the watch has not delivered the next token")
 		}
 		return nil

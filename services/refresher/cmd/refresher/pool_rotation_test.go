@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/config"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 )
@@ -104,11 +105,11 @@ func TestRuntimeSingleUseRotationAndDelete(t *testing.T) {
 	applied := func(user string) time.Time {
 		t.Helper()
 		testutil.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-			sv := m.set.get(name)
+			sv := m.set.Get(name)
 			switch {
 			case user == "" && sv == nil:
 				return nil
-			case user != "" && sv != nil && sv.prov.Username == user:
+			case user != "" && sv != nil && sv.Credential == (config.Provider{Kind: config.KindMPay, BaseURL: srv.URL, Username: user}).Credential():
 				return nil
 			}
 			return fmt.Errorf("%s not applied yet", user)
@@ -132,7 +133,7 @@ func TestRuntimeSingleUseRotationAndDelete(t *testing.T) {
 	}
 	// The pool is full of the old credentials' tokens.
 	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		if n, err := m.set.get(name).src.(*pool.Pool).Ready(context.Background()); err != nil || n < 5 {
+		if n, err := m.set.Get(name).Endpoint.(*pool.Pool).Ready(context.Background()); err != nil || n < 5 {
 			return fmt.Errorf("ready %d %v", n, err)
 		}
 		return nil

@@ -30,6 +30,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/pool"
 	"github.com/tokenbus/tokenbus/services/refresher/provider/httpx"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+	"github.com/tokenbus/tokenbus/services/refresher/registry"
 	"github.com/tokenbus/tokenbus/services/refresher/rpc"
 	"github.com/tokenbus/tokenbus/services/refresher/seal"
 	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
@@ -94,7 +95,7 @@ type Main struct {
 	// set is every provider served, config-file and runtime; the leader
 	// runs the loops that call them while this replica leads, every call
 	// through its gate.
-	set *providerSet
+	set *registry.Set
 	// lookup reads the bucket for a provider this replica's copy has no
 	// valid token of (bucketSource).
 	lookup *natsx.Lookup
@@ -269,13 +270,13 @@ func (m *Main) Run(ctx context.Context) error {
 		Workers: 2 * max(cfg.FetchConcurrency, 1),
 	})
 
-	m.set = newProviderSet()
+	m.set = registry.New()
 	m.lookup = m.newLookup()
 	if err := m.forgetMissesOnUpdates(); err != nil {
 		return err
 	}
-	m.Metrics.SetKnown(m.set.known)
-	m.Metrics.RegisterSummary(m.set.summary)
+	m.Metrics.SetKnown(m.set.Known)
+	m.Metrics.RegisterSummary(m.set.Summary)
 	for _, p := range cfg.Providers {
 		if err := m.serveConfig(ctx, p, transport); err != nil {
 			return err
@@ -286,7 +287,7 @@ func (m *Main) Run(ctx context.Context) error {
 		if m.creds, err = m.openCredentials(ctx); err != nil {
 			return err
 		}
-		reg = registry{m: m}
+		reg = registry.NewRegistry(m.set, m.creds)
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -319,7 +320,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.wg.Go(func() {
 		m.store.Watch(runCtx, m.nc, func(tok wire.Token, rev uint64) {
 			if m.leader.Accept(runCtx, tok, rev) {
-				m.set.token(tok, rev)
+				m.set.Token(tok, rev)
 			}
 		}, hooks)
 	})
@@ -328,7 +329,7 @@ func (m *Main) Run(ctx context.Context) error {
 	case <-time.After(copyWait):
 		m.logger.Warn("the token bucket was not read within " + copyWait.String() + "; answering from a partial copy (token.get reads the bucket for the rest)")
 	}
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
+	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.Lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
 	// Only the lease holder runs the loops that call providers (refresh
@@ -350,14 +351,9 @@ const copyWait = 5 * time.Second
 // name), as wire.Status.Page would cut it.
 func (m *Main) Status(q wire.StatusRequest) wire.Status {
 	ls := m.leader.State()
-	sum, page, next := m.set.status(q, true)
+	sum, page, next := m.set.Status(q, true)
 	return wire.Status{Instance: m.instance, Version: Version, Leader: ls.Leader, LeaderInstance: ls.Holder, Term: ls.Term,
 		SealFormat: credentials.Format, Summary: &sum, Providers: page, Next: next}
-}
-
-// statuser reports one provider for token.status.
-type statuser interface {
-	Status() wire.ProviderStatus
 }
 
 // openCredentials opens the credential bucket with the configured keys.

@@ -352,7 +352,7 @@ func TestRuntimeProvidersSurviveFailover(t *testing.T) {
 	})
 	// b serves it from its own copy.
 	testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
-		if sv := b.set.get("m-0001"); sv == nil || sv.mgr == nil || sv.mgr.Slot().Load() == nil {
+		if sv := b.set.Get("m-0001"); sv == nil || sv.Manager == nil || sv.Manager.Slot().Load() == nil {
 			return errors.New("b has no copy yet")
 		}
 		return nil

@@ -156,7 +156,7 @@ func TestStandbyMinValidity(t *testing.T) {
 	})
 	b := startReplica(t, ns.ClientURL(), srv.URL, "replica-b")
 	defer b.Close()
-	src, ok := b.set.lookup("daraja-test")
+	src, ok := b.set.Lookup("daraja-test")
 	fresher, isFresher := src.(rpc.Fresher)
 	if !ok || !isFresher {
 		t.Fatalf("the standby's source %T answers no min_validity", src)
@@ -165,7 +165,7 @@ func TestStandbyMinValidity(t *testing.T) {
 		if b.leader.Valid() {
 			return errors.New("replica-b leads")
 		}
-		_, err := b.set.get("daraja-test").mgr.Current()
+		_, err := b.set.Get("daraja-test").Manager.Current()
 		return err
 	})
 	ctx := context.Background()

@@ -1,4 +1,4 @@
-package main
+package registry
 
 import (
 	"context"
@@ -10,14 +10,16 @@ import (
 	"time"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
+	"github.com/tokenbus/tokenbus/services/refresher/metrics"
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
+	"github.com/tokenbus/tokenbus/services/refresher/telemetry"
 )
 
 // benchSet returns a provider set of n runtime providers holding valid
 // tokens, every 50th of them with a failed refresh (state failing).
-func benchSet(tb testing.TB, n int) *providerSet {
+func benchSet(tb testing.TB, n int) *Set {
 	tb.Helper()
-	ps := newProviderSet()
+	ps := New()
 	now := time.Now()
 	for i := range n {
 		name := fmt.Sprintf("m-%06d", i)
@@ -30,7 +32,7 @@ func benchSet(tb testing.TB, n int) *providerSet {
 		if i%50 == 0 {
 			mgr.Slot().Fail(errors.New("daraja: HTTP 503"), now)
 		}
-		ps.add(&served{name: name, kind: "daraja", source: wire.SourceRuntime, mgr: mgr, st: mgr})
+		ps.Add(&Served{Name: name, Kind: "daraja", Source: wire.SourceRuntime, Manager: mgr, Reporter: mgr})
 	}
 	return ps
 }
@@ -45,7 +47,7 @@ func BenchmarkStatus100k(b *testing.B) {
 	b.Run("limit1", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			sum, page, _ := ps.status(wire.StatusRequest{Limit: 1}, true)
+			sum, page, _ := ps.Status(wire.StatusRequest{Limit: 1}, true)
 			if sum.Total != 100_000 || len(page) != 1 {
 				b.Fatal(sum)
 			}
@@ -58,7 +60,7 @@ func BenchmarkStatus100k(b *testing.B) {
 		defer func() { ps.sumCacheMin = summaryCacheMin }()
 		b.ReportAllocs()
 		for b.Loop() {
-			sum, page, _ := ps.status(wire.StatusRequest{Limit: 1}, true)
+			sum, page, _ := ps.Status(wire.StatusRequest{Limit: 1}, true)
 			if sum.Total != 100_000 || len(page) != 1 {
 				b.Fatal(sum)
 			}
@@ -67,20 +69,25 @@ func BenchmarkStatus100k(b *testing.B) {
 	b.Run("failing-page100", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			_, page, _ := ps.status(wire.StatusRequest{State: wire.StateFailing, Limit: 100}, true)
+			_, page, _ := ps.Status(wire.StatusRequest{State: wire.StateFailing, Limit: 100}, true)
 			if len(page) != 100 {
 				b.Fatal(len(page))
 			}
 		}
 	})
 	b.Run("metrics", func(b *testing.B) {
-		obs, err := newObservability(nil, "bench")
+		prom, err := telemetry.NewPrometheus("tokenbus-refresher", "bench", "bench")
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer func() { _ = obs.close(context.Background()) }()
-		obs.metrics.RegisterSummary(ps.summary)
-		h := obs.prom.Handler()
+		defer func() { _ = prom.Shutdown(context.Background()) }()
+		met, err := metrics.New(prom.MeterProvider(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer func() { _ = met.Close() }()
+		met.RegisterSummary(ps.Summary)
+		h := prom.Handler()
 		b.ReportAllocs()
 		for b.Loop() {
 			w := httptest.NewRecorder()

@@ -1,4 +1,4 @@
-package main
+package registry
 
 import (
 	"encoding/json"
@@ -12,7 +12,7 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/refresh"
 )
 
-// fixedStatus is a statuser without Brief (a single-use pool's kind).
+// fixedStatus is a Statuser without Brief (a single-use pool's kind).
 type fixedStatus wire.ProviderStatus
 
 func (f fixedStatus) Status() wire.ProviderStatus { return wire.ProviderStatus(f) }
@@ -25,7 +25,7 @@ func (f fixedStatus) Status() wire.ProviderStatus { return wire.ProviderStatus(f
 func TestStatusPagesAsPageDoes(t *testing.T) {
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return at }
-	ps := newProviderSet()
+	ps := New()
 	var config, runtime []string
 	add := func(name, source string, i int) {
 		mgr := refresh.NewManager(refresh.Config{Name: name, Kind: "daraja", Now: clock})
@@ -36,7 +36,7 @@ func TestStatusPagesAsPageDoes(t *testing.T) {
 			}
 			mgr.Slot().Store(e)
 		}
-		var st statuser = mgr
+		var st Statuser = mgr
 		switch i % 5 {
 		case 0: // ok
 			tok(at.Add(-time.Minute))
@@ -50,7 +50,7 @@ func TestStatusPagesAsPageDoes(t *testing.T) {
 			n := i % 3
 			st = fixedStatus{Name: name, Kind: "mpay", State: []string{wire.StateNoToken, wire.StateOK, wire.StateFailing}[n], Pool: &n}
 		}
-		ps.add(&served{name: name, kind: "daraja", source: source, mgr: mgr, st: st})
+		ps.Add(&Served{Name: name, Kind: "daraja", Source: source, Manager: mgr, Reporter: st})
 		if source == wire.SourceConfig {
 			config = append(config, name)
 		} else {
@@ -68,13 +68,13 @@ func TestStatusPagesAsPageDoes(t *testing.T) {
 	slices.Sort(runtime)
 	var all []wire.ProviderStatus
 	for _, n := range append(slices.Clone(config), runtime...) {
-		all = append(all, ps.get(n).st.Status())
+		all = append(all, ps.Get(n).Reporter.Status())
 	}
 	ref := wire.Status{Instance: "i", Providers: all}
 
 	check := func(q wire.StatusRequest) wire.Status {
 		t.Helper()
-		sum, page, next := ps.status(q, true)
+		sum, page, next := ps.Status(q, true)
 		got, _ := json.Marshal(wire.Status{Instance: "i", Summary: &sum, Providers: page, Next: next})
 		want, _ := json.Marshal(ref.Page(q))
 		if string(got) != string(want) {
@@ -100,7 +100,7 @@ func TestStatusPagesAsPageDoes(t *testing.T) {
 	for _, reuse := range []bool{false, true} {
 		ps.sumCacheMin = time.Hour
 		if reuse {
-			sum, _, _ := ps.status(wire.StatusRequest{}, true)
+			sum, _, _ := ps.Status(wire.StatusRequest{}, true)
 			ps.sumCacheMin = 0
 			ps.storeSummary(sum, time.Now(), time.Hour)
 		}
@@ -122,8 +122,8 @@ func TestStatusPagesAsPageDoes(t *testing.T) {
 		}
 	}
 	// The metrics count what the summary counts.
-	sum, _, _ := ps.status(wire.StatusRequest{}, true)
-	if got := ps.summary(); got.Total != len(all) || fmt.Sprint(got) != fmt.Sprint(sum) {
+	sum, _, _ := ps.Status(wire.StatusRequest{}, true)
+	if got := ps.Summary(); got.Total != len(all) || fmt.Sprint(got) != fmt.Sprint(sum) {
 		t.Fatalf("summary %+v, status %+v", got, sum)
 	}
 }
@@ -132,7 +132,7 @@ func TestStatusPagesAsPageDoes(t *testing.T) {
 // as long as it took, and only when it took at least summaryCacheMin (a
 // small set is counted afresh on every request).
 func TestStatusSummaryReuse(t *testing.T) {
-	ps := newProviderSet()
+	ps := New()
 	sum := wire.StatusSummary{Total: 7, States: map[string]int{wire.StateOK: 7}}
 	for _, c := range []struct {
 		age, took time.Duration
@@ -149,12 +149,12 @@ func TestStatusSummaryReuse(t *testing.T) {
 		}
 	}
 	// A count of a small set is not reused: a change shows at once.
-	ps.add(&served{name: "a", source: wire.SourceRuntime, st: fixedStatus{Name: "a", State: wire.StateOK}})
-	if sum := ps.summary(); sum.Total != 1 {
+	ps.Add(&Served{Name: "a", Source: wire.SourceRuntime, Reporter: fixedStatus{Name: "a", State: wire.StateOK}})
+	if sum := ps.Summary(); sum.Total != 1 {
 		t.Fatalf("summary %+v", sum)
 	}
-	ps.add(&served{name: "b", source: wire.SourceRuntime, st: fixedStatus{Name: "b", State: wire.StateNoToken}})
-	if sum := ps.summary(); sum.Total != 2 || sum.States[wire.StateNoToken] != 1 {
+	ps.Add(&Served{Name: "b", Source: wire.SourceRuntime, Reporter: fixedStatus{Name: "b", State: wire.StateNoToken}})
+	if sum := ps.Summary(); sum.Total != 2 || sum.States[wire.StateNoToken] != 1 {
 		t.Fatalf("summary %+v", sum)
 	}
 }
