@@ -199,7 +199,11 @@ var (
 func (r *Response) DecodeJSON(v any) error {
 	if r.ContentType != "" && r.ContentType != "application/json" && !strings.HasSuffix(r.ContentType, "+json") {
 		if !json.Valid(bytes.TrimSpace(r.Body)) {
-			return r.Malformed(fmt.Sprintf("expected JSON, got %s", r.ContentType))
+			ct := r.ContentType
+			if len(ct) > 64 { // the header is the provider's: quoted in part, never in full
+				ct = ct[:64] + "…"
+			}
+			return r.Malformed(fmt.Sprintf("expected JSON, got %s", ct))
 		}
 	}
 	if err := json.Unmarshal(r.Body, v); err != nil {
