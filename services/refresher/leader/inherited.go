@@ -2,7 +2,6 @@ package leader
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -27,15 +26,13 @@ const inheritedWait = 10 * time.Second
 // jsInherited is Inherited on the tokens bucket's JetStream stream.
 type jsInherited struct {
 	js     jetstream.JetStream
-	nc     *nats.Conn
 	bucket string
 }
 
 // LastPerKey reads the headers of the last message of every key with one
-// ordered push consumer (deliver last per subject, headers only), as the
-// bucket's own watchers read it — so it needs no permission beyond theirs
-// (a pull consumer's $JS.API.CONSUMER.MSG.NEXT is not in the shipped
-// refresher role) — up to the stream's last message when the pass began.
+// ordered consumer (deliver last per subject, headers only: the server
+// sends them in batches), up to the stream's last message when the pass
+// began.
 func (j jsInherited) LastPerKey(ctx context.Context, fn func(key string, h nats.Header, seq uint64)) error {
 	name := "KV_" + j.bucket
 	stream, err := j.js.Stream(ctx, name)
@@ -46,23 +43,27 @@ func (j jsInherited) LastPerKey(ctx context.Context, fn func(key string, h nats.
 	if last == 0 {
 		return nil
 	}
-	if j.nc == nil {
-		return errors.New("leader: no NATS connection to read the tokens stream with")
-	}
-	js, err := j.nc.JetStream()
-	if err != nil {
-		return fmt.Errorf("leader: read the tokens stream: %w", err)
-	}
 	prefix := "$KV." + j.bucket + "."
-	sub, err := js.SubscribeSync(prefix+">", nats.BindStream(name), nats.OrderedConsumer(),
-		nats.DeliverLastPerSubject(), nats.HeadersOnly(), nats.Context(ctx))
+	cons, err := j.js.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{prefix + ">"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+		HeadersOnly: true, InactiveThreshold: time.Minute,
+	})
 	if err != nil {
 		return fmt.Errorf("leader: read the tokens stream: %w", err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("leader: read the tokens stream: %w", err)
+	}
+	defer func() {
+		it.Stop()
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = j.js.DeleteConsumer(dctx, name, cons.CachedInfo().Name)
+	}()
 	for {
 		nctx, cancel := context.WithTimeout(ctx, inheritedWait)
-		msg, err := sub.NextMsgWithContext(nctx)
+		msg, err := it.Next(jetstream.NextContext(nctx))
 		cancel()
 		if err != nil {
 			return fmt.Errorf("leader: read the tokens stream: %w", err)
@@ -72,8 +73,8 @@ func (j jsInherited) LastPerKey(ctx context.Context, fn func(key string, h nats.
 			return fmt.Errorf("leader: read the tokens stream: %w", err)
 		}
 		seq := meta.Sequence.Stream
-		if len(msg.Subject) > len(prefix) {
-			fn(msg.Subject[len(prefix):], msg.Header, seq)
+		if len(msg.Subject()) > len(prefix) {
+			fn(msg.Subject()[len(prefix):], msg.Headers(), seq)
 		}
 		if seq >= last || meta.NumPending == 0 {
 			return nil

@@ -210,7 +210,7 @@ func New(cfg Config) (*Leader, error) {
 		cfg.FetchConcurrency = 16
 	}
 	if cfg.Inherited == nil {
-		cfg.Inherited = jsInherited{js: cfg.JetStream, nc: cfg.Conn, bucket: cfg.Tokens.Bucket()}
+		cfg.Inherited = jsInherited{js: cfg.JetStream, bucket: cfg.Tokens.Bucket()}
 	}
 	if cfg.Transport == nil {
 		cfg.Transport = noTransport{}
