@@ -196,14 +196,8 @@ type Pool struct {
 // Pool creates or updates the durable consumer of provider cfg.Name and
 // returns its pool.
 func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
-	if cfg.Size < 1 {
-		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
-	}
-	if cfg.Wait <= 0 {
-		cfg.Wait = DefaultWait
-	}
-	if cfg.ackWait <= 0 {
-		cfg.ackWait = AckWait
+	if err := cfg.complete(); err != nil {
+		return nil, err
 	}
 	ctx, cancel := withTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -229,18 +223,26 @@ func (s *Store) Pool(ctx context.Context, cfg Config) (*Pool, error) {
 	return p, nil
 }
 
+// complete checks c and fills in its defaults (Wait, the ack wait).
+func (c *Config) complete() error {
+	if c.Size < 1 {
+		return fmt.Errorf("pool: %s: size %d, want at least 1", c.Name, c.Size)
+	}
+	if c.Wait <= 0 {
+		c.Wait = DefaultWait
+	}
+	if c.ackWait <= 0 {
+		c.ackWait = AckWait
+	}
+	return nil
+}
+
 // New returns the pool of cfg.Name on q, signalling its filler through sig:
 // for tests that drive the pool against a simulated stream. Store.Pool is
 // the production constructor.
 func New(cfg Config, q Queue, sig Signals) (*Pool, error) {
-	if cfg.Size < 1 {
-		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
-	}
-	if cfg.Wait <= 0 {
-		cfg.Wait = DefaultWait
-	}
-	if cfg.ackWait <= 0 {
-		cfg.ackWait = AckWait
+	if err := cfg.complete(); err != nil {
+		return nil, err
 	}
 	return newPool(cfg, q, sig, new(atomic.Uint64)), nil
 }
@@ -263,14 +265,8 @@ func newPool(cfg Config, q Queue, sig Signals, floor *atomic.Uint64) *Pool {
 // p stops handing out tokens older than the generation its successor is
 // given (SetGeneration). Store.Pool does the same for pools it opens.
 func (p *Pool) Successor(cfg Config) (*Pool, error) {
-	if cfg.Size < 1 {
-		return nil, fmt.Errorf("pool: %s: size %d, want at least 1", cfg.Name, cfg.Size)
-	}
-	if cfg.Wait <= 0 {
-		cfg.Wait = DefaultWait
-	}
-	if cfg.ackWait <= 0 {
-		cfg.ackWait = AckWait
+	if err := cfg.complete(); err != nil {
+		return nil, err
 	}
 	n := newPool(cfg, p.q, p.sig, p.floor)
 	n.parallel = p.parallel
