@@ -35,7 +35,7 @@ type Provider struct {
 	url    string
 	id     string
 	secret refresher.Secret
-	client *http.Client
+	client httpx.Client
 	now    func() time.Time
 }
 

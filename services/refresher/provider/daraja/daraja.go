@@ -34,7 +34,7 @@ type Config struct {
 type Provider struct {
 	url    string
 	auth   string
-	client *http.Client
+	client httpx.Client
 	now    func() time.Time
 }
 

@@ -83,10 +83,11 @@ func TestSharedTransportBuildsNoInstruments(t *testing.T) {
 	if Instrument(shared) != shared {
 		t.Fatal("Instrument wrapped an instrumented transport again")
 	}
+	first := NewClient(time.Second, shared)
 	for i := range 3 {
-		c := NewClient(time.Second, shared)
-		if c.Transport != shared {
-			t.Fatalf("client %d has a transport of its own", i)
+		c := NewClient(time.Duration(i+1)*time.Second, shared)
+		if c.http != first.http || c.http.Transport != shared || c.http.Timeout != 0 {
+			t.Fatalf("client %d has an http.Client or transport of its own, or a Timeout", i)
 		}
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v2/auth", nil)
 		if _, err := Do(context.Background(), c, req); err != nil {

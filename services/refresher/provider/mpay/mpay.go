@@ -45,7 +45,7 @@ type Provider struct {
 	username string
 	password refresher.Secret
 	life     time.Duration
-	client   *http.Client
+	client   httpx.Client
 	now      func() time.Time
 }
 

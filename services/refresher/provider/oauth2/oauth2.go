@@ -79,7 +79,7 @@ func New(cfg Config) *Provider {
 	}
 	// The configured headers are set above the (shared) instrumented
 	// transport: one per provider, a few words each.
-	client := httpx.NewClient(cfg.Timeout, cfg.Transport)
+	client := httpx.NewHTTPClient(cfg.Timeout, cfg.Transport)
 	client.Transport = &headers{base: client.Transport, headers: cfg.Headers}
 	host := cfg.TokenURL
 	if u, err := url.Parse(cfg.TokenURL); err == nil {
