@@ -790,6 +790,18 @@ func (l *Leader) repairAll() {
 	}
 }
 
+// Holds reports whether this replica leads and name's loop is its own
+// alone: a Keeper, with no loop it replaced still leaving. Then a token in
+// the bucket that the loop's memory lacks is one Accept would refuse, so a
+// token.get this replica has no token for need not read the bucket
+// (TestLeaderDoesNotReadTheBucketOnAMiss).
+func (l *Leader) Holds(name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, keeper := l.loops[name].(Keeper)
+	return l.lctx != nil && keeper && l.leaving[name] == nil
+}
+
 // Accept is told about every token write the replica's watch sees and
 // reports whether the replica should take it as its copy. While this replica
 // leads, a write to a provider key it did not make is refused: logged,

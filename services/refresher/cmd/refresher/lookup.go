@@ -34,8 +34,12 @@ var (
 // Lookup reads the provider's key from the bucket into this replica's copy
 // (as the watch would have), then answers from the copy: the token found if
 // it is servable, else the copy's own error (503, with the last failure).
+// The lease holder of the provider reads nothing: it would take no token
+// from the bucket that its copy lacks (leader.Leader.Holds).
 func (b bucketSource) Lookup(ctx context.Context) ([]byte, uint64, error) {
-	_ = b.lookup.Find(ctx, b.Name)
+	if !b.Leader.Holds(b.Name) {
+		_ = b.lookup.Find(ctx, b.Name)
+	}
 	return b.freshSource.GetRevision(ctx)
 }
 

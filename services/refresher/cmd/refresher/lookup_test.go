@@ -251,3 +251,46 @@ func TestStandbyWithNoTokenAnywhereAnswers503Quickly(t *testing.T) {
 		t.Errorf("%d bucket reads for %d requests in %v, want 1..%d", got, n, elapsed, limit)
 	}
 }
+
+// TestLeaderDoesNotReadTheBucketOnAMiss: the lease holder answers a
+// token.get for a provider it holds no valid token of (here: bad
+// credentials) from memory alone. The bucket holds nothing it would serve —
+// while it leads it refuses every write it did not make (Leader.Accept), and
+// its own are in memory before they are published — and during a
+// 100,000-provider fill each such read waited behind the store's fsyncs
+// (issue 20: the 503s' p99 was 14–18 ms; docs/benchmarks.md). A standby
+// still reads (TestStandbyWithALaggingWatchReadsTheBucket).
+func TestLeaderDoesNotReadTheBucketOnAMiss(t *testing.T) {
+	sim := simulator.New(simulator.Config{DarajaSecret: "not-what-we-send"})
+	m, _ := startMain(t, sim, "")
+	nc := testutil.Connect(t, m.ns)
+	// Every read of the tokens bucket, direct or through the stream API.
+	var reads atomic.Int64
+	for _, subj := range []string{"$JS.API.DIRECT.GET.KV_tokens", "$JS.API.DIRECT.GET.KV_tokens.>", "$JS.API.STREAM.MSG.GET.KV_tokens"} {
+		if _, err := nc.Subscribe(subj, func(*nats.Msg) { reads.Add(1) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !m.leader.State().Leader {
+			return errors.New("not leading yet")
+		}
+		if _, e := getToken(t, nc, "daraja-test"); !strings.HasPrefix(e, "502 ") {
+			return fmt.Errorf("got %q", e)
+		}
+		return nil
+	})
+	reads.Store(0)
+	for range 3 {
+		time.Sleep(300 * time.Millisecond) // past a remembered miss (natsx.LookupConfig.Negative)
+		if _, e := getToken(t, nc, "daraja-test"); !strings.HasPrefix(e, "502 ") {
+			t.Fatalf("got %q, want 502", e)
+		}
+	}
+	if n := reads.Load(); n != 0 {
+		t.Fatalf("the leader read the bucket %d times for 3 token.get it had no token for", n)
+	}
+}
