@@ -64,6 +64,7 @@ type Main struct {
 	simSrv   *http.Server
 	ns       *server.Server
 	nc       *nats.Conn
+	svcNC    *nats.Conn // the request-reply service's own (rpc)
 	store    *natsx.Store
 	svc      *rpc.Service
 	httpSrv  *http.Server
@@ -329,7 +330,20 @@ func (m *Main) Run(ctx context.Context) error {
 	case <-time.After(copyWait):
 		m.logger.Warn("the token bucket was not read within " + copyWait.String() + "; answering from a partial copy (token.get reads the bucket for the rest)")
 	}
-	if m.svc, err = rpc.Start(m.nc, rpc.Config{Version: Version, Lookup: m.set.Lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
+	// The request-reply service has a connection of its own, so that a
+	// token.get does not queue behind the watches' deliveries and the
+	// publishes' acknowledgements on one connection (issue 20: token.get's
+	// p99 while 100,000 providers fill; docs/benchmarks.md).
+	svcCC := connectConfig(cfg.NATS, "tokenbus-refresher "+instance+" service", m.logger, m.ns)
+	if m.ns != nil {
+		m.svcNC, err = natsx.Connect(svcCC)
+	} else {
+		m.svcNC, err = m.connectNATS(ctx, svcCC)
+	}
+	if err != nil {
+		return err
+	}
+	if m.svc, err = rpc.Start(m.svcNC, rpc.Config{Version: Version, Lookup: m.set.Lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
 		return err
 	}
 	// Only the lease holder runs the loops that call providers (refresh
@@ -458,6 +472,7 @@ func (m *Main) Close() error {
 	if m.httpSrv != nil {
 		errs = append(errs, m.httpSrv.Shutdown(ctx))
 	}
+	natsx.Drain(m.svcNC, 5*time.Second)
 	natsx.Drain(m.nc, 5*time.Second)
 	if m.ns != nil {
 		m.ns.Shutdown()

@@ -101,7 +101,7 @@ func (r *readiness) monitor(ctx context.Context, interval time.Duration) {
 // readyCheck is the live readiness check: connected to NATS, the watch of
 // the bucket current (not stalled), and JetStream able to serve the bucket.
 func (m *Main) readyCheck(ctx context.Context) error {
-	if !m.nc.IsConnected() {
+	if !m.nc.IsConnected() || m.svcNC != nil && !m.svcNC.IsConnected() {
 		return errors.New("not connected to NATS")
 	}
 	if err := m.store.WatchStalled(); err != nil {
