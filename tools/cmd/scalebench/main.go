@@ -128,10 +128,15 @@ type Result struct {
 	FillGetP50MS     float64 `json:"fill_token_get_p50_ms,omitempty"`
 	FillGetP99MS     float64 `json:"fill_token_get_p99_ms,omitempty"`
 	FillGets         int     `json:"fill_token_gets,omitempty"`
-	CPUSecondsReady  float64 `json:"cpu_seconds_to_ready"`
-	IdleCPUPercent   float64 `json:"idle_cpu_percent_of_core"`
-	IdleSeconds      float64 `json:"idle_window_seconds"`
-	IdleRSSMiB       float64 `json:"idle_rss_mib"`
+	// The fill's answers apart: a token served, and an error (a 503 for
+	// a provider whose token is not fetched yet).
+	FillServedP99MS float64 `json:"fill_token_get_served_p99_ms,omitempty"`
+	FillServed      int     `json:"fill_token_get_served,omitempty"`
+	FillErrorP99MS  float64 `json:"fill_token_get_error_p99_ms,omitempty"`
+	CPUSecondsReady float64 `json:"cpu_seconds_to_ready"`
+	IdleCPUPercent  float64 `json:"idle_cpu_percent_of_core"`
+	IdleSeconds     float64 `json:"idle_window_seconds"`
+	IdleRSSMiB      float64 `json:"idle_rss_mib"`
 	// StatusEndpoints times token.status, tokenbus.providers.list,
 	// /status.json and /metrics, by those names.
 	StatusEndpoints map[string]*EndpointLatency `json:"status_endpoints"`
@@ -205,8 +210,9 @@ const warmUpName = "warm-up"
 // warmUp puts one provider and waits for its token: the refresher then
 // leads and calls providers.
 func warmUp(ctx context.Context, nc *nats.Conn, simURL string) error {
+	key := "merchant-" + warmUpName // the simulator's rule for many credentials (simulator.Config.ManyPrefix)
 	body, _ := json.Marshal(map[string]string{"name": warmUpName, "kind": "daraja", "base_url": simURL,
-		"consumer_key": warmUpName, "consumer_secret": simulator.DerivedSecret(warmUpName)})
+		"consumer_key": key, "consumer_secret": simulator.DerivedSecret(key)})
 	msg, err := nc.RequestWithContext(ctx, wire.ProvidersPutSubject, body)
 	if err != nil {
 		return fmt.Errorf("warm-up put: %w", err)
@@ -218,8 +224,12 @@ func warmUp(ctx context.Context, nc *nats.Conn, simURL string) error {
 	for {
 		if msg, err := nc.Request(wire.StatusSubject, q, 5*time.Second); err == nil {
 			var st wire.Status
-			if json.Unmarshal(msg.Data, &st) == nil && len(st.Providers) == 1 && st.Providers[0].State == wire.StateOK {
-				return nil
+			if json.Unmarshal(msg.Data, &st) == nil && len(st.Providers) == 1 {
+				if p := st.Providers[0]; p.State == wire.StateOK {
+					return nil
+				} else if p.LastError != "" {
+					return fmt.Errorf("the warm-up provider failed: %s", p.LastError)
+				}
 			}
 		}
 		select {
@@ -410,7 +420,7 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	}
 	fillCtx, endFill := context.WithCancel(ctx)
 	defer endFill()
-	fillLat := make(chan []time.Duration, 1)
+	fillLat := make(chan fillTimes, 1)
 	go func() {
 		fillLat <- fillGets(fillCtx, nc, func() string { return merchant(mrand.IntN(int(max(put.Load(), 1)))) })
 	}()
@@ -454,8 +464,10 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	endFill()
 	fl := <-fillLat
 	fillTimes := <-fillProbes
-	res.FillGets = len(fl)
-	res.FillGetP50MS, res.FillGetP99MS = percentile(fl, 0.50), percentile(fl, 0.99)
+	all := append(slices.Clone(fl.served), fl.errors...)
+	res.FillGets, res.FillServed = len(all), len(fl.served)
+	res.FillGetP50MS, res.FillGetP99MS = percentile(all, 0.50), percentile(all, 0.99)
+	res.FillServedP99MS, res.FillErrorP99MS = percentile(fl.served, 0.99), percentile(fl.errors, 0.99)
 	res.BoundSeconds = float64(o.providers) * o.latency.Seconds() / float64(o.concurrency)
 	_, res.PeakInFlight = sim.InFlight()
 	fmt.Fprintf(log, "ready in %.1fs (bound %.1fs + a few); peak in flight %d; %.1f CPU seconds\n", res.ReadySeconds, res.BoundSeconds, res.PeakInFlight, res.CPUSecondsReady)
@@ -658,23 +670,31 @@ func firstRefusal(r wire.ProviderPutManyReply) string {
 	return "malformed reply"
 }
 
+// fillTimes is how long each token.get answer of the fill took: a token
+// served, or an error.
+type fillTimes struct{ served, errors []time.Duration }
+
 // fillGets asks token.get of random providers already put, 2 callers, until
 // ctx ends, and returns how long each answer took (a 503 for a token not yet
-// fetched counts: the answer is what is timed).
-func fillGets(ctx context.Context, nc *nats.Conn, pick func() string) []time.Duration {
+// fetched counts: the answer is what is timed), served and errors apart.
+func fillGets(ctx context.Context, nc *nats.Conn, pick func() string) fillTimes {
 	var (
 		wg  sync.WaitGroup
 		mu  sync.Mutex
-		out []time.Duration
+		out fillTimes
 	)
 	for range 2 {
 		wg.Go(func() {
-			var local []time.Duration
+			var local fillTimes
 			for ctx.Err() == nil {
 				t := time.Now()
-				_, err := nc.Request(wire.GetSubject(pick()), nil, 5*time.Second)
+				msg, err := nc.Request(wire.GetSubject(pick()), nil, 5*time.Second)
 				if err == nil {
-					local = append(local, time.Since(t))
+					if msg.Header.Get(wire.HeaderErrorCode) != "" {
+						local.errors = append(local.errors, time.Since(t))
+					} else {
+						local.served = append(local.served, time.Since(t))
+					}
 				}
 				select {
 				case <-ctx.Done():
@@ -682,7 +702,8 @@ func fillGets(ctx context.Context, nc *nats.Conn, pick func() string) []time.Dur
 				}
 			}
 			mu.Lock()
-			out = append(out, local...)
+			out.served = append(out.served, local.served...)
+			out.errors = append(out.errors, local.errors...)
 			mu.Unlock()
 		})
 	}
