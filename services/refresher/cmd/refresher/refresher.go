@@ -210,12 +210,7 @@ func (m *Main) Run(ctx context.Context) error {
 		m.logger.Info("embedded nats-server started", slog.String("url", m.ns.ClientURL()), slog.String("store_dir", cfg.NATS.Embedded.StoreDir))
 	}
 	cc := connectConfig(cfg.NATS, "tokenbus-refresher "+instance, m.logger, m.ns)
-	if m.ns != nil {
-		m.nc, err = natsx.Connect(cc)
-	} else {
-		m.nc, err = m.connectNATS(ctx, cc)
-	}
-	if err != nil {
+	if m.nc, err = m.dial(ctx, cc); err != nil {
 		return err
 	}
 	// Provider events go out on the refresher's own connection; only the
@@ -335,12 +330,7 @@ func (m *Main) Run(ctx context.Context) error {
 	// publishes' acknowledgements on one connection (issue 20: token.get's
 	// p99 while 100,000 providers fill; docs/benchmarks.md).
 	svcCC := connectConfig(cfg.NATS, "tokenbus-refresher "+instance+" service", m.logger, m.ns)
-	if m.ns != nil {
-		m.svcNC, err = natsx.Connect(svcCC)
-	} else {
-		m.svcNC, err = m.connectNATS(ctx, svcCC)
-	}
-	if err != nil {
+	if m.svcNC, err = m.dial(ctx, svcCC); err != nil {
 		return err
 	}
 	if m.svc, err = rpc.Start(m.svcNC, rpc.Config{Version: Version, Lookup: m.set.Lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {

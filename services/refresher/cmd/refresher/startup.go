@@ -119,6 +119,15 @@ func (m *Main) pageStatus(q wire.StatusRequest) wire.Status {
 	return m.Status(q)
 }
 
+// dial connects with cc: to the embedded server at once, else to nats.url,
+// retrying until ctx ends (connectNATS).
+func (m *Main) dial(ctx context.Context, cc natsx.ConnectConfig) (*nats.Conn, error) {
+	if m.ns != nil {
+		return natsx.Connect(cc)
+	}
+	return m.connectNATS(ctx, cc)
+}
+
 // connectNATS connects to the external servers of nats.url, retrying with
 // backoff (0.5 s doubling to 15 s) until they answer or ctx ends: servers and
 // refreshers start in any order. Each failure is logged and shown on /readyz.
