@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -306,5 +307,54 @@ func TestStoppingLoopsDoesNotStallAccept(t *testing.T) {
 				t.Fatalf("Accept stalled while %s waited for a loop to stop", c.what)
 			}
 		})
+	}
+}
+
+// stuckKeeper is a stuckLoop that keeps a token (leader.Keeper).
+type stuckKeeper struct{ *stuckLoop }
+
+func (stuckKeeper) Owns(wire.Token, uint64) bool { return false }
+func (stuckKeeper) Repair()                      {}
+
+// TestHolds: a replica holds a provider — answers a token.get miss without
+// reading the bucket — only while it leads, the provider's loop is a Keeper,
+// and no loop it replaced is still stopping (whose last publish the bucket
+// may hold and Accept would take).
+func TestHolds(t *testing.T) {
+	e := setup(t)
+	l, err := leader.New(leaderConfig(e, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := stuckKeeper{newStuckLoop()}, stuckKeeper{newStuckLoop()}
+	var releases sync.Once // a failing check still lets the loops end
+	release := func() { releases.Do(func() { close(first.release); close(second.release) }) }
+	t.Cleanup(release)
+	l.Set("k", first)
+	l.Set("plain", &probe{concurrent: new(atomic.Int64), overlap: new(atomic.Bool)})
+	if l.Holds("k") {
+		t.Fatal("holds before leading")
+	}
+	stop := runLeader(t, l)
+	<-first.started
+	if !l.Holds("k") || l.Holds("plain") || l.Holds("none") {
+		t.Fatalf("leading: holds k %v (want true), plain %v, none %v (want false)", l.Holds("k"), l.Holds("plain"), l.Holds("none"))
+	}
+	replaced := make(chan struct{})
+	go func() { defer close(replaced); l.Set("k", second) }()
+	t.Cleanup(func() { release(); <-replaced })
+	<-first.stopping
+	if l.Holds("k") {
+		t.Fatal("holds k while the loop it replaced is still stopping")
+	}
+	release()
+	<-replaced
+	<-second.started
+	if !l.Holds("k") {
+		t.Fatal("does not hold k once the replaced loop stopped")
+	}
+	stop()
+	if l.Holds("k") {
+		t.Fatal("holds k after the term ended")
 	}
 }
