@@ -18,7 +18,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -86,11 +85,16 @@ func Instrument(base http.RoundTripper) http.RoundTripper {
 	if _, ok := base.(hideQuery); ok {
 		return base
 	}
-	return hideQuery{otelhttp.NewTransport(restoreQuery{base},
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return "provider " + r.Method + " " + r.URL.Path
-		}),
-	)}
+	h := hideQuery{
+		next: otelhttp.NewTransport(restoreQuery{base},
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+				return "provider " + r.Method + " " + r.URL.Path
+			}),
+		),
+		client: &http.Client{CheckRedirect: noRedirects},
+	}
+	h.client.Transport = h
+	return h
 }
 
 // Client is one provider's way to its token endpoint: an *http.Client that
@@ -130,21 +134,11 @@ func NewHTTPClient(timeout time.Duration, base http.RoundTripper) *http.Client {
 
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-// shared holds the *http.Client of each transport Instrument returned.
-var shared sync.Map // hideQuery → *http.Client
-
 // sharedClient returns the *http.Client, without a Timeout, that sends
-// through Instrument(base): one for every caller with the same
-// instrumented base, a new one for any other base.
+// through Instrument(base): the one that every caller with the same
+// instrumented base shares.
 func sharedClient(base http.RoundTripper) *http.Client {
-	if h, ok := base.(hideQuery); ok {
-		if c, ok := shared.Load(h); ok {
-			return c.(*http.Client)
-		}
-		c, _ := shared.LoadOrStore(h, &http.Client{Transport: h, CheckRedirect: noRedirects})
-		return c.(*http.Client)
-	}
-	return &http.Client{Transport: Instrument(base), CheckRedirect: noRedirects}
+	return Instrument(base).(hideQuery).client
 }
 
 // queryKey carries a request's URL query past otelhttp, which records the
@@ -153,7 +147,12 @@ func sharedClient(base http.RoundTripper) *http.Client {
 // span ever holds a query string. otelhttp records no request headers.
 type queryKey struct{}
 
-type hideQuery struct{ next http.RoundTripper }
+type hideQuery struct {
+	next http.RoundTripper
+	// client is the one *http.Client of every provider on this
+	// transport (NewClient): no Timeout, no redirects.
+	client *http.Client
+}
 
 // RoundTrip passes r on without its query, so that spans never record it.
 func (t hideQuery) RoundTrip(r *http.Request) (*http.Response, error) {
