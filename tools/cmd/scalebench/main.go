@@ -16,6 +16,9 @@
 //     providers, 4 in flight (--put-batch 1: single puts, 32 in flight);
 //   - the refresher's CPU: process CPU seconds until ready, and its idle
 //     CPU (share of one core) over --idle once every token is fresh;
+//   - its garbage collections during the fill (run with GODEBUG=gctrace=1):
+//     how many, their concurrent mark phases' total and longest time, and
+//     the live heap;
 //   - token.get latency (p50, p99) during the fill (2 callers asking for
 //     providers already put; a 503 for a token not yet fetched counts as an
 //     answer) and over random providers once ready;
@@ -134,6 +137,13 @@ type Result struct {
 	FillServed      int     `json:"fill_token_get_served,omitempty"`
 	FillErrorP99MS  float64 `json:"fill_token_get_error_p99_ms,omitempty"`
 	CPUSecondsReady float64 `json:"cpu_seconds_to_ready"`
+	// The refresher's garbage collections during the fill (GODEBUG=gctrace=1):
+	// how many, their concurrent mark phases' total and longest wall time,
+	// and the live heap the last one marked.
+	FillGCCycles    int     `json:"fill_gc_cycles"`
+	FillGCMarkMS    float64 `json:"fill_gc_mark_ms"`
+	FillGCMarkMaxMS float64 `json:"fill_gc_mark_max_ms"`
+	LiveHeapMiB     int     `json:"live_heap_mb"`
 	IdleCPUPercent  float64 `json:"idle_cpu_percent_of_core"`
 	IdleSeconds     float64 `json:"idle_window_seconds"`
 	IdleRSSMiB      float64 `json:"idle_rss_mib"`
@@ -350,10 +360,17 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	}
 	start := time.Now()
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = io.Discard, log
+	cmd.Env = append(os.Environ(), "GODEBUG="+strings.Trim(os.Getenv("GODEBUG")+",gctrace=1", ","))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout = io.Discard
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	var gc gcTrace
+	go gc.copy(stderr, log)
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
@@ -427,6 +444,10 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	httpBase := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	fillProbes := make(chan map[string][]time.Duration, 1)
 	go func() { fillProbes <- probeEndpoints(fillCtx, nc, httpBase, o.providers, 250*time.Millisecond, 0, log) }()
+	gc0 := gc.cycles() // from the first put (api), from the start (config)
+	if o.source == "config" {
+		gc0 = 0
+	}
 	if o.source == "api" {
 		start = time.Now()
 		body := func(i int) json.RawMessage { return putBody(i, simURL) }
@@ -461,6 +482,9 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	}
 	res.ReadySeconds = time.Since(start).Seconds()
 	res.CPUSecondsReady = procCPU(pid)
+	res.FillGCCycles, res.FillGCMarkMS, res.FillGCMarkMaxMS, res.LiveHeapMiB = gc.since(gc0)
+	fmt.Fprintf(log, "fill: %d garbage collections, %.0f ms of concurrent mark in all (longest %.0f ms); live heap %d MB\n",
+		res.FillGCCycles, res.FillGCMarkMS, res.FillGCMarkMaxMS, res.LiveHeapMiB)
 	endFill()
 	fl := <-fillLat
 	fillTimes := <-fillProbes
