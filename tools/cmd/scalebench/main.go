@@ -98,6 +98,7 @@ type options struct {
 	source      string
 	concurrency int
 	latency     time.Duration
+	env         []string // added to the refresher's environment
 	refresher   string
 	gets        int
 	timeout     time.Duration
@@ -178,6 +179,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	fs.IntVar(&o.putBatch, "put-batch", 250, "api: providers per tokenbus.providers.put_many (1: single tokenbus.providers.put requests)")
 	fs.DurationVar(&o.idle, "idle", 10*time.Second, "how long to measure idle CPU once every token is fresh")
+	fs.Func("env", "KEY=VALUE in the refresher's environment, e.g. GOMEMLIMIT=400MiB (repeatable)", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+			return fmt.Errorf("want KEY=VALUE, got %q", v)
+		}
+		o.env = append(o.env, v)
+		return nil
+	})
 	fs.StringVar(&o.pprofDir, "pprof", "", "write CPU and heap profiles of the refresher to this directory (runs it with --debug-pprof)")
 	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "with --pprof: length of the CPU profile taken from the first put")
 	fs.BoolVar(&o.takeover, "takeover", false, "measure a leader change (SIGKILL, then SIGTERM) with two refresher processes and a nats-server process")
@@ -360,7 +368,7 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	}
 	start := time.Now()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "GODEBUG="+strings.Trim(os.Getenv("GODEBUG")+",gctrace=1", ","))
+	cmd.Env = append(append(os.Environ(), o.env...), "GODEBUG="+strings.Trim(os.Getenv("GODEBUG")+",gctrace=1", ","))
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
