@@ -115,10 +115,7 @@ type Client struct {
 // (Instrument). A base that Instrument returned is shared with its
 // *http.Client: a Client is then two words.
 func NewClient(timeout time.Duration, base http.RoundTripper) Client {
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	return Client{http: sharedClient(base), timeout: timeout}
+	return Client{http: Instrument(base).(hideQuery).client, timeout: orDefault(timeout)}
 }
 
 // NewHTTPClient returns an *http.Client that behaves as NewClient's Client
@@ -126,20 +123,19 @@ func NewClient(timeout time.Duration, base http.RoundTripper) Client {
 // *http.Client (the oauth2 provider's x/oauth2). It is the caller's own:
 // set its Transport at will.
 func NewHTTPClient(timeout time.Duration, base http.RoundTripper) *http.Client {
+	return &http.Client{Timeout: orDefault(timeout), Transport: Instrument(base), CheckRedirect: noRedirects}
+}
+
+// orDefault is timeout, or DefaultTimeout if it is not positive.
+func orDefault(timeout time.Duration) time.Duration {
 	if timeout <= 0 {
-		timeout = DefaultTimeout
+		return DefaultTimeout
 	}
-	return &http.Client{Timeout: timeout, Transport: Instrument(base), CheckRedirect: noRedirects}
+	return timeout
 }
 
+// noRedirects answers a redirect with the redirect itself (TestNoRedirects).
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
-// sharedClient returns the *http.Client, without a Timeout, that sends
-// through Instrument(base): the one that every caller with the same
-// instrumented base shares.
-func sharedClient(base http.RoundTripper) *http.Client {
-	return Instrument(base).(hideQuery).client
-}
 
 // queryKey carries a request's URL query past otelhttp, which records the
 // full URL (url.full) on its client span: hideQuery takes the query off the
