@@ -294,3 +294,16 @@ func TestLeaderDoesNotReadTheBucketOnAMiss(t *testing.T) {
 		t.Fatalf("the leader read the bucket %d times for 3 token.get it had no token for", n)
 	}
 }
+
+// TestReadyNeedsTheServiceConnection: /readyz's check fails once the
+// request-reply service's own connection is gone, even with the main one
+// up — a replica that cannot answer token.get is not ready.
+func TestReadyNeedsTheServiceConnection(t *testing.T) {
+	m, _ := startMain(t, simulator.New(simulator.Config{}), "")
+	ctx := context.Background()
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error { return m.readyCheck(ctx) })
+	m.svcNC.Close()
+	if err := m.readyCheck(ctx); err == nil || !m.nc.IsConnected() {
+		t.Fatalf("service connection closed: ready check %v (main connection up: %v), want not ready", err, m.nc.IsConnected())
+	}
+}
