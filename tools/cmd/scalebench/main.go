@@ -106,6 +106,7 @@ type options struct {
 	putBatch    int
 	idle        time.Duration
 	pprofDir    string
+	probeEvery  time.Duration
 	cpuProfile  time.Duration
 	takeover    bool
 	natsServer  string
@@ -178,6 +179,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	fs.IntVar(&o.putBatch, "put-batch", 250, "api: providers per tokenbus.providers.put_many (1: single tokenbus.providers.put requests)")
+	fs.DurationVar(&o.probeEvery, "probe-every", 250*time.Millisecond, "pause between rounds of the status endpoints' probes during the fill (each round asks token.status, tokenbus.providers.list, /status.json and /metrics)")
 	fs.DurationVar(&o.idle, "idle", 10*time.Second, "how long to measure idle CPU once every token is fresh")
 	fs.Func("env", "KEY=VALUE in the refresher's environment, e.g. GOMEMLIMIT=400MiB (repeatable)", func(v string) error {
 		if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
@@ -451,7 +453,7 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	}()
 	httpBase := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	fillProbes := make(chan map[string][]time.Duration, 1)
-	go func() { fillProbes <- probeEndpoints(fillCtx, nc, httpBase, o.providers, 250*time.Millisecond, 0, log) }()
+	go func() { fillProbes <- probeEndpoints(fillCtx, nc, httpBase, o.providers, o.probeEvery, 0, log) }()
 	gc0 := gc.cycles() // from the first put (api), from the start (config)
 	if o.source == "config" {
 		gc0 = 0
