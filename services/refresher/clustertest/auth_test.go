@@ -300,6 +300,31 @@ func TestLeastPrivilege(t *testing.T) {
 		}
 		return nil
 	})
+	// Bulk onboarding under the same roles, on the R3 bucket: put_many is
+	// stored as one atomic batch with the refresher's rights.
+	many := `{"providers":[`
+	for i := 2; i <= 4; i++ {
+		n := fmt.Sprintf("merchant-%04d", i)
+		if i > 2 {
+			many += ","
+		}
+		many += `{"name":"` + n + `","kind":"daraja","base_url":"` + hs.URL + `","consumer_key":"` + n + `","consumer_secret":"` + simulator.DerivedSecret(n) + `"}`
+	}
+	msg, err = onboard.Request(wire.ProvidersPutManySubject, []byte(many+"]}"), 10*time.Second)
+	var pm wire.ProviderPutManyReply
+	if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "" || json.Unmarshal(msg.Data, &pm) != nil || pm.Stored != 3 {
+		t.Fatalf("providers.put_many as the admin: %v %v", err, msg)
+	}
+	creds, err := js.Stream(t.Context(), "KV_tokenbus-credentials")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, res := range pm.Results {
+		m, err := creds.GetMsg(t.Context(), res.Revision)
+		if err != nil || m.Subject != "$KV.tokenbus-credentials."+res.Name || m.Header.Get("Nats-Batch-Id") == "" {
+			t.Fatalf("%s at revision %d: %v %v", res.Name, res.Revision, m, err)
+		}
+	}
 	if err := onboard.Publish(wire.GetSubject("merchant-0001"), nil); err != nil {
 		t.Fatal(err)
 	}

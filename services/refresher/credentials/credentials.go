@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
@@ -35,8 +36,11 @@ var ErrNotFound = errors.New("credentials: no runtime provider of that name")
 // Store is the credential bucket.
 type Store struct {
 	kv     jetstream.KeyValue
+	js     jetstream.JetStream
 	ring   *seal.Keyring
 	limits Limits
+	// atomic: the bucket's stream takes atomic batches (PutBatch).
+	atomic bool
 }
 
 // Limits bound the bucket (SPEC §10): MaxBytes its whole size, MaxValueSize
@@ -103,8 +107,29 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring 
 	if err != nil {
 		return nil, fmt.Errorf("credentials: open bucket %q: %w", bucket, err)
 	}
-	st.kv = kv
+	st.kv, st.js = kv, js
+	st.atomic = allowAtomic(ctx, js, "KV_"+bucket)
 	return st, nil
+}
+
+// allowAtomic lets the stream take atomic batches (nats-server 2.12 and
+// later) and reports whether it does. It does not on an older server,
+// which ignores the setting, nor when the update is refused; PutBatch then
+// answers ErrNoBatch and providers are put one by one. Another replica's
+// Open (an older tokenbus, whose bucket config lacks the setting) may turn
+// it off again: a batch then fails as a whole, and is put one by one too.
+func allowAtomic(ctx context.Context, js jetstream.JetStream, stream string) bool {
+	str, err := js.Stream(ctx, stream)
+	if err != nil {
+		return false
+	}
+	cfg := str.CachedInfo().Config
+	if cfg.AllowAtomicPublish {
+		return true
+	}
+	cfg.AllowAtomicPublish = true
+	str, err = js.UpdateStream(ctx, cfg)
+	return err == nil && str.CachedInfo().Config.AllowAtomicPublish
 }
 
 // record is an entry as stored: non-secret fields in the clear, secrets
@@ -265,6 +290,59 @@ func (s *Store) Put(ctx context.Context, p config.Provider) (uint64, error) {
 		return 0, fmt.Errorf("credentials: put %s: %w", p.Name, err)
 	}
 	return rev, nil
+}
+
+// ErrNoBatch is PutBatch's answer when the bucket's stream takes no
+// atomic batches (a server older than 2.12, or the setting refused).
+var ErrNoBatch = errors.New("credentials: the bucket takes no atomic batches")
+
+// PutBatch stores ps, sealed as Put seals, in one JetStream atomic batch:
+// every entry or none, in one write — on a server with sync_interval always
+// one sync to disk for the whole batch instead of one per entry (a bulk
+// onboarding of 100,000 providers is otherwise 100,000 syncs). It returns
+// each provider's revision, or errs[i] for a provider refused on its own
+// (too large once sealed), which is left out of the batch. err reports a
+// batch not stored as a whole — ErrNoBatch, a batch refused (the bucket
+// full, atomic batches turned off), no acknowledgement in time — and the
+// caller puts the providers one by one: a batch that was stored after all
+// is stored again, unchanged. No value appears in an error.
+func (s *Store) PutBatch(ctx context.Context, ps []config.Provider) (revs []uint64, errs []error, err error) {
+	if !s.atomic {
+		return nil, nil, ErrNoBatch
+	}
+	revs, errs = make([]uint64, len(ps)), make([]error, len(ps))
+	msgs := make([]*nats.Msg, 0, len(ps))
+	at := make([]int, 0, len(ps)) // msgs[k] is ps[at[k]]
+	prefix := "$KV." + s.kv.Bucket() + "."
+	for i, p := range ps {
+		b, err := s.encode(p)
+		if err == nil && len(b) > int(s.limits.MaxValueSize) {
+			err = fmt.Errorf("%w: %w: %s: %d bytes sealed, more than credentials.max_value_size (%d)", refresher.ErrBadRequest, ErrTooLarge, p.Name, len(b), s.limits.MaxValueSize)
+		}
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		msgs = append(msgs, &nats.Msg{Subject: prefix + p.Name, Data: b, Header: nats.Header{}})
+		at = append(at, i)
+	}
+	if len(msgs) == 0 {
+		return revs, errs, nil
+	}
+	ack, err := jetstreamext.PublishMsgBatch(ctx, s.js, msgs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("credentials: put a batch of %d: %w", len(msgs), err)
+	}
+	// A committed batch is stored in one piece: its entries have the
+	// revisions up to the commit's.
+	if ack.BatchSize != uint64(len(msgs)) || ack.Sequence < ack.BatchSize {
+		return nil, nil, fmt.Errorf("credentials: put a batch of %d: acknowledged %d ending at revision %d", len(msgs), ack.BatchSize, ack.Sequence)
+	}
+	first := ack.Sequence - ack.BatchSize + 1
+	for k, i := range at {
+		revs[i] = first + uint64(k)
+	}
+	return revs, errs, nil
 }
 
 // Get returns the stored provider name and its revision.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,16 @@ type Registry interface {
 	// List returns at most limit providers named after after, sorted by
 	// name, and the name to continue after (empty on the last page).
 	List(after string, limit int) ([]wire.ProviderInfo, string)
+}
+
+// BatchRegistry is a Registry that also stores many providers in one write
+// (registry.Registry on credentials.Store: one JetStream atomic batch, one
+// sync to disk for all of them). tokenbus.providers.put_many uses it when
+// the Registry has it: errs[i] refuses ps[i] alone, with Put's errors; err
+// means the batch was not stored as a whole, and its providers are put one
+// by one.
+type BatchRegistry interface {
+	PutBatch(ctx context.Context, ps []config.Provider) (revs []uint64, errs []error, err error)
 }
 
 // Endpoint names of the runtime provider endpoints, as given to Recorder.
@@ -147,31 +158,41 @@ func (s *Service) handlePutMany(req micro.Request) {
 		parsed[i] = p
 	}
 	s.async(c, req.Reply(), func(ctx context.Context) ([]byte, error) {
+		stored := func(i int, rev uint64, err error) {
+			switch {
+			case err == nil:
+				results[i].Revision = rev
+			case errors.Is(err, refresher.ErrBadRequest), errors.Is(err, refresher.ErrConflict), errors.Is(err, refresher.ErrRuntimeOff):
+				refuse(i, err)
+			default:
+				// The store did not acknowledge it (a timeout, JetStream
+				// unavailable): the error names the provider and the
+				// cause, never a value.
+				results[i].Error = &wire.ErrorDetail{Code: wire.CodeUnavailable,
+					Message: fmt.Sprintf("providers[%d]: not stored, put it again: %v", i, err)}
+			}
+		}
+		var todo []int
+		for i := range results {
+			if results[i].Error == nil {
+				todo = append(todo, i)
+			}
+		}
+		if br, ok := s.cfg.Registry.(BatchRegistry); ok && len(todo) > 1 {
+			todo = s.putBatch(ctx, br, parsed, todo, stored)
+		}
 		next := make(chan int)
 		var wg sync.WaitGroup
-		for range min(putManyWorkers, len(results)) {
+		for range min(putManyWorkers, len(todo)) {
 			wg.Go(func() {
 				for i := range next {
 					rev, err := s.putOne(ctx, parsed[i])
-					switch {
-					case err == nil:
-						results[i].Revision = rev
-					case errors.Is(err, refresher.ErrBadRequest), errors.Is(err, refresher.ErrConflict), errors.Is(err, refresher.ErrRuntimeOff):
-						refuse(i, err)
-					default:
-						// The store did not acknowledge it (a timeout, JetStream
-						// unavailable): the error names the provider and the
-						// cause, never a value.
-						results[i].Error = &wire.ErrorDetail{Code: wire.CodeUnavailable,
-							Message: fmt.Sprintf("providers[%d]: not stored, put it again: %v", i, err)}
-					}
+					stored(i, rev, err)
 				}
 			})
 		}
-		for i := range results {
-			if results[i].Error == nil {
-				next <- i
-			}
+		for _, i := range todo {
+			next <- i
 		}
 		close(next)
 		wg.Wait()
@@ -185,6 +206,29 @@ func (s *Service) handlePutMany(req micro.Request) {
 		}
 		return json.Marshal(reply)
 	})
+}
+
+// putBatch stores the providers parsed[todo[…]] in one write through br
+// and tells stored each one's revision or refusal; if the write failed as a
+// whole it returns todo, to be put one by one, else nothing.
+func (s *Service) putBatch(ctx context.Context, br BatchRegistry, parsed []config.Provider, todo []int, stored func(int, uint64, error)) []int {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+	batch := make([]config.Provider, len(todo))
+	for k, i := range todo {
+		batch[k] = parsed[i]
+	}
+	revs, errs, err := br.PutBatch(ctx, batch)
+	if err != nil {
+		s.log.Info("put_many: storing the providers one by one", slog.Int("providers", len(batch)), slog.String("error", err.Error()))
+		return todo
+	}
+	for k, i := range todo {
+		stored(i, revs[k], errs[k])
+	}
+	return nil
 }
 
 // putOne stores one provider of a put_many batch within its own timeout (a

@@ -22,6 +22,10 @@ import (
 // code a put of it alone would get and a message naming its index and field,
 // never a value, and refuses as a whole only a request that is not a list
 // of 1 to ProvidersPutManyMax providers. Each stored provider is served.
+// The valid ones are stored in one atomic batch (their messages carry its
+// id); two providers of one request sharing a credential: the later one is
+// refused (409). With atomic batches turned off on the bucket (an older
+// replica's Open), a request is stored one by one, with the same results.
 func TestRuntimeProvidersPutMany(t *testing.T) {
 	sim := simulator.New(simulator.Config{})
 	srv := httptest.NewServer(sim)
@@ -39,6 +43,7 @@ func TestRuntimeProvidersPutMany(t *testing.T) {
 		darajaEntry("m-b", srv.URL, "merchant-b"),
 		darajaEntry("m-a", srv.URL, "merchant-a2"), // the same name twice: 400
 		darajaEntry("m-c", srv.URL, "merchant-c"),
+		darajaEntry("m-d", srv.URL, "merchant-b"), // m-b's credential: 409
 	}
 	raws := make([]json.RawMessage, len(items))
 	for i, it := range items {
@@ -46,7 +51,7 @@ func TestRuntimeProvidersPutMany(t *testing.T) {
 	}
 	code, b := request(t, nc, wire.ProvidersPutManySubject, wire.ProviderPutManyRequest{Providers: raws})
 	var r wire.ProviderPutManyReply
-	if code != 0 || json.Unmarshal(b, &r) != nil || len(r.Results) != len(items) || r.Stored != 3 || r.Refused != 3 {
+	if code != 0 || json.Unmarshal(b, &r) != nil || len(r.Results) != len(items) || r.Stored != 3 || r.Refused != 4 {
 		t.Fatalf("put_many: %d %s", code, b)
 	}
 	for _, it := range items {
@@ -64,6 +69,7 @@ func TestRuntimeProvidersPutMany(t *testing.T) {
 		1: {400, []string{"providers[1]: ", "base_url", "consumer_secret: missing"}},
 		2: {409, []string{"providers[2]: "}},
 		4: {400, []string{"providers[4]: ", "name: the same as providers[0]"}},
+		6: {409, []string{"providers[6]: ", `consumer_key: provider "m-b" of this request uses the same credential`}},
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -96,6 +102,9 @@ func TestRuntimeProvidersPutMany(t *testing.T) {
 		if err != nil || e.Revision() != res.Revision {
 			t.Fatalf("%s in the bucket: %v, %v; reply says revision %d", res.Name, e, err, res.Revision)
 		}
+		if id := batchID(t, js, res.Revision); id == "" {
+			t.Fatalf("%s was not stored in an atomic batch", res.Name)
+		}
 	}
 	for _, name := range []string{"m-a", "m-b", "m-c"} {
 		testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
@@ -105,6 +114,33 @@ func TestRuntimeProvidersPutMany(t *testing.T) {
 	}
 	if tok, _ := getToken(t, nc, "daraja-test"); tok.AccessToken == "" {
 		t.Fatal("the config-file provider stopped serving")
+	}
+
+	// Atomic batches turned off: stored one by one, the same answers.
+	str, err := js.Stream(context.Background(), "KV_tokenbus-credentials")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := str.CachedInfo().Config
+	cfg.AllowAtomicPublish = false
+	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	raws = raws[:0]
+	for _, n := range []string{"m-e", "m-f", "m-g"} {
+		raw, _ := json.Marshal(darajaEntry(n, srv.URL, "merchant-"+n))
+		raws = append(raws, raw)
+	}
+	code, b = request(t, nc, wire.ProvidersPutManySubject, wire.ProviderPutManyRequest{Providers: raws})
+	r = wire.ProviderPutManyReply{}
+	if code != 0 || json.Unmarshal(b, &r) != nil || r.Stored != 3 || r.Refused != 0 {
+		t.Fatalf("put_many without atomic batches: %d %s", code, b)
+	}
+	for _, res := range r.Results {
+		e, err := kv.Get(context.Background(), res.Name)
+		if err != nil || e.Revision() != res.Revision || batchID(t, js, res.Revision) != "" {
+			t.Fatalf("%s in the bucket: %v, %v; reply says revision %d", res.Name, e, err, res.Revision)
+		}
 	}
 
 	// Refused as a whole: not the documented shape, empty, too many.
@@ -124,4 +160,19 @@ func TestRuntimeProvidersPutMany(t *testing.T) {
 			t.Fatalf("put_many %.40v: %d %s", body, code, b)
 		}
 	}
+}
+
+// batchID returns the atomic batch id of the credentials bucket's message
+// at rev ("" if it was put alone).
+func batchID(t *testing.T, js jetstream.JetStream, rev uint64) string {
+	t.Helper()
+	str, err := js.Stream(context.Background(), "KV_tokenbus-credentials")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := str.GetMsg(context.Background(), rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Header.Get("Nats-Batch-Id")
 }
