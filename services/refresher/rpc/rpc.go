@@ -55,10 +55,14 @@ type Revisioned interface {
 // Fallback is implemented by a Revisioned source that can look further
 // than memory when memory has no valid token (a read of the bucket, for a
 // replica whose watch lags). The service calls Lookup only after
-// GetRevision failed with refresher.ErrNoToken, and off the endpoint
-// goroutine: the hot path stays in memory.
+// GetRevision failed with refresher.ErrNoToken and LooksFurther reported
+// true, and off the endpoint goroutine: the hot path stays in memory. When
+// LooksFurther reports false (the lease holder, which takes nothing from the
+// bucket its memory lacks) the miss is answered at once, with
+// GetRevision's error, on the endpoint goroutine: no goroutine, no budget.
 type Fallback interface {
 	Revisioned
+	LooksFurther() bool
 	Lookup(ctx context.Context) ([]byte, uint64, error)
 }
 
@@ -289,7 +293,7 @@ func (s *Service) handleGet(req micro.Request) {
 		err = fmt.Errorf("%w: the current token expires sooner", refresher.ErrMinValidity)
 	}
 	if err != nil {
-		if fb, ok := src.(Fallback); ok && errors.Is(err, refresher.ErrNoToken) && req.Reply() != "" {
+		if fb, ok := src.(Fallback); ok && errors.Is(err, refresher.ErrNoToken) && req.Reply() != "" && fb.LooksFurther() {
 			s.asyncRev(c, req.Reply(), fb.Lookup)
 			return
 		}

@@ -31,13 +31,18 @@ var (
 	_ rpc.Fresher  = bucketSource{}
 )
 
+// LooksFurther reports whether Lookup would read the bucket: not on the
+// lease holder of the provider, which would take no token from the bucket
+// that its copy lacks (leader.Leader.Holds), so that its misses are
+// answered at once.
+func (b bucketSource) LooksFurther() bool { return !b.Leader.Holds(b.Name) }
+
 // Lookup reads the provider's key from the bucket into this replica's copy
 // (as the watch would have), then answers from the copy: the token found if
 // it is servable, else the copy's own error (503, with the last failure).
-// The lease holder of the provider reads nothing: it would take no token
-// from the bucket that its copy lacks (leader.Leader.Holds).
+// The lease holder of the provider reads nothing (LooksFurther).
 func (b bucketSource) Lookup(ctx context.Context) ([]byte, uint64, error) {
-	if !b.Leader.Holds(b.Name) {
+	if b.LooksFurther() {
 		_ = b.lookup.Find(ctx, b.Name)
 	}
 	return b.freshSource.GetRevision(ctx)
