@@ -74,6 +74,30 @@ type Credentials struct {
 	MaxBytes int `yaml:"max_bytes"`
 	// MaxValueSize bounds one entry, sealed; 0 means 16 KiB. 1 KiB to 1 MiB.
 	MaxValueSize int `yaml:"max_value_size"`
+	// PutRate bounds how many runtime providers a replica stores per
+	// second, through tokenbus.providers.put and put_many together (a
+	// request waits its turn); 0 means DefaultPutRate, -1 no bound.
+	PutRate int `yaml:"put_rate"`
+}
+
+// DefaultPutRate is credentials.put_rate's default: onboarding faster than
+// the lease holder fetches tokens gains nothing (16 calls at a time to a
+// provider answering in 20 ms fetch 800 tokens a second), and at full speed
+// (14,000 a second) it took the CPU the refreshes need: 100,000 providers
+// were all ready 4–5 s later and token.get's p99 during the fill was 60 %
+// higher (docs/benchmarks.md, issue 20, session 6).
+const DefaultPutRate = 2500
+
+// PutsPerSecond is PutRate resolved: DefaultPutRate for 0, 0 (no bound)
+// for -1.
+func (c Credentials) PutsPerSecond() int {
+	switch {
+	case c.PutRate == 0:
+		return DefaultPutRate
+	case c.PutRate < 0:
+		return 0
+	}
+	return c.PutRate
 }
 
 // CredentialKey is one sealing key.

@@ -201,6 +201,8 @@ func TestParseErrors(t *testing.T) {
 		{"negative duration", "providers:" + daraja + "    refresh_before: -1m\n", []string{"providers[0] (daraja-sandbox).refresh_before: must not be negative"}},
 		{"cooldown out of range", "providers:" + daraja + "    refresh_cooldown: 2h\n", []string{"providers[0] (daraja-sandbox).refresh_cooldown: must be from 0 (the default, 5s) to 1h"}},
 		{"credentials limits", "credentials: {max_bytes: 1000, max_value_size: 10}\nproviders:" + daraja, []string{"credentials.max_bytes: must be at least 1048576", "credentials.max_value_size: must be from 1024 to 1048576"}},
+		{"put rate", "credentials: {put_rate: -2}\nproviders:" + daraja, []string{"credentials.put_rate: must be from 1 to 1000000 providers a second, 0 for the default (2500) or -1 for no bound"}},
+		{"put rate too high", "credentials: {put_rate: 2000000}\nproviders:" + daraja, []string{"credentials.put_rate: must be from 1 to 1000000"}},
 		{"bad duration", "providers:" + daraja + "    timeout: soon\n", []string{"providers[0] (daraja-sandbox).timeout: want a duration such as 10s"}},
 
 		// Values.
@@ -563,5 +565,14 @@ func TestLeaseTimingRatios(t *testing.T) {
 	}
 	if c.NATS.Replicas != 3 || c.Lease.RenewDeadline.D() != 2*time.Second || c.Lease.RetryPeriod.D() != 600*time.Millisecond {
 		t.Fatalf("defaults: replicas %d, renew %v, retry %v", c.NATS.Replicas, c.Lease.RenewDeadline, c.Lease.RetryPeriod)
+	}
+}
+
+// TestPutsPerSecond: credentials.put_rate 0 is the default, -1 no bound.
+func TestPutsPerSecond(t *testing.T) {
+	for rate, want := range map[int]int{0: DefaultPutRate, -1: 0, 1: 1, 250: 250} {
+		if got := (Credentials{PutRate: rate}).PutsPerSecond(); got != want {
+			t.Errorf("put_rate %d: %d a second, want %d", rate, got, want)
+		}
 	}
 }

@@ -108,6 +108,9 @@ func (c *Config) validateCredentials(ps *problems) {
 	if mv := c.Credentials.MaxValueSize; mv != 0 && (mv < 1<<10 || mv > 1<<20) {
 		ps.add(0, "credentials.max_value_size", "must be from 1024 to 1048576 bytes, or 0 for the default (16 KiB)")
 	}
+	if pr := c.Credentials.PutRate; pr < -1 || pr > 1_000_000 {
+		ps.add(0, "credentials.put_rate", "must be from 1 to 1000000 providers a second, 0 for the default (2500) or -1 for no bound")
+	}
 	for i, k := range c.Credentials.Keys {
 		path := itemPath("credentials.keys", i, "")
 		switch {

@@ -23,7 +23,10 @@ type missing struct {
 	looked  atomic.Int64
 }
 
-func (m *missing) Get(ctx context.Context) ([]byte, error) { b, _, err := m.GetRevision(ctx); return b, err }
+func (m *missing) Get(ctx context.Context) ([]byte, error) {
+	b, _, err := m.GetRevision(ctx)
+	return b, err
+}
 func (m *missing) GetRevision(context.Context) ([]byte, uint64, error) {
 	return nil, 0, fmt.Errorf("%w: provider answered HTTP 500", refresher.ErrNoToken)
 }

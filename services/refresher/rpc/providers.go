@@ -93,6 +93,10 @@ func (s *Service) handlePut(req micro.Request) {
 		s.fail(c, req.Reply(), req, errRuntimeOff)
 		return
 	}
+	if err := s.waitPutTurn(1); err != nil {
+		s.fail(c, req.Reply(), req, err)
+		return
+	}
 	p, err := config.ParseProvider(req.Data())
 	if err != nil {
 		// The messages name fields, never values.
@@ -129,6 +133,11 @@ func (s *Service) handlePutMany(req micro.Request) {
 	}
 	if len(r.Providers) == 0 || len(r.Providers) > wire.ProvidersPutManyMax {
 		s.fail(c, req.Reply(), req, fmt.Errorf("%w: providers: want 1 to %d providers, got %d", refresher.ErrBadRequest, wire.ProvidersPutManyMax, len(r.Providers)))
+		return
+	}
+	// Parsing and storing are the onboarding's cost: both wait their turn.
+	if err := s.waitPutTurn(len(r.Providers)); err != nil {
+		s.fail(c, req.Reply(), req, err)
 		return
 	}
 	results := make([]wire.ProviderPutResult, len(r.Providers))

@@ -22,6 +22,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/time/rate"
+
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -106,6 +108,10 @@ type Config struct {
 	Registry Registry
 	// Timeout bounds a blocking request (refresh, single-use claim); 15s if zero.
 	Timeout time.Duration
+	// PutRate bounds how many runtime providers are stored per second,
+	// through tokenbus.providers.put and put_many together: a request waits
+	// its turn (at most Timeout, else 503 naming the bound); 0: no bound.
+	PutRate int
 	// MaxInFlight bounds the requests in flight of each budget — token.get,
 	// single-use claims, token.refresh and tokenbus.providers.* have one
 	// each, so that a flood on one leaves the others answering (SPEC §10);
@@ -146,9 +152,11 @@ type Service struct {
 	tr  trace.Tracer
 	// budgets bound the requests in flight, one per budget name (budgetOf).
 	budgets map[string]chan struct{}
-	wg      sync.WaitGroup
-	ctx     context.Context
-	cancel  context.CancelFunc
+	// puts is Config.PutRate's limiter; nil without a bound.
+	puts   *rate.Limiter
+	wg     sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // Start registers the tokenbus micro service on nc and returns once the
@@ -166,6 +174,10 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 	s := &Service{cfg: cfg, nc: nc, log: cfg.Logger, tr: cfg.Tracer, budgets: map[string]chan struct{}{}}
 	for _, b := range []string{budgetGet, budgetClaim, budgetRefresh, budgetProviders} {
 		s.budgets[b] = make(chan struct{}, cfg.MaxInFlight)
+	}
+	if cfg.PutRate > 0 {
+		// A put_many of the most providers must fit in one turn.
+		s.puts = rate.NewLimiter(rate.Limit(cfg.PutRate), max(cfg.PutRate, wire.ProvidersPutManyMax))
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -460,6 +472,28 @@ const (
 	budgetProviders = "tokenbus.providers"
 )
 
+// rateError is the answer to a put that could not have its turn within
+// the request timeout (Config.PutRate): 503, naming the bound.
+type rateError struct{ rate int }
+
+func (e *rateError) Error() string {
+	return fmt.Sprintf("rpc: not stored: onboarding at this replica's bound of %d providers a second (credentials.put_rate); put it again shortly", e.rate)
+}
+
+// waitPutTurn waits until n more providers may be stored (Config.PutRate),
+// at most the request timeout: a *rateError if that is too long.
+func (s *Service) waitPutTurn(n int) error {
+	if s.puts == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+	defer cancel()
+	if err := s.puts.WaitN(ctx, n); err != nil {
+		return &rateError{rate: s.cfg.PutRate}
+	}
+	return nil
+}
+
 // busyError is the answer past a budget's bound: 503, naming the budget.
 type busyError struct{ budget string }
 
@@ -567,8 +601,11 @@ func Code(provider string, err error) (int, string) {
 		ce *refresher.CooldownError
 		be *busyError
 		se *storeError
+		te *rateError
 	)
 	switch {
+	case errors.As(err, &te):
+		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, strings.TrimPrefix(te.Error(), "rpc: "))
 	case errors.As(err, &se):
 		return wire.CodeUnavailable, fmt.Sprintf("%s: %s", provider, se.Error())
 	case errors.As(err, &be):

@@ -107,6 +107,7 @@ type options struct {
 	idle        time.Duration
 	pprofDir    string
 	probeEvery  time.Duration
+	putRate     int
 	cpuProfile  time.Duration
 	takeover    bool
 	natsServer  string
@@ -179,6 +180,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	fs.IntVar(&o.putBatch, "put-batch", 250, "api: providers per tokenbus.providers.put_many (1: single tokenbus.providers.put requests)")
+	fs.IntVar(&o.putRate, "put-rate", 0, "the refresher's credentials.put_rate: providers stored per second at most (0: its default, 4000; -1: no bound)")
 	fs.DurationVar(&o.probeEvery, "probe-every", 250*time.Millisecond, "pause between rounds of the status endpoints' probes during the fill (each round asks token.status, tokenbus.providers.list, /status.json and /metrics)")
 	fs.DurationVar(&o.idle, "idle", 10*time.Second, "how long to measure idle CPU once every token is fresh")
 	fs.Func("env", "KEY=VALUE in the refresher's environment, e.g. GOMEMLIMIT=400MiB (repeatable)", func(v string) error {
@@ -285,7 +287,8 @@ log: {level: warn}
 fetch_concurrency: %d
 credentials:
   keys: [{id: k1, key: %q}]
-%s`, natsCfg, httpPort, o.concurrency, key, extra)
+  put_rate: %d
+%s`, natsCfg, httpPort, o.concurrency, key, o.putRate, extra)
 	if o.source == "config" {
 		cfg.WriteString("providers:\n")
 		for i := range o.providers {

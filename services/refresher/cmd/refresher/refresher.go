@@ -333,7 +333,8 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.svcNC, err = m.dial(ctx, svcCC); err != nil {
 		return err
 	}
-	if m.svc, err = rpc.Start(m.svcNC, rpc.Config{Version: Version, Lookup: m.set.Lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics}); err != nil {
+	if m.svc, err = rpc.Start(m.svcNC, rpc.Config{Version: Version, Lookup: m.set.Lookup, Status: m.Status, Registry: reg, Logger: m.logger, Recorder: m.Metrics,
+		PutRate: m.Config.Credentials.PutsPerSecond()}); err != nil {
 		return err
 	}
 	// Only the lease holder runs the loops that call providers (refresh
