@@ -1,12 +1,15 @@
 package clustertest
 
 import (
+	"context"
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/libs/simulator"
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
@@ -63,12 +66,19 @@ func TestBackupRestore(t *testing.T) {
 	src.kill()
 	nc.Close()
 
-	// A fresh cluster: restore, then start the refresher with the same keys.
+	// A fresh cluster: restore, then start the refresher with the same keys
+	// — once the cluster has a JetStream meta leader with every server
+	// current (a restore sent earlier finds no responder), and once each
+	// restored stream reports its messages with every replica current (a
+	// refresher started earlier can find the tokens stream empty, take it
+	// for a bucket deleted and created again, and replace every token).
 	_, urls2 := startCluster(t)
-	nc2, _ := connectCluster(t, urls2)
+	nc2, js2 := connectCluster(t, urls2)
+	waitMetaCurrent(t, js2)
 	for _, stream := range []string{"KV_tokenbus-credentials", "KV_tokens"} {
 		out := runNATS(t, urls2, "backup", "restore", "stream", filepath.Join(dir, stream), "--no-progress")
 		t.Logf("nats backup restore stream %s: %s", stream, strings.TrimSpace(out))
+		waitStreamCurrent(t, js2, stream)
 	}
 	calls := sim.Stats(simulator.Daraja).TokenRequests
 	dst := startRefresher(t, "refresher-dst", bin.refresher, urls2, hs.URL)
@@ -103,4 +113,59 @@ func TestBackupRestore(t *testing.T) {
 	if n := sim.Stats(simulator.Daraja).TokenRequests - calls; n != 0 {
 		t.Errorf("the restored refresher made %d provider calls for tokens still valid", n)
 	}
+}
+
+// waitMetaCurrent waits until the cluster can place and replicate an R3
+// stream on all three servers: a probe stream, written, with every replica
+// current, then deleted (the runbook: `nats server report jetstream`).
+func waitMetaCurrent(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	ctx := context.Background()
+	testutil.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+		s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe"}, Replicas: 3, Storage: jetstream.MemoryStorage})
+		if err != nil {
+			return err
+		}
+		if _, err := js.Publish(ctx, "probe", nil); err != nil {
+			return err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return err
+		}
+		for _, r := range info.Cluster.Replicas {
+			if !r.Current {
+				return fmt.Errorf("probe stream: replica %s not current", r.Name)
+			}
+		}
+		return nil
+	})
+	if err := js.DeleteStream(ctx, "PROBE"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitStreamCurrent waits until stream has a leader, every replica is
+// current, and it holds messages.
+func waitStreamCurrent(t *testing.T, js jetstream.JetStream, stream string) {
+	t.Helper()
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		s, err := js.Stream(context.Background(), stream)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.Cluster == nil || info.Cluster.Leader == "" || info.State.Msgs == 0 {
+			return fmt.Errorf("%s: no leader or no messages yet: %+v", stream, info.State)
+		}
+		for _, r := range info.Cluster.Replicas {
+			if !r.Current {
+				return fmt.Errorf("%s: replica %s not current", stream, r.Name)
+			}
+		}
+		return nil
+	})
 }
