@@ -64,11 +64,16 @@ type userAgent struct {
 	ua   string
 }
 
-// RoundTrip sets the User-Agent on a copy of req and sends it.
+// RoundTrip sets the User-Agent on a copy of req's headers and sends it
+// (a RoundTripper does not modify its request; the rest is shared).
 func (u userAgent) RoundTrip(req *http.Request) (*http.Response, error) {
-	req = req.Clone(req.Context())
-	req.Header.Set("User-Agent", u.ua)
-	return u.base.RoundTrip(req)
+	r2 := req.WithContext(req.Context())
+	r2.Header = req.Header.Clone()
+	if r2.Header == nil {
+		r2.Header = http.Header{}
+	}
+	r2.Header.Set("User-Agent", u.ua)
+	return u.base.RoundTrip(r2)
 }
 
 // Instrument returns base (http.DefaultTransport if nil) recording a client
@@ -155,9 +160,16 @@ func (t hideQuery) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.RawQuery == "" {
 		return t.next.RoundTrip(r)
 	}
-	r2 := r.Clone(context.WithValue(r.Context(), queryKey{}, r.URL.RawQuery))
-	r2.URL.RawQuery = ""
-	return t.next.RoundTrip(r2)
+	return t.next.RoundTrip(withQuery(r.WithContext(context.WithValue(r.Context(), queryKey{}, r.URL.RawQuery)), ""))
+}
+
+// withQuery gives r, a shallow copy of the caller's request, its own URL
+// with the query q (the copy's other fields stay shared, unmodified).
+func withQuery(r *http.Request, q string) *http.Request {
+	u := *r.URL
+	u.RawQuery = q
+	r.URL = &u
+	return r
 }
 
 type restoreQuery struct{ next http.RoundTripper }
@@ -168,9 +180,7 @@ func (t restoreQuery) RoundTrip(r *http.Request) (*http.Response, error) {
 	if !ok {
 		return t.next.RoundTrip(r)
 	}
-	r2 := r.Clone(r.Context())
-	r2.URL.RawQuery = q
-	return t.next.RoundTrip(r2)
+	return t.next.RoundTrip(withQuery(r.WithContext(r.Context()), q))
 }
 
 // Response is a token endpoint's answer, read in full (up to MaxBody).
