@@ -10,7 +10,9 @@
 //     started waits up to a second after taking the lease before it calls
 //     anyone, which is no part of onboarding);
 //   - the peak number of token requests in flight at the simulator (bounded
-//     by fetch_concurrency);
+//     by fetch_concurrency), and their mean while the puts ran and after
+//     (sampled every 10 ms; below fetch_concurrency the fill waits for
+//     something besides the provider, such as a core);
 //   - the refresher's resident memory (VmRSS once ready, and its peak VmHWM);
 //   - the put rate (api): tokenbus.providers.put_many batches of --put-batch
 //     providers, 4 in flight (--put-batch 1: single puts, 32 in flight);
@@ -22,8 +24,8 @@
 //   - token.get latency (p50, p99) during the fill (2 callers asking for
 //     providers already put; a 503 for a token not yet fetched counts as an
 //     answer) and over random providers once ready;
-//   - the latency (p50, p99) of the status endpoints while filling (each
-//     asked every 250 ms) and once ready (50 times each): token.status
+//   - the latency (p50, p99) of the status endpoints while filling (asked
+//     in rounds, --probe-every apart) and once ready (50 times each): token.status
 //     {"limit":1}, tokenbus.providers.list (a page of 1000 after a random
 //     provider), the status page's /status.json (its default page) and
 //     /metrics;
@@ -126,6 +128,11 @@ type Result struct {
 	ReadySeconds     float64 `json:"ready_seconds"`
 	BoundSeconds     float64 `json:"bound_seconds"`
 	PeakInFlight     int64   `json:"peak_in_flight"`
+	// The simulator's token requests in flight, sampled every 10 ms: their
+	// mean while the puts ran (api) and from then until ready. Below
+	// fetch_concurrency the fill waits for something besides the provider.
+	PutInFlightMean  float64 `json:"put_in_flight_mean,omitempty"`
+	FillInFlightMean float64 `json:"fill_in_flight_mean"`
 	RSSMiB           float64 `json:"rss_mib"`
 	PeakRSSMiB       float64 `json:"peak_rss_mib"`
 	GetP50MS         float64 `json:"token_get_p50_ms"`
@@ -457,6 +464,9 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	httpBase := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	fillProbes := make(chan map[string][]time.Duration, 1)
 	go func() { fillProbes <- probeEndpoints(fillCtx, nc, httpBase, o.providers, o.probeEvery, 0, log) }()
+	var putsDone atomic.Bool
+	putsDone.Store(o.source == "config")
+	inFlight := inFlightMeans(fillCtx, func() int64 { n, _ := sim.InFlight(); return n }, &putsDone)
 	gc0 := gc.cycles() // from the first put (api), from the start (config)
 	if o.source == "config" {
 		gc0 = 0
@@ -473,6 +483,7 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
+		putsDone.Store(true)
 		res.PutSeconds = time.Since(start).Seconds()
 		res.PutPerSecond = float64(o.providers) / res.PutSeconds
 		res.PutBatch = o.putBatch
@@ -499,6 +510,9 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	fmt.Fprintf(log, "fill: %d garbage collections, %.0f ms of concurrent mark in all (longest %.0f ms); live heap %d MB\n",
 		res.FillGCCycles, res.FillGCMarkMS, res.FillGCMarkMaxMS, res.LiveHeapMiB)
 	endFill()
+	means := <-inFlight
+	res.PutInFlightMean, res.FillInFlightMean = means[0], means[1]
+	fmt.Fprintf(log, "token requests in flight at the simulator (of %d): %.1f while the puts ran, %.1f after\n", o.concurrency, means[0], means[1])
 	fl := <-fillLat
 	fillTimes := <-fillProbes
 	all := append(slices.Clone(fl.served), fl.errors...)
