@@ -67,11 +67,13 @@ func TestBackupRestore(t *testing.T) {
 	nc.Close()
 
 	// A fresh cluster: restore, then start the refresher with the same keys
-	// — once the cluster has a JetStream meta leader with every server
-	// current (a restore sent earlier finds no responder), and once each
-	// restored stream reports its messages with every replica current (a
-	// refresher started earlier can find the tokens stream empty, take it
-	// for a bucket deleted and created again, and replace every token).
+	// — once the cluster can replicate an R3 stream (a restore sent earlier
+	// found no responder), and once each restored stream reports its
+	// messages with every replica current, as the runbook says. Even then a
+	// watch made on the restored tokens stream can deliver none of its
+	// values for seconds: the refresher must not lead on that empty copy
+	// (natsx: such a watch is a stall, made again), or it replaces every
+	// token.
 	_, urls2 := startCluster(t)
 	nc2, js2 := connectCluster(t, urls2)
 	waitMetaCurrent(t, js2)
@@ -80,6 +82,7 @@ func TestBackupRestore(t *testing.T) {
 		t.Logf("nats backup restore stream %s: %s", stream, strings.TrimSpace(out))
 		waitStreamCurrent(t, js2, stream)
 	}
+
 	calls := sim.Stats(simulator.Daraja).TokenRequests
 	dst := startRefresher(t, "refresher-dst", bin.refresher, urls2, hs.URL)
 	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {

@@ -132,7 +132,7 @@ func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token
 	reconnected := nc.StatusChanged(nats.CONNECTED) // after the first connect: reconnects
 	defer nc.RemoveStatusListener(reconnected)
 	for ctx.Err() == nil {
-		created, _, _ := s.info(ctx)
+		created, st, _ := s.info(ctx)
 		w, err := s.kv.WatchAll(ctx)
 		if err != nil {
 			select {
@@ -142,7 +142,7 @@ func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token
 				continue
 			}
 		}
-		stall := s.drain(ctx, w, reconnected, created, fn, hooks)
+		stall := s.drain(ctx, w, reconnected, created, st.Msgs, fn, hooks)
 		_ = w.Stop()
 		if stall != "" {
 			s.stalled(stall, hooks)
@@ -153,6 +153,10 @@ func (s *Store) Watch(ctx context.Context, nc *nats.Conn, fn func(tok wire.Token
 // watchCheck is how often Watch checks that it is current and that the
 // bucket was not recreated.
 const watchCheck = time.Second
+
+// emptyWatchPause is the pause before a watcher that delivered nothing of a
+// non-empty bucket is made again.
+const emptyWatchPause = 100 * time.Millisecond
 
 // WatchStalled returns why the watch of the bucket is stalled, or nil while
 // it is current.
@@ -209,8 +213,13 @@ func (s *Store) info(ctx context.Context) (created time.Time, state jetstream.St
 }
 
 // drain feeds fn from w until the watcher must be rebuilt; it returns the
-// reason if that is a stall ("" otherwise).
-func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status, created time.Time, fn func(wire.Token, uint64), hooks WatchHooks) string {
+// reason if that is a stall ("" otherwise). msgs is how many values the
+// bucket held just before w was made: a watcher that ends its initial
+// values having delivered none of them is stalled, not current (a watch
+// made on a stream just restored into a fresh cluster did that for
+// seconds, and a leader started on that empty copy replaced every token:
+// clustertest TestBackupRestore); it is made again after a pause.
+func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status, created time.Time, msgs uint64, fn func(wire.Token, uint64), hooks WatchHooks) string {
 	check := time.NewTicker(watchCheck)
 	defer check.Stop()
 	var (
@@ -241,6 +250,13 @@ func (s *Store) drain(ctx context.Context, w jetstream.KeyWatcher, reconnected <
 				return ""
 			}
 			if e == nil {
+				if seen == 0 && msgs > 0 && !initDone {
+					select {
+					case <-ctx.Done():
+					case <-time.After(emptyWatchPause):
+					}
+					return fmt.Sprintf("the watch delivered none of the bucket's %d values", msgs)
+				}
 				initDone = true
 				s.current(hooks)
 				continue
