@@ -22,17 +22,7 @@ func (w emptyWatcher) Stop() error                             { return nil }
 // start on an empty copy and replace every token) — while the same watcher
 // of an empty bucket is current.
 func TestEmptyWatchOfAFullBucketIsNoCopy(t *testing.T) {
-	ns, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	nc, err := Connect(ConnectConfig{Name: "test", Embedded: ns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer Drain(nc, time.Second)
-	st, err := OpenStore(context.Background(), nc, "tokens", 1, nil)
+	st, err := OpenStore(context.Background(), embedded(t), "tokens", 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,16 +55,7 @@ func TestEmbeddedServerStoresTokens(t *testing.T) {
 // token.updates.<key> with its sequence headers, and a delete with
 // KV-Operation: DEL and an empty body.
 func TestStoreRepublishesUpdates(t *testing.T) {
-	ns, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	nc, err := Connect(ConnectConfig{Name: "test", Embedded: ns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer Drain(nc, time.Second)
+	nc := embedded(t)
 	ctx := context.Background()
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -141,4 +132,21 @@ func TestStoreRepublishesUpdates(t *testing.T) {
 		m.Header.Get(wire.HeaderLastSequence) != fmt.Sprint(r2) {
 		t.Fatalf("delete: %s %v %q", m.Subject, m.Header, m.Data)
 	}
+}
+
+// embedded starts an embedded server with JetStream for t and returns a
+// connection to it; both end with t.
+func embedded(t *testing.T) *nats.Conn {
+	t.Helper()
+	ns, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := Connect(ConnectConfig{Name: "test", Embedded: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Drain(nc, time.Second) })
+	return nc
 }
