@@ -278,18 +278,28 @@ func (s *Store) decode(key string, b []byte) (p config.Provider, stale bool, err
 // Put stores p, its secrets sealed with the first key, and returns the
 // revision once JetStream has stored it.
 func (s *Store) Put(ctx context.Context, p config.Provider) (uint64, error) {
-	b, err := s.encode(p)
+	b, err := s.sealed(p)
 	if err != nil {
 		return 0, err
-	}
-	if len(b) > int(s.limits.MaxValueSize) {
-		return 0, fmt.Errorf("%w: %w: %s: %d bytes sealed, more than credentials.max_value_size (%d)", refresher.ErrBadRequest, ErrTooLarge, p.Name, len(b), s.limits.MaxValueSize)
 	}
 	rev, err := s.kv.Put(ctx, p.Name, b)
 	if err != nil {
 		return 0, fmt.Errorf("credentials: put %s: %w", p.Name, err)
 	}
 	return rev, nil
+}
+
+// sealed is p's entry as stored (encode), refused (ErrTooLarge, a bad
+// request) past the bucket's max_value_size.
+func (s *Store) sealed(p config.Provider) ([]byte, error) {
+	b, err := s.encode(p)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > int(s.limits.MaxValueSize) {
+		return nil, fmt.Errorf("%w: %w: %s: %d bytes sealed, more than credentials.max_value_size (%d)", refresher.ErrBadRequest, ErrTooLarge, p.Name, len(b), s.limits.MaxValueSize)
+	}
+	return b, nil
 }
 
 // ErrNoBatch is PutBatch's answer when the bucket's stream takes no
@@ -315,10 +325,7 @@ func (s *Store) PutBatch(ctx context.Context, ps []config.Provider) (revs []uint
 	at := make([]int, 0, len(ps)) // msgs[k] is ps[at[k]]
 	prefix := "$KV." + s.kv.Bucket() + "."
 	for i, p := range ps {
-		b, err := s.encode(p)
-		if err == nil && len(b) > int(s.limits.MaxValueSize) {
-			err = fmt.Errorf("%w: %w: %s: %d bytes sealed, more than credentials.max_value_size (%d)", refresher.ErrBadRequest, ErrTooLarge, p.Name, len(b), s.limits.MaxValueSize)
-		}
+		b, err := s.sealed(p)
 		if err != nil {
 			errs[i] = err
 			continue
