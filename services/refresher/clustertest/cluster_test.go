@@ -34,14 +34,14 @@ type node struct {
 	port int
 }
 
-func startCluster(t *testing.T) ([]*node, string) {
+func startCluster(t testing.TB) ([]*node, string) {
 	t.Helper()
 	return startClusterWith(t, "", nil)
 }
 
 // startClusterWith starts the cluster with extra lines in every node's
 // configuration and files written beside it (e.g. an included auth.conf).
-func startClusterWith(t *testing.T, extra string, files map[string][]byte) ([]*node, string) {
+func startClusterWith(t testing.TB, extra string, files map[string][]byte) ([]*node, string) {
 	t.Helper()
 	ports := freePorts(t, 6)
 	dir := t.TempDir()

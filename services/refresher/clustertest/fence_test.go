@@ -1,11 +1,16 @@
 package clustertest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,4 +112,95 @@ func TestFencedWritesOnR3(t *testing.T) {
 	if c := changes.Load() - before; c != 0 || !l.Valid() {
 		t.Errorf("leadership changed %d times under concurrent writes", c)
 	}
+}
+
+// BenchmarkFencedWrites measures the lease holder's token writes on a
+// three-node cluster (real nats-server processes, sync_interval always), on
+// an R3 bucket and on an R1 one, 16 writers at once as fetch_concurrency 16
+// makes them: each committed on its own (the turn serialises them) against
+// the writes that queue committed together as one atomic batch
+// (leader.Config.Batches). On R1 the server stages each batch in a file
+// store of its own, which costs more than the fsyncs it saves; the
+// refresher batches only on a replicated bucket (natsx.Store.Replicated).
+//
+//	go test ./clustertest -run '^$' -bench FencedWrites -count 6
+func BenchmarkFencedWrites(b *testing.B) {
+	nodes, urls := startCluster(b)
+	var nc *nats.Conn
+	testutil.CheckFor(b, 20*time.Second, 50*time.Millisecond, func() (err error) {
+		nc, err = nats.Connect(urls, nats.MaxReconnects(-1))
+		return err
+	})
+	defer nc.Close()
+	for i, c := range []struct {
+		replicas int
+		mode     string
+	}{{3, "one-at-a-time"}, {3, "batches"}, {1, "one-at-a-time"}, {1, "batches"}} {
+		mode := c.mode
+		b.Run(fmt.Sprintf("replicas=%d/mode=%s", c.replicas, mode), func(b *testing.B) {
+			ctx := context.Background()
+			st, err := natsx.OpenStore(ctx, nc, fmt.Sprint("tokens", i), c.replicas, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cfg := leader.Config{
+				Lease:     leader.LeaseConfig{KV: leader.LeaseBucket(st.Lease()), Holder: "only", TTL: leaseTTL, RetryPeriod: 200 * time.Millisecond},
+				JetStream: st.JetStream(), Tokens: st.KV(), Conn: nc,
+			}
+			if mode == "batches" {
+				cfg.Batches = leader.AtomicBatches(st.JetStream())
+			}
+			l, err := leader.New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rctx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { defer close(done); _ = l.Run(rctx) }()
+			defer func() { cancel(); <-done }()
+			testutil.CheckFor(b, 10*time.Second, 10*time.Millisecond, func() error {
+				_, err := l.Publish(ctx, wire.Token{Provider: "probe", AccessToken: "x", ExpiresAt: time.Now().Add(time.Hour)})
+				return err
+			})
+			var next atomic.Int64
+			b.SetParallelism(8) // 16 writers on 2 cores
+			cpu0 := cpuTime(b, nodes)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					n := next.Add(1)
+					tok := wire.Token{Provider: fmt.Sprint("p", n%1000), AccessToken: fmt.Sprint("t", n), ExpiresAt: time.Now().Add(time.Hour)}
+					if _, err := l.Publish(ctx, tok); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64((cpuTime(b, nodes)-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+		})
+	}
+}
+
+// cpuTime is the CPU time used so far by this process and the cluster's
+// nats-server processes together.
+func cpuTime(tb testing.TB, nodes []*node) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	for _, n := range nodes {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.pid()))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		// utime and stime are fields 14 and 15, counted after the
+		// parenthesised command name.
+		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(ut+st) * time.Second / 100 // USER_HZ
+	}
+	return total
 }

@@ -69,7 +69,7 @@ type proc struct {
 	done chan struct{}
 }
 
-func startProc(t *testing.T, name, path string, args ...string) *proc {
+func startProc(t testing.TB, name, path string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, path: path, args: args, out: &syncBuffer{}}
 	p.start(t)
@@ -82,7 +82,7 @@ func startProc(t *testing.T, name, path string, args ...string) *proc {
 	return p
 }
 
-func (p *proc) start(t *testing.T) {
+func (p *proc) start(t testing.TB) {
 	t.Helper()
 	p.cmd = exec.Command(p.path, p.args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -121,7 +121,7 @@ func (p *proc) stop() {
 }
 
 // freePorts returns n distinct free loopback ports.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ls []net.Listener
 	var ports []int

@@ -27,6 +27,7 @@ import (
 	"github.com/tokenbus/tokenbus/libs/tokenclient/wire"
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/config"
+	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 	"github.com/tokenbus/tokenbus/services/refresher/seal"
 )
 
@@ -108,28 +109,8 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring 
 		return nil, fmt.Errorf("credentials: open bucket %q: %w", bucket, err)
 	}
 	st.kv, st.js = kv, js
-	st.atomic = allowAtomic(ctx, js, "KV_"+bucket)
+	st.atomic = natsx.AllowAtomic(ctx, js, "KV_"+bucket)
 	return st, nil
-}
-
-// allowAtomic lets the stream take atomic batches (nats-server 2.12 and
-// later) and reports whether it does. It does not on an older server,
-// which ignores the setting, nor when the update is refused; PutBatch then
-// answers ErrNoBatch and providers are put one by one. Another replica's
-// Open (an older tokenbus, whose bucket config lacks the setting) may turn
-// it off again: a batch then fails as a whole, and is put one by one too.
-func allowAtomic(ctx context.Context, js jetstream.JetStream, stream string) bool {
-	str, err := js.Stream(ctx, stream)
-	if err != nil {
-		return false
-	}
-	cfg := str.CachedInfo().Config
-	if cfg.AllowAtomicPublish {
-		return true
-	}
-	cfg.AllowAtomicPublish = true
-	str, err = js.UpdateStream(ctx, cfg)
-	return err == nil && str.CachedInfo().Config.AllowAtomicPublish
 }
 
 // record is an entry as stored: non-secret fields in the clear, secrets

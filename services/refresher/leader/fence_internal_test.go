@@ -3,10 +3,14 @@ package leader
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenbus/tokenbus/services/refresher"
@@ -102,5 +106,237 @@ func TestFailedTermRewriteDoesNotStopWrites(t *testing.T) {
 	}
 	if _, err := f.write(ctx, "p", []byte(`{}`), false); err != nil {
 		t.Fatalf("write after the rewrite: %v", err)
+	}
+}
+
+// countingBatches is AtomicBatches that records the size of every batch.
+type countingBatches struct {
+	BatchPublisher
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (c *countingBatches) PublishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+	c.mu.Lock()
+	c.sizes = append(c.sizes, len(msgs))
+	c.mu.Unlock()
+	return c.BatchPublisher.PublishBatch(ctx, msgs)
+}
+
+func (c *countingBatches) batches() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.sizes)
+}
+
+// queued starts n writes to keys p0..p<n-1> while the test holds f's turn,
+// waits until all are queued, and returns their outcomes once the turn is
+// released by release.
+func queued(t *testing.T, f *fence, ctxs []context.Context) (release func() ([]uint64, []error)) {
+	t.Helper()
+	if err := f.lock(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := len(ctxs)
+	revs, errs := make([]uint64, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			revs[i], errs[i] = f.write(ctxs[i], fmt.Sprint("p", i), []byte(fmt.Sprintf(`{"n":%d}`, i)), false)
+		})
+	}
+	testutil.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		f.qmu.Lock()
+		defer f.qmu.Unlock()
+		if len(f.queue) != n {
+			return fmt.Errorf("%d of %d writes queued", len(f.queue), n)
+		}
+		return nil
+	})
+	return func() ([]uint64, []error) {
+		f.unlock()
+		wg.Wait()
+		return revs, errs
+	}
+}
+
+func background(n int) []context.Context {
+	ctxs := make([]context.Context, n)
+	for i := range ctxs {
+		ctxs[i] = context.Background()
+	}
+	return ctxs
+}
+
+// TestFenceCommitsQueuedWritesTogether: the writes that queue while the
+// turn is held are committed as one atomic batch, each settled with its own
+// revision (consecutive, in queue order) and stored under its own key with
+// the term's headers; without Batches each is committed on its own.
+func TestFenceCommitsQueuedWritesTogether(t *testing.T) {
+	st := openTokens(t)
+	ctx := context.Background()
+	if !natsx.AllowAtomic(ctx, st.JetStream(), "KV_tokens") {
+		t.Fatal("the tokens bucket takes no atomic batches")
+	}
+	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
+	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
+	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	str, err := st.JetStream().Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 12
+	revs, errs := queued(t, f, background(n))()
+	if got := cb.batches(); !slices.Equal(got, []int{n}) {
+		t.Fatalf("batches %v, want one of %d", got, n)
+	}
+	// Queue order is the goroutines' arrival order: the revisions are a
+	// permutation of n consecutive ones, each that of its own key.
+	sorted := slices.Sorted(slices.Values(revs))
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("write %d: %v", i, errs[i])
+		}
+		if i > 0 && sorted[i] != sorted[i-1]+1 {
+			t.Fatalf("revisions %v are not consecutive", sorted)
+		}
+		e, err := st.KV().Get(ctx, fmt.Sprint("p", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Revision() != revs[i] || string(e.Value()) != fmt.Sprintf(`{"n":%d}`, i) {
+			t.Fatalf("p%d: stored %s at %d, write settled at %d", i, e.Value(), e.Revision(), revs[i])
+		}
+		msg, err := str.GetMsg(ctx, revs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Header.Get("Nats-Batch-Id") == "" || msg.Header.Get(HeaderTerm) != "3" || msg.Header.Get(HeaderWriter) != "a" {
+			t.Fatalf("p%d headers %v: want a batch id, term 3, writer a", i, msg.Header)
+		}
+	}
+
+	// Without Batches: one commit each.
+	single := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", turn: make(chan struct{}, 1)}
+	single.term, single.seq = f.term, f.seq
+	_, errs = queued(t, single, background(4))()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("write %d without batches: %v", i, err)
+		}
+	}
+}
+
+// TestFenceBatchFencedOffAsAWhole: a batch written after someone else moved
+// the term record is refused whole — every write in it answers
+// errFenceMoved and none is stored.
+func TestFenceBatchFencedOffAsAWhole(t *testing.T) {
+	st := openTokens(t)
+	ctx := context.Background()
+	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
+	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
+	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.KV().Put(ctx, TermKey, []byte(`{"holder":"b","term":4}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, errs := queued(t, f, background(5))()
+	for i, err := range errs {
+		if !errors.Is(err, errFenceMoved) {
+			t.Fatalf("write %d after the term moved: %v, want errFenceMoved", i, err)
+		}
+		if _, err := st.KV().Get(ctx, fmt.Sprint("p", i)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.Fatalf("p%d stored by a fenced-off batch (%v)", i, err)
+		}
+	}
+	if got := cb.batches(); !slices.Equal(got, []int{5}) {
+		t.Fatalf("batches %v, want one of 5", got)
+	}
+}
+
+// TestFenceWritesOneByOneWhenBatchesAreRefused: a bucket whose stream takes
+// no atomic batches (allow_atomic turned off, as an older replica's open
+// does) refuses the batch; its writes are then committed one by one and
+// succeed, and batches are not tried again for noBatchFor.
+func TestFenceWritesOneByOneWhenBatchesAreRefused(t *testing.T) {
+	st := openTokens(t)
+	ctx := context.Background()
+	str, err := st.JetStream().Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := str.CachedInfo().Config
+	cfg.AllowAtomicPublish = false
+	if _, err := st.JetStream().UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
+	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
+	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	revs, errs := queued(t, f, background(4))()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		e, err := st.KV().Get(ctx, fmt.Sprint("p", i))
+		if err != nil || e.Revision() != revs[i] {
+			t.Fatalf("p%d: %v at %d, settled at %d", i, err, e.Revision(), revs[i])
+		}
+	}
+	_, errs = queued(t, f, background(4))()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("second round, write %d: %v", i, err)
+		}
+	}
+	if got := cb.batches(); !slices.Equal(got, []int{4}) {
+		t.Fatalf("batches tried %v, want the first only", got)
+	}
+}
+
+// TestFenceQueueLongerThanABatch: more writes queued than one batch takes
+// are all committed, in batches of at most maxBatch, and a writer that gives
+// up while queued is withdrawn (not written) without failing the others.
+func TestFenceQueueLongerThanABatch(t *testing.T) {
+	st := openTokens(t)
+	ctx := context.Background()
+	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
+	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
+	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	n := maxBatch + 10
+	ctxs := background(n)
+	gone, cancel := context.WithCancel(ctx)
+	ctxs[n-1] = gone
+	release := queued(t, f, ctxs)
+	cancel()
+	testutil.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		f.qmu.Lock()
+		defer f.qmu.Unlock()
+		if len(f.queue) != n-1 {
+			return fmt.Errorf("%d queued, want the cancelled write withdrawn", len(f.queue))
+		}
+		return nil
+	})
+	_, errs := release()
+	for i, err := range errs[:n-1] {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if !errors.Is(errs[n-1], context.Canceled) {
+		t.Fatalf("the cancelled write: %v", errs[n-1])
+	}
+	if _, err := st.KV().Get(ctx, fmt.Sprint("p", n-1)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the withdrawn write was stored (%v)", err)
+	}
+	if got := cb.batches(); !slices.Equal(got, []int{maxBatch, 9}) {
+		t.Fatalf("batches %v, want %d then 9", got, maxBatch)
 	}
 }

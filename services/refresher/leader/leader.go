@@ -92,6 +92,10 @@ type Config struct {
 	// JetStream and Tokens are the tokens bucket the leader writes.
 	JetStream jetstream.JetStream
 	Tokens    jetstream.KeyValue
+	// Batches, if set, commits the token writes that queue up together as
+	// one atomic batch (AtomicBatches on the tokens bucket's JetStream, or
+	// the simulation's); without it every write is committed on its own.
+	Batches BatchPublisher
 	// Conn carries forwarded refreshes, and the resuming check of a lapsed
 	// lease.
 	Conn *nats.Conn
@@ -220,7 +224,7 @@ func New(cfg Config) (*Leader, error) {
 	}
 	l := &Leader{
 		cfg: cfg, log: cfg.Logger,
-		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, turn: make(chan struct{}, 1)},
+		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, batches: cfg.Batches, turn: make(chan struct{}, 1)},
 		loops: map[string]Loop{}, running: map[string]*running{}, leaving: map[string]Loop{}, counted: map[string]uint64{},
 		refused: map[string]bool{}, undeleted: map[string]bool{},
 	}

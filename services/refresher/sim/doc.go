@@ -2,7 +2,8 @@
 // test runs three replicas' real leader (lease, fence, gate, loops, forwarded
 // refreshes) and refresh code in one process, inside a testing/synctest
 // bubble (simulated time), against a simulated KV with JetStream's semantics
-// — per-subject sequences, expected-last-subject-sequence checks, R3's "wrong
+// — per-subject sequences, expected-last-subject-sequence checks, atomic
+// batches of fenced writes (all or none, at consecutive sequences), R3's "wrong
 // last sequence" (10164) refusal while another write to the subject commits,
 // replies lost after a commit, slow commits, keys deleted or overwritten from
 // outside, the tokens bucket deleted and created again, a replica cut off from

@@ -76,8 +76,15 @@ func wrongLastConstant() error {
 // commit proposes p on behalf of from (nil: an operator outside the
 // cluster). Faults are drawn from the world's schedule.
 func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64, error) {
+	return b.commitBatch(ctx, from, []proposal{p})
+}
+
+// commitBatch commits ps as one proposal (a JetStream atomic batch): the
+// faults of its first key, every check before any write, consecutive
+// sequences. It returns the last one.
+func (b *bucket) commitBatch(ctx context.Context, from *replica, ps []proposal) (uint64, error) {
 	from.awake()
-	trip, slow, lose, cut := b.w.writeFaults(from, b.name, p.key)
+	trip, slow, lose, cut := b.w.writeFaults(from, b.name, ps[0].key)
 	if cut {
 		// Cut off from the majority: the proposal never commits.
 		<-ctx.Done()
@@ -85,36 +92,47 @@ func (b *bucket) commit(ctx context.Context, from *replica, p proposal) (uint64,
 	}
 	time.Sleep(trip)
 	b.mu.Lock()
-	if b.committing[p.key] > 0 || (p.expect != "" && b.committing[p.expect] > 0) {
-		b.mu.Unlock()
-		return 0, wrongLastConstant()
-	}
-	if p.check != nil {
-		if err := p.check(b); err != nil {
+	for _, p := range ps {
+		if b.committing[p.key] > 0 || (p.expect != "" && b.committing[p.expect] > 0) {
 			b.mu.Unlock()
-			return 0, err
+			return 0, wrongLastConstant()
 		}
 	}
-	b.committing[p.key]++
+	for _, p := range ps {
+		if p.check != nil {
+			if err := p.check(b); err != nil {
+				b.mu.Unlock()
+				return 0, err
+			}
+		}
+	}
+	for _, p := range ps {
+		b.committing[p.key]++
+	}
 	b.mu.Unlock()
 	if slow > 0 {
 		time.Sleep(slow) // a proposal, once made, commits whatever the client does
 	}
 	b.mu.Lock()
-	b.committing[p.key]--
-	b.seq++
-	r := rec{bucket: b.name, key: p.key, data: p.data, op: p.op, seq: b.seq, hdr: p.hdr, at: time.Now()}
-	b.last[p.key] = r
-	b.log = append(b.log, r)
-	for _, w := range b.watchers {
-		w.push(r)
+	rs := make([]rec, len(ps))
+	for i, p := range ps {
+		b.committing[p.key]--
+		b.seq++
+		rs[i] = rec{bucket: b.name, key: p.key, data: p.data, op: p.op, seq: b.seq, hdr: p.hdr, at: time.Now()}
+		b.last[p.key] = rs[i]
+		b.log = append(b.log, rs[i])
+		for _, w := range b.watchers {
+			w.push(rs[i])
+		}
 	}
 	b.mu.Unlock()
-	b.w.committed(b, from, r)
+	for _, r := range rs {
+		b.w.committed(b, from, r)
+	}
 	if lose || ctx.Err() != nil {
 		return 0, errTimeout // committed; the reply is lost
 	}
-	return r.seq, nil
+	return rs[len(rs)-1].seq, nil
 }
 
 // put writes key whatever its revision (`nats kv put`, an operator).
@@ -283,6 +301,25 @@ type simJS struct {
 }
 
 func (j simJS) PublishMsg(ctx context.Context, msg *nats.Msg, _ ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	seq, err := j.b.commit(ctx, j.from, j.proposal(msg))
+	if err != nil {
+		return nil, err
+	}
+	return &jetstream.PubAck{Stream: "KV_" + j.b.name, Sequence: seq}, nil
+}
+
+// PublishBatch is leader.BatchPublisher on the simulated bucket: every
+// message checked, then all committed at consecutive sequences, or none.
+func (j simJS) PublishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+	ps := make([]proposal, len(msgs))
+	for i, m := range msgs {
+		ps[i] = j.proposal(m)
+	}
+	return j.b.commitBatch(ctx, j.from, ps)
+}
+
+// proposal is a fenced token write as the bucket commits it.
+func (j simJS) proposal(msg *nats.Msg) proposal {
 	key := strings.TrimPrefix(msg.Subject, "$KV."+j.b.name+".")
 	op := jetstream.KeyValuePut
 	if msg.Header.Get("KV-Operation") == "DEL" {
@@ -290,16 +327,12 @@ func (j simJS) PublishMsg(ctx context.Context, msg *nats.Msg, _ ...jetstream.Pub
 	}
 	expectKey := strings.TrimPrefix(msg.Header.Get(jetstream.ExpectedLastSubjSeqSubjHeader), "$KV."+j.b.name+".")
 	expectSeq, _ := strconv.ParseUint(msg.Header.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64)
-	seq, err := j.b.commit(ctx, j.from, proposal{key: key, data: msg.Data, op: op, hdr: cloneHeader(msg.Header), expect: expectKey, check: func(b *bucket) error {
+	return proposal{key: key, data: msg.Data, op: op, hdr: cloneHeader(msg.Header), expect: expectKey, check: func(b *bucket) error {
 		if expectKey != "" && b.last[expectKey].seq != expectSeq {
 			return &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence, Description: "wrong last sequence"}
 		}
 		return nil
-	}})
-	if err != nil {
-		return nil, err
-	}
-	return &jetstream.PubAck{Stream: "KV_" + j.b.name, Sequence: seq}, nil
+	}}
 }
 
 func (j simJS) Stream(context.Context, string) (jetstream.Stream, error) {

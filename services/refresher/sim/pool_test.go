@@ -435,7 +435,7 @@ func (ps *poolSim) startReplica(slot int) *poolReplica {
 	l, err := leader.New(leader.Config{
 		Lease: leader.LeaseConfig{KV: leaseKV{b: w.lease, from: r.replica}, Holder: r.name, TTL: ttl, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
 			DrainTimeout: 2 * time.Second, Clock: driftClock{origin: time.Now(), rate: rate}},
-		JetStream: simJS{b: w.tokens, from: r.replica}, Tokens: tokensKV{b: w.tokens, from: r.replica},
+		JetStream: simJS{b: w.tokens, from: r.replica}, Tokens: tokensKV{b: w.tokens, from: r.replica}, Batches: simJS{b: w.tokens, from: r.replica},
 		FetchConcurrency: 2,
 	})
 	if err != nil {

@@ -305,7 +305,7 @@ func (w *world) startReplica(slot int) *replica {
 			OnChange: func(s leader.State) {
 				w.logf("%s sees %s lead term %d (leading: %v)", r.name, s.Holder, s.Term, s.Leader)
 			}},
-		JetStream: simJS{b: w.tokens, from: r}, Tokens: tokensKV{b: w.tokens, from: r},
+		JetStream: simJS{b: w.tokens, from: r}, Tokens: tokensKV{b: w.tokens, from: r}, Batches: simJS{b: w.tokens, from: r},
 		Inherited: simInherited{b: w.tokens}, FetchConcurrency: 2, Transport: w.bus.transport(r),
 		OnForeignWrite: func(p string) { w.logf("%s counts a foreign write of %s", r.name, p) },
 	})

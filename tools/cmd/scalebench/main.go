@@ -187,7 +187,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	fs.IntVar(&o.putBatch, "put-batch", 250, "api: providers per tokenbus.providers.put_many (1: single tokenbus.providers.put requests)")
-	fs.IntVar(&o.putRate, "put-rate", 0, "the refresher's credentials.put_rate: providers stored per second at most (0: its default, 4000; -1: no bound)")
+	fs.IntVar(&o.putRate, "put-rate", 0, "the refresher's credentials.put_rate: providers stored per second at most (0: its default, 2,500; -1: no bound)")
 	fs.DurationVar(&o.probeEvery, "probe-every", 250*time.Millisecond, "pause between rounds of the status endpoints' probes during the fill (each round asks token.status, tokenbus.providers.list, /status.json and /metrics)")
 	fs.DurationVar(&o.idle, "idle", 10*time.Second, "how long to measure idle CPU once every token is fresh")
 	fs.Func("env", "KEY=VALUE in the refresher's environment, e.g. GOMEMLIMIT=400MiB (repeatable)", func(v string) error {

@@ -225,6 +225,10 @@ func (m *Main) Run(ctx context.Context) error {
 		loaded = make(chan struct{})
 		m.credsReady = loaded
 	}
+	var batches leader.BatchPublisher // on R1 every write on its own (natsx.Store.Replicated)
+	if m.store.Replicated() {
+		batches = leader.AtomicBatches(m.store.JetStream())
+	}
 	m.leader, err = leader.New(leader.Config{
 		Lease: leader.LeaseConfig{
 			KV: leader.LeaseBucket(m.store.Lease()), Holder: instance,
@@ -239,6 +243,7 @@ func (m *Main) Run(ctx context.Context) error {
 			OnRenewFailure: func(error) { m.Metrics.LeaseRenewalFailed() },
 		},
 		JetStream: m.store.JetStream(), Tokens: m.store.KV(), Conn: m.nc,
+		Batches:   batches,
 		ErrorCode: rpc.Code, Logger: m.logger,
 		OnForeignWrite: func(provider string) {
 			m.Metrics.ForeignWrite(provider)
