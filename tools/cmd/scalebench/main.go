@@ -114,6 +114,7 @@ type options struct {
 	takeover    bool
 	natsServer  string
 	leaseTTL    time.Duration
+	replicas    int
 }
 
 // Result is one run's figures.
@@ -202,12 +203,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.takeover, "takeover", false, "measure a leader change (SIGKILL, then SIGTERM) with two refresher processes and a nats-server process")
 	fs.StringVar(&o.natsServer, "nats-server", "", "--takeover: nats-server binary (default: build github.com/nats-io/nats-server/v2)")
 	fs.DurationVar(&o.leaseTTL, "lease-ttl", 10*time.Second, "--takeover: the refreshers' lease.ttl")
+	fs.IntVar(&o.replicas, "replicas", 1, "--takeover: the buckets' replicas; 3 runs a three-node cluster of nats-server processes with sync_interval always, as deploy/ does")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.providers < 1 || o.providers > 100000 || (o.source != "api" && o.source != "config") || o.concurrency < 1 ||
-		o.putBatch < 1 || o.putBatch > wire.ProvidersPutManyMax || o.idle < 0 {
-		return fmt.Errorf("want --providers 1..100000, --source api|config, --fetch-concurrency ≥ 1, --put-batch 1..%d, --idle ≥ 0", wire.ProvidersPutManyMax)
+		o.putBatch < 1 || o.putBatch > wire.ProvidersPutManyMax || o.idle < 0 || (o.replicas != 1 && o.replicas != 3) || (o.replicas != 1 && !o.takeover) {
+		return fmt.Errorf("want --providers 1..100000, --source api|config, --fetch-concurrency ≥ 1, --put-batch 1..%d, --idle ≥ 0, --replicas 1|3 (3 with --takeover)", wire.ProvidersPutManyMax)
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()

@@ -28,8 +28,10 @@ type TakeoverResult struct {
 	Providers       int     `json:"providers"`
 	Source          string  `json:"source"`
 	LeaseTTLSeconds float64 `json:"lease_ttl_seconds"`
-	PutSeconds      float64 `json:"put_seconds,omitempty"`
-	PutPerSecond    float64 `json:"puts_per_second,omitempty"`
+	// Replicas is the buckets' replicas (3: a three-node cluster).
+	Replicas     int     `json:"replicas"`
+	PutSeconds   float64 `json:"put_seconds,omitempty"`
+	PutPerSecond float64 `json:"puts_per_second,omitempty"`
 	// ReadySeconds: from the first put (or the start) until both replicas
 	// hold every token.
 	ReadySeconds float64 `json:"ready_seconds"`
@@ -160,18 +162,11 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 	}
 	defer stopSim()
 
-	// The NATS server: its own process, JetStream on, loopback only.
-	natsPort, err := freePort()
+	url, stopNATS, err := startNATS(ctx, nsBin, dir, o.replicas, log)
 	if err != nil {
 		return nil, err
 	}
-	ns := exec.Command(nsBin, "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", filepath.Join(dir, "nats"), "-l", filepath.Join(dir, "nats-server.log"))
-	ns.Stdout, ns.Stderr = io.Discard, log
-	if err := ns.Start(); err != nil {
-		return nil, fmt.Errorf("start nats-server: %w", err)
-	}
-	defer func() { _ = ns.Process.Signal(syscall.SIGTERM); _ = ns.Wait() }()
-	url := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	defer stopNATS()
 	var nc *nats.Conn
 	for {
 		if nc, err = nats.Connect(url, nats.Timeout(time.Second)); err == nil {
@@ -194,7 +189,7 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 			return nil, err
 		}
 		r := &replica{name: name, bin: bin, cfg: filepath.Join(dir, name+".yaml"), httpPort: port, log: log}
-		if err := writeConfig(r.cfg, o, fmt.Sprintf("{url: %q}", url), port, key, extra, simURL); err != nil {
+		if err := writeConfig(r.cfg, o, fmt.Sprintf("{url: %q, replicas: %d}", url, o.replicas), port, key, extra, simURL); err != nil {
 			return nil, err
 		}
 		reps[i] = r
@@ -215,7 +210,7 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 	if err := b.await(ctx, "started", func(st wire.Status) bool { return st.Summary != nil }); err != nil {
 		return nil, err
 	}
-	res := &TakeoverResult{Providers: o.providers, Source: o.source, LeaseTTLSeconds: o.leaseTTL.Seconds()}
+	res := &TakeoverResult{Providers: o.providers, Source: o.source, LeaseTTLSeconds: o.leaseTTL.Seconds(), Replicas: o.replicas}
 	if o.source == "api" {
 		start = time.Now()
 		body := func(i int) json.RawMessage { return putBody(i, simURL) }
@@ -350,4 +345,56 @@ func takeover(ctx context.Context, nc *nats.Conn, sim *simulator.Server, leader,
 	fmt.Fprintf(log, "%s: the standby led after %.2fs and served every provider after %.2fs; %d token requests after the signal; %d of %d token.get failed\n",
 		sig, f.LeadSeconds, f.ServeSeconds, f.TokenRequests, f.GetFailures, f.Gets)
 	return f, nil
+}
+
+// startNATS starts the NATS servers of a --takeover run, each its own
+// process on loopback with JetStream: one with the server's defaults, or
+// (replicas 3) a three-node cluster that syncs every write to disk as the
+// configurations in deploy/ do. It returns the client URL(s) and a stop.
+func startNATS(ctx context.Context, bin, dir string, replicas int, log io.Writer) (string, func(), error) {
+	nodes := 1
+	if replicas > 1 {
+		nodes = 3
+	}
+	ports := make([]int, 2*nodes)
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return "", nil, err
+		}
+		ports[i] = p
+	}
+	var procs []*exec.Cmd
+	stop := func() {
+		for _, p := range procs {
+			_ = p.Process.Signal(syscall.SIGTERM)
+			_ = p.Wait()
+		}
+	}
+	var urls, routes []string
+	for i := range nodes {
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[nodes+i]))
+	}
+	for i := range nodes {
+		args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(ports[i]), "-js", "-sd", filepath.Join(dir, fmt.Sprint("nats", i)), "-l", filepath.Join(dir, fmt.Sprintf("nats-server-%d.log", i))}
+		if nodes > 1 {
+			conf := filepath.Join(dir, fmt.Sprintf("n%d.conf", i))
+			body := fmt.Sprintf("server_name: n%d\njetstream { store_dir: %q, sync_interval: always }\ncluster { name: scalebench, listen: 127.0.0.1:%d, routes: [%s] }\n",
+				i, filepath.Join(dir, fmt.Sprint("nats", i)), ports[nodes+i], strings.Join(routes, ", "))
+			if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+				stop()
+				return "", nil, err
+			}
+			args = []string{"-c", conf, "-a", "127.0.0.1", "-p", fmt.Sprint(ports[i]), "-l", filepath.Join(dir, fmt.Sprintf("nats-server-%d.log", i))}
+		}
+		ns := exec.CommandContext(ctx, bin, args...)
+		ns.Stdout, ns.Stderr = io.Discard, log
+		if err := ns.Start(); err != nil {
+			stop()
+			return "", nil, fmt.Errorf("start nats-server: %w", err)
+		}
+		procs = append(procs, ns)
+	}
+	return strings.Join(urls, ","), stop, nil
 }
