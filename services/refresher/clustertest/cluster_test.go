@@ -79,7 +79,7 @@ cluster { name: tokenbus, listen: 127.0.0.1:%d, routes: [%s] }
 // connectCluster connects to the cluster once it accepts connections and
 // waits until JetStream answers (a meta leader is elected). The connection
 // closes with the test.
-func connectCluster(t *testing.T, urls string) (*nats.Conn, jetstream.JetStream) {
+func connectCluster(t testing.TB, urls string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	var nc *nats.Conn
 	testutil.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() (err error) {

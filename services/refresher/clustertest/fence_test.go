@@ -75,23 +75,10 @@ func TestFencedWritesOnR3(t *testing.T) {
 
 	// Through the leader.
 	var changes atomic.Int64
-	l, err := leader.New(leader.Config{
+	l := runLeader(t, leader.Config{
 		Lease: leader.LeaseConfig{KV: leader.LeaseBucket(st.Lease()), Holder: "only", TTL: leaseTTL, RetryPeriod: 200 * time.Millisecond,
 			OnChange: func(leader.State) { changes.Add(1) }},
 		JetStream: js, Tokens: st.KV(), Conn: nc,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = l.Run(rctx) }()
-	defer func() { cancel(); <-done }()
-	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if _, err := l.Publish(ctx, wire.Token{Provider: "probe", AccessToken: "x", ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
-			return err
-		}
-		return nil
 	})
 	before := changes.Load()
 	var failed atomic.Int64
@@ -126,12 +113,7 @@ func TestFencedWritesOnR3(t *testing.T) {
 //	go test ./clustertest -run '^$' -bench FencedWrites -count 6
 func BenchmarkFencedWrites(b *testing.B) {
 	nodes, urls := startCluster(b)
-	var nc *nats.Conn
-	testutil.CheckFor(b, 20*time.Second, 50*time.Millisecond, func() (err error) {
-		nc, err = nats.Connect(urls, nats.MaxReconnects(-1))
-		return err
-	})
-	defer nc.Close()
+	nc, _ := connectCluster(b, urls)
 	for i, c := range []struct {
 		replicas int
 		mode     string
@@ -150,18 +132,7 @@ func BenchmarkFencedWrites(b *testing.B) {
 			if mode == "batches" {
 				cfg.Batches = leader.AtomicBatches(st.JetStream())
 			}
-			l, err := leader.New(cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			rctx, cancel := context.WithCancel(ctx)
-			done := make(chan struct{})
-			go func() { defer close(done); _ = l.Run(rctx) }()
-			defer func() { cancel(); <-done }()
-			testutil.CheckFor(b, 10*time.Second, 10*time.Millisecond, func() error {
-				_, err := l.Publish(ctx, wire.Token{Provider: "probe", AccessToken: "x", ExpiresAt: time.Now().Add(time.Hour)})
-				return err
-			})
+			l := runLeader(b, cfg)
 			var next atomic.Int64
 			b.SetParallelism(8) // 16 writers on 2 cores
 			cpu0 := cpuTime(b, nodes)
@@ -180,6 +151,25 @@ func BenchmarkFencedWrites(b *testing.B) {
 			b.ReportMetric(float64((cpuTime(b, nodes)-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 		})
 	}
+}
+
+// runLeader runs a leader of cfg until the test ends, once it leads and its
+// fenced writes go through.
+func runLeader(tb testing.TB, cfg leader.Config) *leader.Leader {
+	tb.Helper()
+	l, err := leader.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = l.Run(ctx) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	testutil.CheckFor(tb, 10*time.Second, 10*time.Millisecond, func() error {
+		_, err := l.Publish(ctx, wire.Token{Provider: "probe", AccessToken: "x", ExpiresAt: time.Now().Add(time.Hour)})
+		return err
+	})
+	return l
 }
 
 // cpuTime is the CPU time used so far by this process and the cluster's

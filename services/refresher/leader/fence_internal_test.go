@@ -129,6 +129,18 @@ func (c *countingBatches) batches() []int {
 	return slices.Clone(c.sizes)
 }
 
+// batchingFence is a fence of writer "a" on st's tokens bucket that batches
+// (counted), armed for term 3.
+func batchingFence(t *testing.T, st *natsx.Store) (*fence, *countingBatches) {
+	t.Helper()
+	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
+	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
+	if err := f.begin(context.Background(), 3, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	return f, cb
+}
+
 // queued starts n writes to keys p0..p<n-1> while the test holds f's turn,
 // waits until all are queued, and returns their outcomes once the turn is
 // released by release.
@@ -178,11 +190,7 @@ func TestFenceCommitsQueuedWritesTogether(t *testing.T) {
 	if !natsx.AllowAtomic(ctx, st.JetStream(), "KV_tokens") {
 		t.Fatal("the tokens bucket takes no atomic batches")
 	}
-	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
-	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
-	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
-		t.Fatal(err)
-	}
+	f, cb := batchingFence(t, st)
 	str, err := st.JetStream().Stream(ctx, "KV_tokens")
 	if err != nil {
 		t.Fatal(err)
@@ -235,11 +243,7 @@ func TestFenceCommitsQueuedWritesTogether(t *testing.T) {
 func TestFenceBatchFencedOffAsAWhole(t *testing.T) {
 	st := openTokens(t)
 	ctx := context.Background()
-	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
-	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
-	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
-		t.Fatal(err)
-	}
+	f, cb := batchingFence(t, st)
 	if _, err := st.KV().Put(ctx, TermKey, []byte(`{"holder":"b","term":4}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -273,11 +277,7 @@ func TestFenceWritesOneByOneWhenBatchesAreRefused(t *testing.T) {
 	if _, err := st.JetStream().UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
-	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
-	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
-		t.Fatal(err)
-	}
+	f, cb := batchingFence(t, st)
 	revs, errs := queued(t, f, background(4))()
 	for i, err := range errs {
 		if err != nil {
@@ -305,11 +305,7 @@ func TestFenceWritesOneByOneWhenBatchesAreRefused(t *testing.T) {
 func TestFenceQueueLongerThanABatch(t *testing.T) {
 	st := openTokens(t)
 	ctx := context.Background()
-	cb := &countingBatches{BatchPublisher: AtomicBatches(st.JetStream())}
-	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: cb, turn: make(chan struct{}, 1)}
-	if err := f.begin(ctx, 3, time.Now(), nil); err != nil {
-		t.Fatal(err)
-	}
+	f, cb := batchingFence(t, st)
 	n := maxBatch + 10
 	ctxs := background(n)
 	gone, cancel := context.WithCancel(ctx)
