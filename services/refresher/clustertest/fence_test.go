@@ -44,6 +44,9 @@ func TestFencedWritesOnR3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !st.Batches() {
+		t.Error("an R3 bucket on nats-server 2.15: natsx.Store.Batches false, want the lease holder to batch")
+	}
 	js := st.JetStream()
 	ctx := context.Background()
 	const writers, rounds = 8, 25
@@ -108,7 +111,7 @@ func TestFencedWritesOnR3(t *testing.T) {
 // the writes that queue committed together as one atomic batch
 // (leader.Config.Batches). On R1 the server stages each batch in a file
 // store of its own, which costs more than the fsyncs it saves; the
-// refresher batches only on a replicated bucket (natsx.Store.Replicated).
+// refresher batches only on a replicated bucket (natsx.Store.Batches).
 //
 //	go test ./clustertest -run '^$' -bench FencedWrites -count 6
 func BenchmarkFencedWrites(b *testing.B) {

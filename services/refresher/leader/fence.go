@@ -291,8 +291,10 @@ func (f *fence) commit(ws []*fenceWrite) {
 		case errors.Is(err, errFenceMoved), ctx.Err() != nil:
 			settle(ws, 0, err)
 			return
-		case errors.As(err, &apiErr):
-			// Not taken as a batch (nothing of it stored): one at a time.
+		case errors.As(err, &apiErr), errors.Is(err, jetstreamext.ErrInvalidBatchAck):
+			// Not taken as a batch: refused (nothing of it stored), or
+			// acknowledged as single messages by a server that knows no
+			// batches (writing them again is harmless). One at a time.
 			f.qmu.Lock()
 			f.noBatch = time.Now().Add(noBatchFor)
 			f.qmu.Unlock()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/tokenbus/tokenbus/services/refresher"
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
@@ -334,5 +335,38 @@ func TestFenceQueueLongerThanABatch(t *testing.T) {
 	}
 	if got := cb.batches(); !slices.Equal(got, []int{maxBatch, 9}) {
 		t.Fatalf("batches %v, want %d then 9", got, maxBatch)
+	}
+}
+
+// unbatched answers every batch as a server that knows no batches does:
+// with an acknowledgement that is no batch's.
+type unbatched struct{ calls atomic.Int32 }
+
+func (u *unbatched) PublishBatch(context.Context, []*nats.Msg) (uint64, error) {
+	u.calls.Add(1)
+	return 0, jetstreamext.ErrInvalidBatchAck
+}
+
+// TestFenceWritesOneByOneOnAServerWithoutBatches: a batch acknowledged as
+// no batch (a server older than 2.12 stores its messages as single
+// publishes) is written again one message at a time, and batches are
+// paused.
+func TestFenceWritesOneByOneOnAServerWithoutBatches(t *testing.T) {
+	st := openTokens(t)
+	u := &unbatched{}
+	f := &fence{js: st.JetStream(), kv: st.KV(), writer: "a", batches: u, turn: make(chan struct{}, 1)}
+	if err := f.begin(context.Background(), 3, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 {
+		_, errs := queued(t, f, background(3))()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, write %d: %v", round, i, err)
+			}
+		}
+	}
+	if n := u.calls.Load(); n != 1 {
+		t.Fatalf("%d batches tried, want 1 (then paused)", n)
 	}
 }

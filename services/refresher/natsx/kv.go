@@ -23,10 +23,10 @@ const LeaseSuffix = "-lease"
 
 // Store publishes tokens to the JetStream KV bucket under key <provider>.
 type Store struct {
-	js         jetstream.JetStream
-	kv         jetstream.KeyValue
-	lease      jetstream.KeyValue
-	replicated bool
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	lease   jetstream.KeyValue
+	batches bool
 
 	watchMu      sync.Mutex
 	stalledSince time.Time // zero while the watch is current
@@ -75,17 +75,18 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 	}
 	// The lease holder commits token writes that queue up as one batch
 	// (leader.AtomicBatches); without the setting it writes them one by one.
-	AllowAtomic(ctx, js, "KV_"+bucket)
-	return &Store{js: js, kv: kv, lease: lease, replicated: replicas > 1}, nil
+	atomic := AllowAtomic(ctx, js, "KV_"+bucket)
+	return &Store{js: js, kv: kv, lease: lease, batches: replicas > 1 && atomic}, nil
 }
 
-// Replicated reports whether the buckets were opened with more than one
-// replica. The lease holder then commits the token writes that queue up
-// together as one atomic batch (one proposal, 10× the writes a second of one
-// at a time on R3: BenchmarkFencedWrites); on R1 a batch is staged in a file
-// store of its own, which costs more than the fsyncs it saves at the sizes
-// a fill makes, so it writes one at a time.
-func (s *Store) Replicated() bool { return s.replicated }
+// Batches reports whether the lease holder should commit the token writes
+// that queue up together, as one atomic batch: the buckets were opened with
+// more than one replica, and the server takes atomic batches (nats-server
+// 2.12 or later). On R3 a batch is one proposal: 9× the writes a second of
+// one at a time (BenchmarkFencedWrites). On R1 the server stages a batch in
+// a file store of its own, which costs more than the fsyncs it saves at the
+// sizes a fill makes, so there it writes one at a time.
+func (s *Store) Batches() bool { return s.batches }
 
 // AllowAtomic lets the stream take atomic batches (nats-server 2.12 and
 // later) and reports whether it does. It does not on an older server,

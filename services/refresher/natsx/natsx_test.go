@@ -150,3 +150,26 @@ func embedded(t *testing.T) *nats.Conn {
 	t.Cleanup(func() { Drain(nc, time.Second) })
 	return nc
 }
+
+// TestStoreBatchesOnlyWhenReplicated: OpenStore lets the tokens bucket take
+// atomic batches, but on R1 the lease holder is told to write one at a
+// time (a batch costs more than it saves there: BenchmarkFencedWrites and
+// docs/benchmarks.md); the R3 case is in clustertest's TestFencedWritesOnR3.
+func TestStoreBatchesOnlyWhenReplicated(t *testing.T) {
+	nc := embedded(t)
+	ctx := context.Background()
+	st, err := OpenStore(ctx, nc, "tokens", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Batches() {
+		t.Error("R1: Batches true, want writes one at a time")
+	}
+	str, err := st.JetStream().Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !str.CachedInfo().Config.AllowAtomicPublish {
+		t.Error("the tokens bucket's stream does not take atomic batches after OpenStore")
+	}
+}

@@ -225,8 +225,8 @@ func (m *Main) Run(ctx context.Context) error {
 		loaded = make(chan struct{})
 		m.credsReady = loaded
 	}
-	var batches leader.BatchPublisher // on R1 every write on its own (natsx.Store.Replicated)
-	if m.store.Replicated() {
+	var batches leader.BatchPublisher // on R1 every write on its own (natsx.Store.Batches)
+	if m.store.Batches() {
 		batches = leader.AtomicBatches(m.store.JetStream())
 	}
 	m.leader, err = leader.New(leader.Config{
