@@ -147,7 +147,10 @@ type Result struct {
 	FillServedP99MS float64 `json:"fill_token_get_served_p99_ms,omitempty"`
 	FillServed      int     `json:"fill_token_get_served,omitempty"`
 	FillErrorP99MS  float64 `json:"fill_token_get_error_p99_ms,omitempty"`
-	CPUSecondsReady float64 `json:"cpu_seconds_to_ready"`
+	// The fill's answers by phase: asked while the puts ran, and after.
+	FillDuringPutsP99MS float64 `json:"fill_token_get_p99_during_puts_ms,omitempty"`
+	FillAfterPutsP99MS  float64 `json:"fill_token_get_p99_after_puts_ms,omitempty"`
+	CPUSecondsReady     float64 `json:"cpu_seconds_to_ready"`
 	// The refresher's garbage collections during the fill (GODEBUG=gctrace=1):
 	// how many, their concurrent mark phases' total and longest wall time,
 	// and the live heap the last one marked.
@@ -459,15 +462,15 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	}
 	fillCtx, endFill := context.WithCancel(ctx)
 	defer endFill()
+	var putsDone atomic.Bool
+	putsDone.Store(o.source == "config")
 	fillLat := make(chan fillTimes, 1)
 	go func() {
-		fillLat <- fillGets(fillCtx, nc, func() string { return merchant(mrand.IntN(int(max(put.Load(), 1)))) })
+		fillLat <- fillGets(fillCtx, nc, func() string { return merchant(mrand.IntN(int(max(put.Load(), 1)))) }, &putsDone)
 	}()
 	httpBase := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	fillProbes := make(chan map[string][]time.Duration, 1)
 	go func() { fillProbes <- probeEndpoints(fillCtx, nc, httpBase, o.providers, o.probeEvery, 0, log) }()
-	var putsDone atomic.Bool
-	putsDone.Store(o.source == "config")
 	inFlight := inFlightMeans(fillCtx, func() int64 { n, _ := sim.InFlight(); return n }, &putsDone)
 	gc0 := gc.cycles() // from the first put (api), from the start (config)
 	if o.source == "config" {
@@ -521,6 +524,8 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	res.FillGets, res.FillServed = len(all), len(fl.served)
 	res.FillGetP50MS, res.FillGetP99MS = percentile(all, 0.50), percentile(all, 0.99)
 	res.FillServedP99MS, res.FillErrorP99MS = percentile(fl.served, 0.99), percentile(fl.errors, 0.99)
+	res.FillDuringPutsP99MS, res.FillAfterPutsP99MS = percentile(fl.duringPuts, 0.99), percentile(fl.afterPuts, 0.99)
+	fmt.Fprintf(log, "fill token.get p99 %.1f ms: %.1f ms while the puts ran, %.1f ms after\n", res.FillGetP99MS, res.FillDuringPutsP99MS, res.FillAfterPutsP99MS)
 	res.BoundSeconds = float64(o.providers) * o.latency.Seconds() / float64(o.concurrency)
 	_, res.PeakInFlight = sim.InFlight()
 	fmt.Fprintf(log, "ready in %.1fs (bound %.1fs + a few); peak in flight %d; %.1f CPU seconds\n", res.ReadySeconds, res.BoundSeconds, res.PeakInFlight, res.CPUSecondsReady)
@@ -725,12 +730,17 @@ func firstRefusal(r wire.ProviderPutManyReply) string {
 
 // fillTimes is how long each token.get answer of the fill took: a token
 // served, or an error.
-type fillTimes struct{ served, errors []time.Duration }
+type fillTimes struct {
+	served, errors []time.Duration
+	// duringPuts and afterPuts are every answer again, by whether the
+	// puts were still running when it was asked.
+	duringPuts, afterPuts []time.Duration
+}
 
 // fillGets asks token.get of random providers already put, 2 callers, until
 // ctx ends, and returns how long each answer took (a 503 for a token not yet
 // fetched counts: the answer is what is timed), served and errors apart.
-func fillGets(ctx context.Context, nc *nats.Conn, pick func() string) fillTimes {
+func fillGets(ctx context.Context, nc *nats.Conn, pick func() string, putsDone *atomic.Bool) fillTimes {
 	var (
 		wg  sync.WaitGroup
 		mu  sync.Mutex
@@ -740,13 +750,19 @@ func fillGets(ctx context.Context, nc *nats.Conn, pick func() string) fillTimes 
 		wg.Go(func() {
 			var local fillTimes
 			for ctx.Err() == nil {
-				t := time.Now()
+				t, during := time.Now(), !putsDone.Load()
 				msg, err := nc.Request(wire.GetSubject(pick()), nil, 5*time.Second)
 				if err == nil {
+					took := time.Since(t)
 					if msg.Header.Get(wire.HeaderErrorCode) != "" {
-						local.errors = append(local.errors, time.Since(t))
+						local.errors = append(local.errors, took)
 					} else {
-						local.served = append(local.served, time.Since(t))
+						local.served = append(local.served, took)
+					}
+					if during {
+						local.duringPuts = append(local.duringPuts, took)
+					} else {
+						local.afterPuts = append(local.afterPuts, took)
 					}
 				}
 				select {
@@ -757,6 +773,8 @@ func fillGets(ctx context.Context, nc *nats.Conn, pick func() string) fillTimes 
 			mu.Lock()
 			out.served = append(out.served, local.served...)
 			out.errors = append(out.errors, local.errors...)
+			out.duringPuts = append(out.duringPuts, local.duringPuts...)
+			out.afterPuts = append(out.afterPuts, local.afterPuts...)
 			mu.Unlock()
 		})
 	}
