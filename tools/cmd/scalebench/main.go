@@ -201,7 +201,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		o.env = append(o.env, v)
 		return nil
 	})
-	fs.StringVar(&o.pprofDir, "pprof", "", "write CPU and heap profiles of the refresher to this directory (runs it with --debug-pprof)")
+	fs.StringVar(&o.pprofDir, "pprof", "", "write CPU and heap profiles of the refresher to this directory (runs it with --debug-pprof; with --takeover: a CPU profile of the leader over the fill)")
 	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "with --pprof: length of the CPU profile taken from the first put")
 	fs.BoolVar(&o.takeover, "takeover", false, "measure a leader change (SIGKILL, then SIGTERM) with two refresher processes and a nats-server process")
 	fs.StringVar(&o.natsServer, "nats-server", "", "--takeover: nats-server binary (default: build github.com/nats-io/nats-server/v2)")

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -72,13 +73,18 @@ type TakeoverFigures struct {
 type replica struct {
 	name, bin, cfg string
 	httpPort       int
+	pprofPort      int // serves /debug/pprof/ when not 0 (--pprof)
 	log            io.Writer
 	cmd            *exec.Cmd
 	done           chan struct{}
 }
 
 func (r *replica) start() error {
-	r.cmd = exec.Command(r.bin, "--config", r.cfg)
+	args := []string{"--config", r.cfg}
+	if r.pprofPort != 0 {
+		args = append(args, "--debug-pprof", fmt.Sprintf("127.0.0.1:%d", r.pprofPort))
+	}
+	r.cmd = exec.Command(r.bin, args...)
 	r.cmd.Stdout, r.cmd.Stderr = io.Discard, r.log
 	if err := r.cmd.Start(); err != nil {
 		return fmt.Errorf("start replica %s: %w", r.name, err)
@@ -189,6 +195,11 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 			return nil, err
 		}
 		r := &replica{name: name, bin: bin, cfg: filepath.Join(dir, name+".yaml"), httpPort: port, log: log}
+		if o.pprofDir != "" && name == "a" {
+			if r.pprofPort, err = freePort(); err != nil {
+				return nil, err
+			}
+		}
 		if err := writeConfig(r.cfg, o, fmt.Sprintf("{url: %q, replicas: %d}", url, o.replicas), port, key, extra, simURL); err != nil {
 			return nil, err
 		}
@@ -211,6 +222,20 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 		return nil, err
 	}
 	res := &TakeoverResult{Providers: o.providers, Source: o.source, LeaseTTLSeconds: o.leaseTTL.Seconds(), Replicas: o.replicas}
+	if o.pprofDir != "" {
+		// The leader's CPU over the fill: a leads (it started first).
+		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+			return nil, err
+		}
+		var profile sync.WaitGroup
+		defer profile.Wait()
+		profile.Go(func() {
+			url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", a.pprofPort, int(o.cpuProfile.Seconds()))
+			if err := fetch(ctx, url, filepath.Join(o.pprofDir, fmt.Sprintf("cpu-fill-r%d-%d.pprof", o.replicas, o.providers)), o.cpuProfile+30*time.Second); err != nil {
+				fmt.Fprintln(log, "cpu profile:", err)
+			}
+		})
+	}
 	if o.source == "api" {
 		start = time.Now()
 		body := func(i int) json.RawMessage { return putBody(i, simURL) }
