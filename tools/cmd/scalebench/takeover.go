@@ -36,6 +36,11 @@ type TakeoverResult struct {
 	// ReadySeconds: from the first put (or the start) until both replicas
 	// hold every token.
 	ReadySeconds float64 `json:"ready_seconds"`
+	// PutInFlightMean and FillInFlightMean are the simulator's token
+	// requests in flight, mean while the puts ran and after (of
+	// fetch_concurrency).
+	PutInFlightMean  float64 `json:"put_in_flight_mean,omitempty"`
+	FillInFlightMean float64 `json:"fill_in_flight_mean"`
 	// LeaderRSSMiB and StandbyRSSMiB are the replicas' RSS once ready.
 	LeaderRSSMiB  float64           `json:"leader_rss_mib"`
 	StandbyRSSMiB float64           `json:"standby_rss_mib"`
@@ -236,6 +241,11 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 			}
 		})
 	}
+	fillCtx, endFill := context.WithCancel(ctx)
+	defer endFill()
+	var putsDone atomic.Bool
+	putsDone.Store(o.source == "config")
+	inFlight := inFlightMeans(fillCtx, func() int64 { n, _ := sim.InFlight(); return n }, &putsDone)
 	if o.source == "api" {
 		start = time.Now()
 		body := func(i int) json.RawMessage { return putBody(i, simURL) }
@@ -243,6 +253,7 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 		if err := putBatches(ctx, nc, o.providers, o.putBatch, body, &put); err != nil {
 			return nil, err
 		}
+		putsDone.Store(true)
 		res.PutSeconds = time.Since(start).Seconds()
 		res.PutPerSecond = float64(o.providers) / res.PutSeconds
 		fmt.Fprintf(log, "%d providers put in %.1fs (%.0f/s)\n", o.providers, res.PutSeconds, res.PutPerSecond)
@@ -254,6 +265,9 @@ func benchTakeover(ctx context.Context, o options, log io.Writer) (*TakeoverResu
 		}
 	}
 	res.ReadySeconds = time.Since(start).Seconds()
+	endFill()
+	means := <-inFlight
+	res.PutInFlightMean, res.FillInFlightMean = means[0], means[1]
 	leader, standby, err := roles(ctx, a, b)
 	if err != nil {
 		return nil, err
