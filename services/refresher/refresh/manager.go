@@ -217,8 +217,16 @@ func (m *Manager) Status() wire.ProviderStatus {
 // Brief returns what Status reports in State and Condition, building
 // nothing else and allocating nothing: token.status's summary and the
 // metrics count every provider with it.
-func (m *Manager) Brief() (state, condition string) {
-	now, e := m.s.now(), m.slot.Load()
+func (m *Manager) Brief() (state, condition string) { return m.BriefAt(m.s.now()) }
+
+// Now reads the clock the manager's states are reckoned by. A walk over
+// many managers reads it once and asks each BriefAt that instant: a quarter
+// of a 100,000-provider count was its clock reads.
+func (m *Manager) Now() time.Time { return m.s.now() }
+
+// BriefAt is Brief as of now.
+func (m *Manager) BriefAt(now time.Time) (state, condition string) {
+	e := m.slot.Load()
 	state = wire.StateNoToken
 	if e != nil && servable(e.Token, now) {
 		state = wire.StateOK
