@@ -741,6 +741,12 @@ func (l *Leader) Publish(ctx context.Context, tok wire.Token) (uint64, error) {
 	return l.write(ctx, tok.Provider, b, false)
 }
 
+// PublishEncoded is Publish of a token already encoded as JSON (the bytes a
+// refresh manager serves): stored as they are under provider's key.
+func (l *Leader) PublishEncoded(ctx context.Context, provider string, encoded []byte) (uint64, error) {
+	return l.write(ctx, provider, encoded, false)
+}
+
 // write is a fenced write. If the term record moved although the lease
 // still names this replica in its term (someone wrote _term, or the bucket
 // was recreated), the term is written again and the write retried once.

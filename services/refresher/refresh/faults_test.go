@@ -1,7 +1,9 @@
 package refresh
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -142,4 +144,52 @@ func TestSlotTakesTokensOfARecreatedBucket(t *testing.T) {
 	if !s.Store(fresh) || s.Load().Token.AccessToken != "fresh" {
 		t.Fatal("a token issued later at a lower revision (recreated bucket) was refused")
 	}
+}
+
+// encodedPub is a Publisher that takes tokens encoded (as leader.Leader
+// does) and records the bytes it was given.
+type encodedPub struct {
+	mu    sync.Mutex
+	bytes [][]byte
+}
+
+func (p *encodedPub) Publish(context.Context, wire.Token) (uint64, error) {
+	return 0, errors.New("Publish called: the manager should hand over its encoded token")
+}
+
+func (p *encodedPub) PublishEncoded(_ context.Context, provider string, b []byte) (uint64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if provider != "p" {
+		return 0, fmt.Errorf("provider %q", provider)
+	}
+	p.bytes = append(p.bytes, b)
+	return uint64(len(p.bytes)), nil
+}
+
+// TestPublishesTheBytesItServes: a token is encoded once; a Publisher that
+// takes it encoded stores exactly the bytes token.get serves, which are the
+// token's wire JSON, at the revision the manager then reports.
+func TestPublishesTheBytesItServes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int64
+		pub := &encodedPub{}
+		m := NewManager(Config{Name: "p", Provider: counting(time.Hour, &calls), Publisher: pub})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = m.Run(ctx) }()
+		synctest.Wait()
+		e, err := m.Current()
+		cancel()
+		<-done
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub.mu.Lock()
+		defer pub.mu.Unlock()
+		want, _ := json.Marshal(e.Token)
+		if len(pub.bytes) != 1 || !bytes.Equal(pub.bytes[0], e.JSON) || !bytes.Equal(e.JSON, want) || e.Revision != 1 {
+			t.Fatalf("stored %q, serving %q at revision %d; want the token's JSON %q at 1", pub.bytes, e.JSON, e.Revision, want)
+		}
+	})
 }

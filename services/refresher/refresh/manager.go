@@ -33,6 +33,13 @@ type Publisher interface {
 	Publish(ctx context.Context, tok wire.Token) (uint64, error)
 }
 
+// encodedPublisher is a Publisher that also takes the token already encoded
+// (leader.Leader): the JSON a manager serves is the JSON it stores, encoded
+// once per token instead of once for each.
+type encodedPublisher interface {
+	PublishEncoded(ctx context.Context, provider string, encoded []byte) (uint64, error)
+}
+
 func exponential(initial, max time.Duration) *backoff.ExponentialBackOff {
 	return backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(initial),
@@ -558,10 +565,12 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 		m.pending = &tok
 		own := tok.AccessToken.Reveal()
 		m.fetched.Store(&own)
-		if e, eerr := NewEntry(tok.Wire(m.name), m.slot.revision()); eerr == nil {
+		var e *Entry
+		if e, err = NewEntry(tok.Wire(m.name), m.slot.revision()); err == nil {
 			m.slot.Store(e)
+			err = m.publishEntry(ctx, e)
 		}
-		if err = m.publish(ctx, tok); err == nil {
+		if err == nil {
 			m.pending = nil
 		}
 	}
@@ -581,21 +590,30 @@ func (m *Manager) attempt(ctx context.Context, n int) (refresher.Token, error) {
 func (m *Manager) usable(tok refresher.Token) bool { return m.s.now().Before(tok.ExpiresAt) }
 
 func (m *Manager) publish(ctx context.Context, tok refresher.Token) error {
-	w := tok.Wire(m.name)
-	var rev uint64
-	if m.s.cfg.Publisher != nil {
-		r, err := m.s.cfg.Publisher.Publish(ctx, w)
-		if err != nil {
-			return fmt.Errorf("refresh: publish %s: %w", m.name, err)
-		}
-		rev = r
-		m.published.Store(r)
-	}
-	e, err := NewEntry(w, rev)
+	e, err := NewEntry(tok.Wire(m.name), 0)
 	if err != nil {
 		return err
 	}
-	m.slot.Store(e)
+	return m.publishEntry(ctx, e)
+}
+
+// publishEntry stores e's token (its JSON as it is, where the Publisher
+// takes it so) and serves it at the revision stored.
+func (m *Manager) publishEntry(ctx context.Context, e *Entry) error {
+	var rev uint64
+	if p := m.s.cfg.Publisher; p != nil {
+		var err error
+		if ep, ok := p.(encodedPublisher); ok {
+			rev, err = ep.PublishEncoded(ctx, m.name, e.JSON)
+		} else {
+			rev, err = p.Publish(ctx, e.Token)
+		}
+		if err != nil {
+			return fmt.Errorf("refresh: publish %s: %w", m.name, err)
+		}
+		m.published.Store(rev)
+	}
+	m.slot.Store(&Entry{Token: e.Token, JSON: e.JSON, Revision: rev})
 	return nil
 }
 
