@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
@@ -74,11 +75,15 @@ func TestBackupRestore(t *testing.T) {
 	// values for seconds: the refresher must not lead on that empty copy
 	// (natsx: such a watch is a stall, made again), or it replaces every
 	// token.
-	_, urls2 := startCluster(t)
+	nodes2, urls2 := startCluster(t)
 	nc2, js2 := connectCluster(t, urls2)
 	waitMetaCurrent(t, js2)
+	// The restore goes to the meta leader: it subscribes to the chunks'
+	// subject itself, and a CLI connected to another server may send the
+	// first chunk before that interest crosses the routes ("no responders").
+	meta := metaLeaderURL(t, nodes2)
 	for _, stream := range []string{"KV_tokenbus-credentials", "KV_tokens"} {
-		out := runNATS(t, urls2, "backup", "restore", "stream", filepath.Join(dir, stream), "--no-progress")
+		out := runNATS(t, meta, "backup", "restore", "stream", filepath.Join(dir, stream), "--no-progress")
 		t.Logf("nats backup restore stream %s: %s", stream, strings.TrimSpace(out))
 		waitStreamCurrent(t, js2, stream)
 	}
@@ -116,6 +121,28 @@ func TestBackupRestore(t *testing.T) {
 	if n := sim.Stats(simulator.Daraja).TokenRequests - calls; n != 0 {
 		t.Errorf("the restored refresher made %d provider calls for tokens still valid", n)
 	}
+}
+
+// metaLeaderURL is the client URL of the server that last logged itself
+// the JetStream meta leader.
+func metaLeaderURL(t *testing.T, nodes []*node) string {
+	t.Helper()
+	var url string
+	testutil.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		for _, n := range nodes {
+			// Its last word on the meta leader names itself.
+			out := n.out.String()
+			self := strings.LastIndex(out, "Self is new JetStream cluster metadata leader")
+			if self >= 0 && self > strings.LastIndex(out, "JetStream cluster new metadata leader") {
+				url = fmt.Sprintf("nats://127.0.0.1:%d", n.port)
+			}
+		}
+		if url == "" {
+			return errors.New("no server logged itself the meta leader")
+		}
+		return nil
+	})
+	return url
 }
 
 // waitMetaCurrent waits until the cluster can place and replicate an R3
