@@ -94,7 +94,7 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring 
 	defer cancel()
 	var kv jetstream.KeyValue
 	err = refresher.UntilReady(ctx, nil, func(ctx context.Context) (err error) {
-		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		kv, st.atomic, err = natsx.OpenKV(ctx, js, jetstream.KeyValueConfig{
 			Bucket:       bucket,
 			Description:  "tokenbus: runtime providers, secret fields sealed (AES-256-GCM)",
 			History:      1,
@@ -109,7 +109,6 @@ func Open(ctx context.Context, nc *nats.Conn, bucket string, replicas int, ring 
 		return nil, fmt.Errorf("credentials: open bucket %q: %w", bucket, err)
 	}
 	st.kv, st.js = kv, js
-	st.atomic = natsx.AllowAtomic(ctx, js, "KV_"+bucket)
 	return st, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"sync"
 	"time"
 
@@ -49,8 +50,12 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 		return nil, fmt.Errorf("natsx: jetstream: %w", err)
 	}
 	var kv, lease jetstream.KeyValue
+	var atomic bool
 	err = refresher.UntilReady(ctx, wait, func(ctx context.Context) (err error) {
-		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		// The lease holder commits token writes that queue up as one batch
+		// (leader.AtomicBatches); without allow_atomic it writes them one
+		// by one.
+		kv, atomic, err = OpenKV(ctx, js, jetstream.KeyValueConfig{
 			Bucket:      bucket,
 			Description: "tokenbus: current access token of each provider (and the leader's term, key _term)",
 			History:     1,
@@ -73,9 +78,6 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 	if err != nil {
 		return nil, fmt.Errorf("natsx: open bucket %q: %w", bucket, err)
 	}
-	// The lease holder commits token writes that queue up as one batch
-	// (leader.AtomicBatches); without the setting it writes them one by one.
-	atomic := AllowAtomic(ctx, js, "KV_"+bucket)
 	return &Store{js: js, kv: kv, lease: lease, batches: replicas > 1 && atomic}, nil
 }
 
@@ -87,6 +89,44 @@ func OpenStore(ctx context.Context, nc *nats.Conn, bucket string, replicas int, 
 // a file store of its own, which costs more than the fsyncs it saves at the
 // sizes a fill makes, so there it writes one at a time.
 func (s *Store) Batches() bool { return s.batches }
+
+// OpenKV opens the bucket cfg names — created, or brought to cfg — with its
+// stream taking atomic batches (AllowAtomic), and reports whether it does.
+// A bucket whose stream already has cfg's settings and takes batches is
+// opened as it is: CreateOrUpdateKeyValue writes a stream configuration
+// without allow_atomic (nats.go's KeyValueConfig has no such field), which
+// would turn it off until AllowAtomic turned it on again, and a batch the
+// lease holder sent in that moment would be refused (a replica restarting
+// would pause batches: TestOpenKVLeavesABucketAsItIs).
+func OpenKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, bool, error) {
+	if str, err := js.Stream(ctx, "KV_"+cfg.Bucket); err == nil {
+		if c := str.CachedInfo().Config; c.AllowAtomicPublish && hasSettings(c, cfg) {
+			kv, err := js.KeyValue(ctx, cfg.Bucket)
+			return kv, err == nil, err
+		}
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, false, err
+	}
+	return kv, AllowAtomic(ctx, js, "KV_"+cfg.Bucket), nil
+}
+
+// hasSettings reports whether a bucket's stream has the settings of cfg
+// that tokenbus sets (as nats.go maps them: history at least 1, no limit as
+// -1, replicas at least 1).
+func hasSettings(c jetstream.StreamConfig, cfg jetstream.KeyValueConfig) bool {
+	limit := func(v int64) int64 {
+		if v == 0 {
+			return -1
+		}
+		return v
+	}
+	return c.Description == cfg.Description && c.MaxMsgsPerSubject == int64(max(cfg.History, 1)) &&
+		c.Storage == cfg.Storage && c.Replicas == max(cfg.Replicas, 1) &&
+		c.MaxBytes == limit(cfg.MaxBytes) && c.MaxMsgSize == int32(limit(int64(cfg.MaxValueSize))) &&
+		c.MaxAge == cfg.TTL && reflect.DeepEqual(c.RePublish, cfg.RePublish)
+}
 
 // AllowAtomic lets the stream take atomic batches (nats-server 2.12 and
 // later) and reports whether it does. It does not on an older server,

@@ -173,3 +173,50 @@ func TestStoreBatchesOnlyWhenReplicated(t *testing.T) {
 		t.Error("the tokens bucket's stream does not take atomic batches after OpenStore")
 	}
 }
+
+// TestOpenKVLeavesABucketAsItIs: opening a bucket that already has its
+// settings and takes atomic batches (a replica restarting) updates nothing
+// — an update would turn allow_atomic off for a moment and the lease
+// holder's batches would pause — while a bucket whose settings differ is
+// updated and takes batches after.
+func TestOpenKVLeavesABucketAsItIs(t *testing.T) {
+	nc := embedded(t)
+	ctx := context.Background()
+	updated, err := nc.SubscribeSync("$JS.EVENT.ADVISORY.STREAM.UPDATED.KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenStore(ctx, nc, "tokens", 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The first open creates the bucket and turns allow_atomic on: one update.
+	if _, err := updated.NextMsg(2 * time.Second); err != nil {
+		t.Fatalf("the first open: no update turning allow_atomic on (%v)", err)
+	}
+	st, err := OpenStore(ctx, nc, "tokens", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := updated.NextMsg(500 * time.Millisecond); err == nil {
+		t.Fatalf("a second open of an unchanged bucket updated its stream: %s", msg.Data)
+	}
+	// Settings that differ (a description written by someone else) are
+	// brought back, and allow_atomic is on after.
+	str, err := st.JetStream().Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := str.CachedInfo().Config
+	cfg.Description, cfg.AllowAtomicPublish = "changed", false
+	if _, err := st.JetStream().UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	_, atomic, err := OpenKV(ctx, st.JetStream(), jetstream.KeyValueConfig{Bucket: "tokens", Description: "tokenbus: current access token of each provider (and the leader's term, key _term)",
+		History: 1, Storage: jetstream.FileStorage, Replicas: 1, RePublish: republish("tokens")})
+	if err != nil || !atomic {
+		t.Fatalf("reopen of a changed bucket: atomic %v, %v", atomic, err)
+	}
+	if str, err = st.JetStream().Stream(ctx, "KV_tokens"); err != nil || str.CachedInfo().Config.Description == "changed" || !str.CachedInfo().Config.AllowAtomicPublish {
+		t.Fatalf("after reopening: %+v, %v", str.CachedInfo().Config, err)
+	}
+}
