@@ -23,6 +23,9 @@ import (
 	"github.com/tokenbus/tokenbus/services/refresher/natsx"
 )
 
+// fencedWriters write at once, fencedRounds times, in TestFencedWritesOnR3.
+const fencedWriters, fencedRounds = 8, 25
+
 // TestFencedWritesOnR3 shows why token writes are serialised, and that they
 // then never fail: on an R3 stream the server refuses (10164) a write whose
 // expected-sequence check names a subject another write is still committing
@@ -49,7 +52,6 @@ func TestFencedWritesOnR3(t *testing.T) {
 	}
 	js := st.JetStream()
 	ctx := context.Background()
-	const writers, rounds = 8, 25
 
 	// Control: concurrent writes fenced on one subject, sent as they come.
 	termRev, err := st.KV().Put(ctx, leader.TermKey, []byte(`{"holder":"control"}`))
@@ -57,9 +59,9 @@ func TestFencedWritesOnR3(t *testing.T) {
 		t.Fatal(err)
 	}
 	var collisions atomic.Int64
-	for range rounds {
+	for range fencedRounds {
 		var wg sync.WaitGroup
-		for i := range writers {
+		for i := range fencedWriters {
 			wg.Go(func() {
 				_, err := js.Publish(ctx, fmt.Sprintf("$KV.tokens.p%d", i), []byte("{}"),
 					jetstream.WithExpectLastSequenceForSubject(termRev, "$KV.tokens."+leader.TermKey))
@@ -71,29 +73,54 @@ func TestFencedWritesOnR3(t *testing.T) {
 		}
 		wg.Wait()
 	}
-	t.Logf("control: %d of %d concurrent fenced writes refused with 10164", collisions.Load(), writers*rounds)
+	t.Logf("control: %d of %d concurrent fenced writes refused with 10164", collisions.Load(), fencedWriters*fencedRounds)
 	if collisions.Load() == 0 {
 		t.Errorf("no concurrent fenced write was refused: the server no longer behaves as docs/leadership.md says")
 	}
 
-	// Through the leader.
+	// Through the leader: one write at a time, and the writes that queue
+	// committed together (as the refresher does on R3).
+	for _, batches := range []bool{false, true} {
+		t.Run(fmt.Sprint("batches=", batches), func(t *testing.T) {
+			throughTheLeader(t, nc, js, st, batches)
+		})
+	}
+}
+
+// throughTheLeader writes concurrently through a leader, the lease renewed
+// every 200 ms meanwhile: no write fails and the leader never changes; with
+// batches, the tokens were written in atomic batches.
+func throughTheLeader(t *testing.T, nc *nats.Conn, js jetstream.JetStream, st *natsx.Store, batches bool) {
+	ctx := context.Background()
 	var changes atomic.Int64
-	l := runLeader(t, leader.Config{
+	cfg := leader.Config{
 		Lease: leader.LeaseConfig{KV: leader.LeaseBucket(st.Lease()), Holder: "only", TTL: leaseTTL, RetryPeriod: 200 * time.Millisecond,
 			OnChange: func(leader.State) { changes.Add(1) }},
 		JetStream: js, Tokens: st.KV(), Conn: nc,
-	})
+	}
+	if batches {
+		cfg.Batches = leader.AtomicBatches(js)
+	}
+	l := runLeader(t, cfg)
+	str, err := js.Stream(ctx, "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
 	before := changes.Load()
-	var failed atomic.Int64
+	var inBatch atomic.Int64
 	deadline := time.Now().Add(5 * time.Second) // 25 renewals
-	for n := 0; time.Now().Before(deadline) || n < rounds; n++ {
+	for n := 0; time.Now().Before(deadline) || n < fencedRounds; n++ {
 		var wg sync.WaitGroup
-		for i := range writers {
+		for i := range fencedWriters {
 			wg.Go(func() {
 				tok := wire.Token{Provider: fmt.Sprint("p", i), AccessToken: fmt.Sprint("t", n), ExpiresAt: time.Now().Add(time.Hour)}
-				if _, err := l.Publish(ctx, tok); err != nil {
-					failed.Add(1)
+				rev, err := l.Publish(ctx, tok)
+				if err != nil {
 					t.Errorf("fenced write: %v", err)
+					return
+				}
+				if m, err := str.GetMsg(ctx, rev); err == nil && m.Header.Get("Nats-Batch-Id") != "" {
+					inBatch.Add(1)
 				}
 			})
 		}
@@ -102,6 +129,10 @@ func TestFencedWritesOnR3(t *testing.T) {
 	if c := changes.Load() - before; c != 0 || !l.Valid() {
 		t.Errorf("leadership changed %d times under concurrent writes", c)
 	}
+	if got := inBatch.Load(); batches != (got > 0) {
+		t.Errorf("batches %v: %d writes were stored in a batch", batches, got)
+	}
+	t.Logf("%d writes stored in batches", inBatch.Load())
 }
 
 // BenchmarkFencedWrites measures the lease holder's token writes on a
