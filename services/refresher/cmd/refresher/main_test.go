@@ -111,20 +111,24 @@ func TestDarajaTokensFlowEndToEnd(t *testing.T) {
 	if code := protected(t, sim, first.AccessToken); code != http.StatusOK {
 		t.Fatalf("simulator rejected the served token: %d", code)
 	}
-	// It is in the KV bucket under the provider's key.
+	// It is in the KV bucket under the provider's key (the leader serves a
+	// token as soon as it has it, before its write is acknowledged).
 	js, _ := jetstream.New(nc)
 	kv, err := js.KeyValue(context.Background(), "tokens")
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry, err := kv.Get(context.Background(), "daraja-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stored wire.Token
-	if err := json.Unmarshal(entry.Value(), &stored); err != nil || stored.AccessToken != first.AccessToken {
-		t.Fatalf("KV holds %s (%v), want the served token", entry.Value(), err)
-	}
+	testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+		entry, err := kv.Get(context.Background(), "daraja-test")
+		if err != nil {
+			return err
+		}
+		var stored wire.Token
+		if err := json.Unmarshal(entry.Value(), &stored); err != nil || stored.AccessToken != first.AccessToken {
+			return fmt.Errorf("KV holds %s (%v), want the served token", entry.Value(), err)
+		}
+		return nil
+	})
 
 	// Rotation before expiry: a new token is served before the first expires,
 	// and the new one is what the provider accepts.
