@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,5 +158,36 @@ func TestStatusSummaryReuse(t *testing.T) {
 	ps.Add(&Served{Name: "b", Source: wire.SourceRuntime, Reporter: fixedStatus{Name: "b", State: wire.StateNoToken}})
 	if sum := ps.Summary(); sum.Total != 2 || sum.States[wire.StateNoToken] != 1 {
 		t.Fatalf("summary %+v", sum)
+	}
+}
+
+// TestStatusWalkYields: a walk over every provider (a count of 100,000
+// takes about 16 ms) lets a goroutine made runnable meanwhile run after
+// the chunk at hand, even with one P — Go would preempt the walk only
+// after 10 ms, and a token.get answered on 2 busy cores waited for it.
+func TestStatusWalkYields(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	ps := New()
+	for i := range 4 * statusChunk {
+		name := fmt.Sprintf("p-%05d", i)
+		ps.Add(&Served{Name: name, Source: wire.SourceRuntime, Reporter: fixedStatus{Name: name, State: wire.StateOK}})
+	}
+	var ran atomic.Bool
+	seen, ranAt := 0, -1
+	ps.each(-1, "", func(*Served, int) bool {
+		if seen == 0 {
+			go ran.Store(true)
+		}
+		if ranAt < 0 && ran.Load() {
+			ranAt = seen
+		}
+		seen++
+		return true
+	})
+	if seen != 4*statusChunk {
+		t.Fatalf("walked %d providers, want %d", seen, 4*statusChunk)
+	}
+	if ranAt < 0 || ranAt > statusChunk {
+		t.Fatalf("a goroutine made runnable at the first provider ran after %d of %d (-1: after the walk); want at most one chunk (%d)", ranAt, seen, statusChunk)
 	}
 }
