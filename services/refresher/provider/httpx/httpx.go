@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbus/tokenbus/services/refresher"
 )
@@ -67,6 +68,9 @@ type userAgent struct {
 // RoundTrip sets the User-Agent on a copy of req's headers and sends it
 // (a RoundTripper does not modify its request; the rest is shared).
 func (u userAgent) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Header.Get("User-Agent") == u.ua {
+		return u.base.RoundTrip(req) // Do set it already: nothing to copy
+	}
 	r2 := req.WithContext(req.Context())
 	r2.Header = req.Header.Clone()
 	if r2.Header == nil {
@@ -77,12 +81,19 @@ func (u userAgent) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // Instrument returns base (http.DefaultTransport if nil) recording a client
-// span per request, named by method and path, without URL query strings
-// or headers. base is returned as it is if it is already instrumented.
-// otelhttp.NewTransport creates its metric instruments on every call
-// (about 4.5 KiB), so the refresher instruments one transport that every
-// provider shares (TestSharedTransportBuildsNoInstruments), not one per
-// provider.
+// span per request made in a recording span, named by method and path,
+// without URL query strings or headers. base is returned as it is if it is
+// already instrumented. otelhttp.NewTransport creates its metric
+// instruments on every call (about 4.5 KiB), so the refresher instruments
+// one transport that every provider shares
+// (TestSharedTransportBuildsNoInstruments), not one per provider.
+//
+// A request whose context holds no recording span (tracing off, or the
+// trace sampled out) goes to base directly: otelhttp would build its span's
+// and its metrics' attributes — about 4.8 KB a request, a tenth of what a
+// 100,000-provider fill allocated (issue 20) — for a span no one keeps and
+// metrics recorded on the global meter provider, which the refresher does
+// not set (its metrics are package metrics').
 func Instrument(base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
@@ -96,7 +107,11 @@ func Instrument(base http.RoundTripper) http.RoundTripper {
 				return "provider " + r.Method + " " + r.URL.Path
 			}),
 		),
+		base:   base,
 		client: &http.Client{CheckRedirect: noRedirects},
+	}
+	if u, ok := base.(userAgent); ok {
+		h.ua = u.ua
 	}
 	h.client.Transport = h
 	return h
@@ -149,14 +164,22 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 type queryKey struct{}
 
 type hideQuery struct {
-	next http.RoundTripper
+	next http.RoundTripper // otelhttp, then restoreQuery, then base
+	base http.RoundTripper
 	// client is the one *http.Client of every provider on this
 	// transport (NewClient): no Timeout, no redirects.
 	client *http.Client
+	// ua is the User-Agent base sets (WithUserAgent), if any: Do sets it
+	// on the request it sends, so that base has no headers to copy.
+	ua string
 }
 
-// RoundTrip passes r on without its query, so that spans never record it.
+// RoundTrip passes r on without its query, so that spans never record it;
+// outside a recording span, straight to base (Instrument).
 func (t hideQuery) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !trace.SpanFromContext(r.Context()).IsRecording() {
+		return t.base.RoundTrip(r)
+	}
 	if r.URL.RawQuery == "" {
 		return t.next.RoundTrip(r)
 	}
@@ -201,7 +224,11 @@ func Do(ctx context.Context, c Client, req *http.Request) (*Response, error) {
 	defer cancel()
 	req = req.WithContext(ctx)
 	if req.Header.Get("User-Agent") == "" {
-		req.Header.Set("User-Agent", DefaultUserAgent)
+		ua := DefaultUserAgent
+		if h, ok := c.http.Transport.(hideQuery); ok && h.ua != "" {
+			ua = h.ua
+		}
+		req.Header.Set("User-Agent", ua)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -34,7 +34,9 @@ func TestClientSpanHasNoQueryOrHeaders(t *testing.T) {
 	c := NewClient(0, nil)
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/oauth/v1/generate?grant_type=client_credentials&key=query-secret", nil)
 	req.Header.Set("Authorization", secret)
-	resp, err := Do(context.Background(), c, req)
+	ctx, attempt := tp.Tracer("test").Start(context.Background(), "tokenbus.refresh.attempt")
+	defer attempt.End()
+	resp, err := Do(ctx, c, req)
 	if err != nil || resp.Status != 200 {
 		t.Fatal(resp, err)
 	}
@@ -49,8 +51,8 @@ func TestClientSpanHasNoQueryOrHeaders(t *testing.T) {
 		t.Fatalf("%d spans", len(spans))
 	}
 	s := spans[0]
-	if s.Name != "provider GET /oauth/v1/generate" {
-		t.Errorf("span name %q", s.Name)
+	if s.Name != "provider GET /oauth/v1/generate" || s.Parent.SpanID() != attempt.SpanContext().SpanID() {
+		t.Errorf("span %q, parent %v; want a child of the attempt", s.Name, s.Parent.SpanID())
 	}
 	for _, kv := range s.Attributes {
 		v := kv.Value.String()
@@ -79,6 +81,8 @@ func TestSharedTransportBuildsNoInstruments(t *testing.T) {
 	otel.SetTracerProvider(tp)
 	defer otel.SetTracerProvider(prev)
 
+	ctx, attempt := tp.Tracer("test").Start(context.Background(), "tokenbus.refresh.attempt")
+	defer attempt.End()
 	shared := Instrument(NewTransport(4))
 	if Instrument(shared) != shared {
 		t.Fatal("Instrument wrapped an instrumented transport again")
@@ -90,11 +94,61 @@ func TestSharedTransportBuildsNoInstruments(t *testing.T) {
 			t.Fatalf("client %d has an http.Client or transport of its own, or a Timeout", i)
 		}
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v2/auth", nil)
-		if _, err := Do(context.Background(), c, req); err != nil {
+		if _, err := Do(ctx, c, req); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := len(exp.GetSpans()); n != 3 {
 		t.Fatalf("%d spans for 3 calls", n)
+	}
+}
+
+// TestUnrecordedRequestsBypassOtelhttp: a request made outside a recording
+// span — tracing off, or its trace sampled out — records no span and goes
+// out whole (query, headers, the transport's User-Agent); in a recording
+// span the same client records one. Either way the caller's request keeps
+// its query.
+func TestUnrecordedRequestsBypassOtelhttp(t *testing.T) {
+	var gotQuery, gotUA, gotAuth string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotQuery, gotUA, gotAuth = r.URL.RawQuery, r.Header.Get("User-Agent"), r.Header.Get("Authorization")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer srv.Close()
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(tp)
+	defer otel.SetTracerProvider(prev)
+	sampledOut, _ := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample())).Tracer("test").Start(context.Background(), "attempt")
+	recording, attempt := tp.Tracer("test").Start(context.Background(), "attempt")
+	defer attempt.End()
+
+	c := NewClient(time.Second, Instrument(WithUserAgent(NewTransport(2), "tokenbus-refresher/test (r1)")))
+	for _, call := range []struct {
+		name  string
+		ctx   context.Context
+		spans int
+	}{
+		{"no span", context.Background(), 0},
+		{"sampled out", sampledOut, 0},
+		{"recording", recording, 1},
+	} {
+		exp.Reset()
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/oauth/v1/generate?grant_type=client_credentials", nil)
+		req.Header.Set("Authorization", "Basic x")
+		if _, err := Do(call.ctx, c, req); err != nil {
+			t.Fatalf("%s: %v", call.name, err)
+		}
+		if n := len(exp.GetSpans()); n != call.spans {
+			t.Errorf("%s: %d client spans, want %d", call.name, n, call.spans)
+		}
+		if gotQuery != "grant_type=client_credentials" || gotUA != "tokenbus-refresher/test (r1)" || gotAuth != "Basic x" {
+			t.Errorf("%s: the wire had query %q, User-Agent %q, Authorization %q", call.name, gotQuery, gotUA, gotAuth)
+		}
+		if req.URL.RawQuery != "grant_type=client_credentials" {
+			t.Errorf("%s: the caller's request lost its query", call.name)
+		}
 	}
 }
