@@ -13,14 +13,14 @@ import (
 // arguments is a usage error; an error line has one "refresher: " prefix.
 func TestCommandLine(t *testing.T) {
 	var out, errOut strings.Builder
-	if err := run(context.Background(), []string{"--help"}, &out, &errOut); !errors.Is(err, flag.ErrHelp) || !strings.Contains(errOut.String(), "--config FILE") {
+	if err := run(context.Background(), []string{"--help"}, &out, &errOut, procsFloor{}); !errors.Is(err, flag.ErrHelp) || !strings.Contains(errOut.String(), "--config FILE") {
 		t.Errorf("--help: %v %q", err, errOut.String())
 	}
 	out.Reset()
-	if err := run(context.Background(), []string{"--version"}, &out, &errOut); err != nil || out.String() != "refresher "+Version+"\n" {
+	if err := run(context.Background(), []string{"--version"}, &out, &errOut, procsFloor{}); err != nil || out.String() != "refresher "+Version+"\n" {
 		t.Errorf("--version: %v %q", err, out.String())
 	}
-	if err := run(context.Background(), nil, &out, &errOut); err == nil || errors.Is(err, flag.ErrHelp) {
+	if err := run(context.Background(), nil, &out, &errOut, procsFloor{}); err == nil || errors.Is(err, flag.ErrHelp) {
 		t.Errorf("no arguments: %v", err)
 	}
 	for _, err := range []error{errors.New("http.listen x: in use"), fmt.Errorf("refresher: no valid token")} {

@@ -24,9 +24,10 @@ import (
 var Version = "0.1.0-dev"
 
 func main() {
+	procs := defaultFloorProcs(os.LookupEnv)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, procs); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return // --help: usage printed, exit 0
 		}
@@ -45,8 +46,9 @@ func errorLine(err error) string {
 	return "refresher: " + msg
 }
 
-// run parses args, starts the refresher and blocks until ctx ends.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// run parses args, starts the refresher and blocks until ctx ends; procs
+// is main's GOMAXPROCS decision, logged once the logger exists.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, procs procsFloor) error {
 	fs := flag.NewFlagSet("refresher", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var opts Options
@@ -83,6 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	procs.log(m.logger)
 	<-ctx.Done()
 	m.logger.Info("shutting down")
 	return m.Close()
