@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // DerivedSecret is the secret the ManyPrefix rule accepts for credential id:
@@ -40,6 +41,14 @@ func (s *Server) CredentialStats(p Kind, id string) Stats {
 // InFlight returns how many token requests are being answered now (injected
 // latency included), and the most at once since New or Reset.
 func (s *Server) InFlight() (now, peak int64) { return s.inFlight.Load(), s.peak.Load() }
+
+// Answered returns how many token requests have been answered since New,
+// and the time they spent being answered in all (injected latency
+// included, and whatever the timer and the scheduler add to it): the mean
+// is the latency a client's bound should use (tools/cmd/scalebench).
+func (s *Server) Answered() (n int64, busy time.Duration) {
+	return s.answered.Load(), time.Duration(s.busy.Load())
+}
 
 func (s *Server) raisePeak(n int64) {
 	for {

@@ -104,4 +104,8 @@ func TestInFlightPeak(t *testing.T) {
 	if now, peak := s.InFlight(); now != 0 || peak < 2 || peak > 5 {
 		t.Fatalf("in flight %d, peak %d", now, peak)
 	}
+	// Each of the 5 took its 50 ms of latency, and less than a second.
+	if n, busy := s.Answered(); n != 5 || busy < 5*50*time.Millisecond || busy > 5*time.Second {
+		t.Fatalf("answered %d in %v in all, want 5 in 250 ms to 5 s", n, busy)
+	}
 }

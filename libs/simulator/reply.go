@@ -63,10 +63,15 @@ func issue(rep reply, token string, ttl time.Duration) reply {
 // injects k's faults, lets h answer, then records and writes the answer.
 func (s *Server) tokenEndpoint(k Kind, method string, h func(*http.Request) reply) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		if n := s.inFlight.Add(1); n > s.peak.Load() {
 			s.raisePeak(n)
 		}
-		defer s.inFlight.Add(-1)
+		defer func() {
+			s.inFlight.Add(-1)
+			s.answered.Add(1)
+			s.busy.Add(int64(time.Since(start)))
+		}()
 		rep := s.answerToken(k, method, h, r)
 		if rep.status == http.StatusOK {
 			rep.header.Set("Cache-Control", "no-store")

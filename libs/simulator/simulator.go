@@ -180,6 +180,7 @@ type Server struct {
 	routes []Route
 
 	inFlight, peak atomic.Int64 // token requests being answered, and the most at once
+	answered, busy atomic.Int64 // token requests answered, and their total time in the handler (ns)
 
 	mu      sync.Mutex
 	kinds   map[Kind]*kindState
