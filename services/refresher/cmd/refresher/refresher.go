@@ -266,9 +266,13 @@ func (m *Main) Run(ctx context.Context) error {
 			}
 			return c, nil
 		},
-		// The gate bounds the calls (fetch_concurrency); as many workers
-		// again publish meanwhile.
-		Workers: 2 * max(cfg.FetchConcurrency, 1),
+		// The gate bounds the calls (fetch_concurrency); the other
+		// workers publish (a fenced, fsync'd write) or wait at the gate,
+		// so that a freed slot finds a call ready to enter. With as many
+		// again (2×) a 100,000-provider fill kept 14.9 of 16 slots busy
+		// and was ready in 139.1-139.9 s; with 4×, 15.05 and 138.2 s;
+		// 8× gained nothing more (issue 20, docs/benchmarks.md).
+		Workers: 4 * max(cfg.FetchConcurrency, 1),
 	})
 
 	m.set = registry.New()
