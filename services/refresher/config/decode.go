@@ -118,9 +118,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			keys = append(keys, k)
 			d.decode(val, v.FieldByIndex(f.Index), join(path, k.Value))
 		})
-		if p, ok := v.Interface().(Provider); ok && p.Fields() != nil {
+		if p, ok := v.Interface().(Provider); ok && fieldsOf(p.Kind) != nil {
 			for _, k := range keys {
-				if !slices.Contains(p.Fields(), k.Value) {
+				if !slices.Contains(fieldsOf(p.Kind), k.Value) {
 					d.add(k.Line, path, "%s", notForKind(k.Value, p.Kind))
 				}
 			}

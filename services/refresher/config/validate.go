@@ -164,7 +164,7 @@ func (p *Provider) validate(ps *problems, path string) {
 	switch {
 	case p.Kind == "":
 		ps.add(0, at("kind"), "missing or empty; want %s", orList(kinds))
-	case p.Fields() == nil:
+	case fieldsOf(p.Kind) == nil:
 		hint := ""
 		if shown := ps.shown(at("kind"), p.Kind, ""); shown != "" {
 			hint = " " + shown
@@ -176,7 +176,7 @@ func (p *Provider) validate(ps *problems, path string) {
 	default:
 		v := reflect.ValueOf(*p)
 		for i := range v.NumField() {
-			if name := yamlName(v.Type().Field(i)); !v.Field(i).IsZero() && !slices.Contains(p.Fields(), name) {
+			if name := yamlName(v.Type().Field(i)); !v.Field(i).IsZero() && !slices.Contains(fieldsOf(p.Kind), name) {
 				ps.add(0, path, "%s", notForKind(name, p.Kind))
 			}
 		}
