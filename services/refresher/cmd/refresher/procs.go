@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 )
 
@@ -27,13 +28,15 @@ type procsFloor struct {
 }
 
 // floorProcs raises GOMAXPROCS to minProcs unless the GOMAXPROCS
-// environment variable sets it or a CPU quota lowered Go's default (then
-// more Ps than the quota would have the kernel throttle the process). With
-// the default equal to every CPU the process may run on, no quota is below
-// the CPU count, so more Ps cannot exceed one.
-func floorProcs(env func(string) (string, bool), numCPU int, gomaxprocs func(int) int) procsFloor {
+// environment variable sets it or a CPU quota applies (more Ps than the
+// quota would have the kernel throttle the process): one that lowered Go's
+// default below the CPU count, or any that quota finds (cpuQuota: Go's
+// default never goes below 2, so a quota of half a CPU on a 2-CPU host
+// leaves it at the CPU count).
+func floorProcs(env func(string) (string, bool), numCPU int, gomaxprocs func(int) int, quota func() (bool, string)) procsFloor {
 	cur := gomaxprocs(0)
 	f := procsFloor{from: cur, to: cur}
+	limited, why := false, ""
 	switch {
 	case cur >= minProcs:
 		f.why = "enough"
@@ -41,6 +44,8 @@ func floorProcs(env func(string) (string, bool), numCPU int, gomaxprocs func(int
 		f.why = "GOMAXPROCS is set"
 	case cur < numCPU:
 		f.why = fmt.Sprintf("a CPU quota sets it (%d of %d CPUs)", cur, numCPU)
+	case func() bool { limited, why = quota(); return limited }():
+		f.why = why
 	default:
 		gomaxprocs(minProcs)
 		f.to = minProcs
@@ -59,5 +64,5 @@ func (f procsFloor) log(l *slog.Logger) {
 
 // defaultFloorProcs applies floorProcs to this process.
 func defaultFloorProcs(env func(string) (string, bool)) procsFloor {
-	return floorProcs(env, runtime.NumCPU(), runtime.GOMAXPROCS)
+	return floorProcs(env, runtime.NumCPU(), runtime.GOMAXPROCS, func() (bool, string) { return cpuQuota(os.DirFS("/")) })
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
+	"testing/fstest"
 )
 
 // TestFloorProcs: GOMAXPROCS goes up to minProcs only when neither the
@@ -14,14 +16,16 @@ func TestFloorProcs(t *testing.T) {
 		name        string
 		cur, cpus   int
 		env         bool
+		quota       bool
 		want        int
 		wantWhyPart string
 	}{
-		{"2 CPUs, no quota", 2, 2, false, minProcs, "no CPU quota"},
-		{"1 CPU, no quota", 1, 1, false, minProcs, "no CPU quota"},
-		{"quota of 2 on 8 CPUs", 2, 8, false, 2, "quota"},
-		{"GOMAXPROCS=2 set", 2, 2, true, 2, "GOMAXPROCS is set"},
-		{"8 CPUs", 8, 8, false, 8, "enough"},
+		{"2 CPUs, no quota", 2, 2, false, false, minProcs, "no CPU quota"},
+		{"1 CPU, no quota", 1, 1, false, false, minProcs, "no CPU quota"},
+		{"quota of 2 on 8 CPUs", 2, 8, false, true, 2, "quota"},
+		{"quota of half a CPU on 2 (Go's default stays 2)", 2, 2, false, true, 2, "cpu.max sets a CPU quota"},
+		{"GOMAXPROCS=2 set", 2, 2, true, false, 2, "GOMAXPROCS is set"},
+		{"8 CPUs", 8, 8, false, false, 8, "enough"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			procs, sets := c.cur, 0
@@ -38,7 +42,13 @@ func TestFloorProcs(t *testing.T) {
 				}
 				return "", false
 			}
-			f := floorProcs(env, c.cpus, gomaxprocs)
+			quota := func() (bool, string) {
+				if c.quota {
+					return true, "/sys/fs/cgroup/cpu.max sets a CPU quota"
+				}
+				return false, "no CPU quota"
+			}
+			f := floorProcs(env, c.cpus, gomaxprocs, quota)
 			if procs != c.want || f.from != c.cur || f.to != c.want || !strings.Contains(f.why, c.wantWhyPart) {
 				t.Fatalf("GOMAXPROCS %d → %d (decision %+v), want %d because %q", c.cur, procs, f, c.want, c.wantWhyPart)
 			}
@@ -51,5 +61,66 @@ func TestFloorProcs(t *testing.T) {
 				t.Fatalf("decision not logged: %q", logs.String())
 			}
 		})
+	}
+}
+
+// TestCPUQuota reads cgroup v1 and v2 quotas, on the process's cgroup or an
+// ancestor, through the mounts /proc/self/mountinfo names, and answers
+// "limited" when it cannot tell.
+func TestCPUQuota(t *testing.T) {
+	const (
+		v2Mount     = "30 22 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n"
+		hybridMount = "30 22 0:27 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n31 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n35 30 0:40 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+	)
+	file := func(s string) *fstest.MapFile { return &fstest.MapFile{Data: []byte(s)} }
+	for _, c := range []struct {
+		name    string
+		fs      fstest.MapFS
+		limited bool
+		why     string
+	}{
+		{"no /proc (not Linux)", fstest.MapFS{}, false, "no cgroups"},
+		{"v2, no quota anywhere", fstest.MapFS{
+			"proc/self/cgroup":                       file("0::/kubepods/pod1/c1\n"),
+			"proc/self/mountinfo":                    file(v2Mount),
+			"sys/fs/cgroup/kubepods/pod1/c1/cpu.max": file("max 100000\n"),
+			"sys/fs/cgroup/kubepods/pod1/cpu.max":    file("max 100000\n"),
+		}, false, "no CPU quota"},
+		{"v2, half a CPU on the pod", fstest.MapFS{
+			"proc/self/cgroup":                       file("0::/kubepods/pod1/c1\n"),
+			"proc/self/mountinfo":                    file(v2Mount),
+			"sys/fs/cgroup/kubepods/pod1/c1/cpu.max": file("max 100000\n"),
+			"sys/fs/cgroup/kubepods/pod1/cpu.max":    file("50000 100000\n"),
+		}, true, "/sys/fs/cgroup/kubepods/pod1/cpu.max sets a CPU quota"},
+		{"v2 in a cgroup namespace", fstest.MapFS{
+			"proc/self/cgroup":      file("0::/\n"),
+			"proc/self/mountinfo":   file(v2Mount),
+			"sys/fs/cgroup/cpu.max": file("150000 100000\n"),
+		}, true, "/sys/fs/cgroup/cpu.max sets a CPU quota"},
+		{"v1 (hybrid), no quota", fstest.MapFS{
+			"proc/self/cgroup":    file("2:cpu,cpuacct:/system.slice/r.service\n0::/system.slice/r.service\n"),
+			"proc/self/mountinfo": file(hybridMount),
+			"sys/fs/cgroup/cpu,cpuacct/system.slice/r.service/cpu.cfs_quota_us": file("-1\n"),
+			"sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us":                        file("-1\n"),
+		}, false, "no CPU quota"},
+		{"v1, systemd CPUQuota=50%", fstest.MapFS{
+			"proc/self/cgroup":    file("2:cpu,cpuacct:/system.slice/r.service\n"),
+			"proc/self/mountinfo": file(hybridMount),
+			"sys/fs/cgroup/cpu,cpuacct/system.slice/r.service/cpu.cfs_quota_us": file("50000\n"),
+		}, true, "/sys/fs/cgroup/cpu,cpuacct/system.slice/r.service/cpu.cfs_quota_us sets a CPU quota"},
+		{"cgroups but no cpu controller mounted", fstest.MapFS{
+			"proc/self/cgroup":    file("0::/\n"),
+			"proc/self/mountinfo": file("30 22 0:27 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"),
+		}, true, "cgroup CPU controller not found"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if limited, why := cpuQuota(c.fs); limited != c.limited || why != c.why {
+				t.Fatalf("cpuQuota = %v, %q; want %v, %q", limited, why, c.limited, c.why)
+			}
+		})
+	}
+	// This machine: whatever it says, it says why.
+	if _, why := cpuQuota(os.DirFS("/")); why == "" {
+		t.Fatal("no reason given for this machine")
 	}
 }
