@@ -2,7 +2,10 @@ module github.com/tokenbus/tokenbus/tools
 
 go 1.26.0
 
-require github.com/tokenbus/tokenbus/libs/simulator v0.0.0
+require (
+	github.com/tokenbus/tokenbus/libs/simulator v0.0.0
+	golang.org/x/exp v0.0.0-20260908205506-85c1c2202aba
+)
 
 require (
 	cel.dev/expr v0.25.2 // indirect
