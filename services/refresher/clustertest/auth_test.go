@@ -92,6 +92,10 @@ func roleConn(t *testing.T, urls, user, env, inbox string, denied chan<- error) 
 	return nc
 }
 
+// bulkMerchants is how many providers TestLeastPrivilege onboards with one
+// put_many: enough for their tokens to queue behind one another's commits.
+const bulkMerchants = 24
+
 // TestLeastPrivilege runs three refresher replicas on a three-node cluster
 // with R3 buckets, all connecting with the shipped roles of
 // deploy/nats/auth.conf, and attacks them as a reader with the stock
@@ -303,7 +307,7 @@ func TestLeastPrivilege(t *testing.T) {
 	// Bulk onboarding under the same roles, on the R3 bucket: put_many is
 	// stored as one atomic batch with the refresher's rights.
 	many := `{"providers":[`
-	for i := 2; i <= 4; i++ {
+	for i := 2; i <= 1+bulkMerchants; i++ {
 		n := fmt.Sprintf("merchant-%04d", i)
 		if i > 2 {
 			many += ","
@@ -312,7 +316,7 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	msg, err = onboard.Request(wire.ProvidersPutManySubject, []byte(many+"]}"), 10*time.Second)
 	var pm wire.ProviderPutManyReply
-	if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "" || json.Unmarshal(msg.Data, &pm) != nil || pm.Stored != 3 {
+	if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "" || json.Unmarshal(msg.Data, &pm) != nil || pm.Stored != bulkMerchants {
 		t.Fatalf("providers.put_many as the admin: %v %v", err, msg)
 	}
 	creds, err := js.Stream(t.Context(), "KV_tokenbus-credentials")
@@ -323,6 +327,40 @@ func TestLeastPrivilege(t *testing.T) {
 		m, err := creds.GetMsg(t.Context(), res.Revision)
 		if err != nil || m.Subject != "$KV.tokenbus-credentials."+res.Name || m.Header.Get("Nats-Batch-Id") == "" {
 			t.Fatalf("%s at revision %d: %v %v", res.Name, res.Revision, m, err)
+		}
+	}
+	// Their tokens, fetched at once, are written by the leader under the
+	// same role: on R3, writes queued behind a commit go as one atomic
+	// batch (group commit) — at least one of them did, and none was
+	// refused (the leader would have fallen back to one at a time).
+	tokens, err := js.Stream(t.Context(), "KV_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	batched := 0
+	testutil.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+		batched = 0
+		for _, res := range pm.Results {
+			e, err := kv.Get(t.Context(), res.Name)
+			if err != nil {
+				return fmt.Errorf("%s's token: %w", res.Name, err)
+			}
+			m, err := tokens.GetMsg(t.Context(), e.Revision())
+			if err != nil {
+				return err
+			}
+			if m.Header.Get("Nats-Batch-Id") != "" {
+				batched++
+			}
+		}
+		return nil
+	})
+	if batched == 0 {
+		t.Fatalf("none of the %d tokens fetched at once was written in a batch", bulkMerchants)
+	}
+	for i, r := range reps {
+		if strings.Contains(r.out.String(), "did not take token writes as an atomic batch") {
+			t.Fatalf("replica %d: the server refused a batch of token writes under the refresher role:\n%s", i, r.out.String())
 		}
 	}
 	if err := onboard.Publish(wire.GetSubject("merchant-0001"), nil); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,6 +82,8 @@ type fence struct {
 	qmu     sync.Mutex    // guards queue and noBatch
 	queue   []*fenceWrite // writes waiting for a commit, in order
 	noBatch time.Time     // batches are not tried again before this
+
+	log *slog.Logger // nil: nothing logged
 }
 
 // BatchPublisher publishes messages as one JetStream atomic batch: all are
@@ -298,6 +301,12 @@ func (f *fence) commit(ws []*fenceWrite) {
 			f.qmu.Lock()
 			f.noBatch = time.Now().Add(noBatchFor)
 			f.qmu.Unlock()
+			if f.log != nil {
+				// At most once per noBatchFor: the operator learns why
+				// token writes got slower (an older replica or server).
+				f.log.Warn("leader: the server did not take token writes as an atomic batch; writing them one at a time",
+					slog.Duration("retry_batches_in", noBatchFor), slog.String("error", err.Error()))
+			}
 		default:
 			// No answer (the batch may or may not be stored): writing the
 			// same tokens again is harmless.

@@ -224,7 +224,7 @@ func New(cfg Config) (*Leader, error) {
 	}
 	l := &Leader{
 		cfg: cfg, log: cfg.Logger,
-		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, batches: cfg.Batches, turn: make(chan struct{}, 1)},
+		fence: fence{js: cfg.JetStream, kv: cfg.Tokens, writer: cfg.Lease.Holder, batches: cfg.Batches, turn: make(chan struct{}, 1), log: cfg.Logger},
 		loops: map[string]Loop{}, running: map[string]*running{}, leaving: map[string]Loop{}, counted: map[string]uint64{},
 		refused: map[string]bool{}, undeleted: map[string]bool{},
 	}
