@@ -306,6 +306,10 @@ func TestLeastPrivilege(t *testing.T) {
 	})
 	// Bulk onboarding under the same roles, on the R3 bucket: put_many is
 	// stored as one atomic batch with the refresher's rights.
+	updatesAll, err := admin.SubscribeSync(wire.UpdatesPrefix + "*") // as a replica follows them
+	if err != nil {
+		t.Fatal(err)
+	}
 	many := `{"providers":[`
 	for i := 2; i <= 1+bulkMerchants; i++ {
 		n := fmt.Sprintf("merchant-%04d", i)
@@ -357,6 +361,22 @@ func TestLeastPrivilege(t *testing.T) {
 	})
 	if batched == 0 {
 		t.Fatalf("none of the %d tokens fetched at once was written in a batch", bulkMerchants)
+	}
+	// SPEC §9: every one of them, batched or not, was announced on
+	// token.updates.<provider>.
+	announced := map[string]bool{}
+	for len(announced) < bulkMerchants {
+		m, err := updatesAll.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("token.updates announced %d of the %d bulk merchants' tokens (%d batched): %v", len(announced), bulkMerchants, batched, err)
+		}
+		var tok wire.Token
+		if json.Unmarshal(m.Data, &tok) != nil || m.Subject != wire.UpdatesSubject(tok.Provider) {
+			t.Fatalf("token.updates message on %s (%d bytes) is no token of that provider", m.Subject, len(m.Data))
+		}
+		if strings.HasPrefix(tok.Provider, "merchant-") && tok.Provider != "merchant-0001" {
+			announced[tok.Provider] = true
+		}
 	}
 	for i, r := range reps {
 		if strings.Contains(r.out.String(), "did not take token writes as an atomic batch") {
