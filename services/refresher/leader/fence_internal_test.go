@@ -1,11 +1,9 @@
 package leader
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"strings"
@@ -283,8 +281,8 @@ func TestFenceWritesOneByOneWhenBatchesAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	f, cb := batchingFence(t, st)
-	var logs bytes.Buffer
-	f.log = slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	var logs testutil.LogBuffer
+	f.log = slog.New(slog.NewTextHandler(&logs, nil))
 	revs, errs := queued(t, f, background(4))()
 	for i, err := range errs {
 		if err != nil {
@@ -308,19 +306,6 @@ func TestFenceWritesOneByOneWhenBatchesAreRefused(t *testing.T) {
 	if n := strings.Count(logs.String(), "did not take token writes as an atomic batch"); n != 1 {
 		t.Fatalf("%d warnings about the refused batch, want 1:\n%s", n, logs.String())
 	}
-}
-
-// syncWriter serialises writes to w (the fence logs from its writers'
-// goroutines).
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
 
 // TestFenceQueueLongerThanABatch: more writes queued than one batch takes

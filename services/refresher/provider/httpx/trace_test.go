@@ -18,18 +18,8 @@ import (
 func TestClientSpanHasNoQueryOrHeaders(t *testing.T) {
 	const secret = "Basic c2VjcmV0LWtleTpzZWNyZXQtdmFsdWU="
 	var gotQuery, gotAuth string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		gotQuery, gotAuth = r.URL.RawQuery, r.Header.Get("Authorization")
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{}`))
-	}))
-	defer srv.Close()
-
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	prev := otel.GetTracerProvider()
-	otel.SetTracerProvider(tp)
-	defer otel.SetTracerProvider(prev)
+	srv := jsonServer(t, func(r *http.Request) { gotQuery, gotAuth = r.URL.RawQuery, r.Header.Get("Authorization") })
+	exp, tp := recordSpans(t)
 
 	c := NewClient(0, nil)
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/oauth/v1/generate?grant_type=client_credentials&key=query-secret", nil)
@@ -70,16 +60,8 @@ func TestClientSpanHasNoQueryOrHeaders(t *testing.T) {
 // of its metric instruments, for every provider — and each call still
 // records its client span.
 func TestSharedTransportBuildsNoInstruments(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{}`))
-	}))
-	defer srv.Close()
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	prev := otel.GetTracerProvider()
-	otel.SetTracerProvider(tp)
-	defer otel.SetTracerProvider(prev)
+	srv := jsonServer(t, func(*http.Request) {})
+	exp, tp := recordSpans(t)
 
 	ctx, attempt := tp.Tracer("test").Start(context.Background(), "tokenbus.refresh.attempt")
 	defer attempt.End()
@@ -110,17 +92,10 @@ func TestSharedTransportBuildsNoInstruments(t *testing.T) {
 // its query.
 func TestUnrecordedRequestsBypassOtelhttp(t *testing.T) {
 	var gotQuery, gotUA, gotAuth string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := jsonServer(t, func(r *http.Request) {
 		gotQuery, gotUA, gotAuth = r.URL.RawQuery, r.Header.Get("User-Agent"), r.Header.Get("Authorization")
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{}`))
-	}))
-	defer srv.Close()
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	prev := otel.GetTracerProvider()
-	otel.SetTracerProvider(tp)
-	defer otel.SetTracerProvider(prev)
+	})
+	exp, tp := recordSpans(t)
 	sampledOut, _ := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample())).Tracer("test").Start(context.Background(), "attempt")
 	recording, attempt := tp.Tracer("test").Start(context.Background(), "attempt")
 	defer attempt.End()
@@ -151,4 +126,28 @@ func TestUnrecordedRequestsBypassOtelhttp(t *testing.T) {
 			t.Errorf("%s: the caller's request lost its query", call.name)
 		}
 	}
+}
+
+// recordSpans makes a tracer provider recording every span in memory the
+// global one for the test.
+func recordSpans(t *testing.T) (*tracetest.InMemoryExporter, *sdktrace.TracerProvider) {
+	t.Helper()
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(tp)
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+	return exp, tp
+}
+
+// jsonServer answers every request {} as JSON, after seen.
+func jsonServer(t *testing.T, seen func(*http.Request)) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen(r)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(srv.Close)
+	return srv
 }
