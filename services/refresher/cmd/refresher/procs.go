@@ -14,7 +14,7 @@ import (
 // holds a whole P for up to 15 ms at a time, and a token.get waits behind
 // it for one of the few Ps left (issue 20: a 100,000-provider fill on 2
 // cores, traced, had 30 such slices over 3 ms in 4 s; token.get p99 during
-// the fill 7.6–8.8 ms with 2 Ps, 6.6 with 3, 5.4 with 4). With 4 the
+// the fill 7.6–8.8 ms with 2 Ps, 6.6 with 3, 5.4–6.6 with 4). With 4 the
 // collector takes one dedicated P and the kernel shares the cores among
 // the threads at a finer grain than Go's 10 ms preemption. It costs about
 // 7 % more CPU during such a fill (docs/benchmarks.md).
