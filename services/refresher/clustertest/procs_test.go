@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -86,6 +87,16 @@ func (p *proc) start(t testing.TB) {
 	t.Helper()
 	p.cmd = exec.Command(p.path, p.args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if _, set := os.LookupEnv("GOMAXPROCS"); p.path == bin.refresher && !set {
+		// These tests run three refreshers and three nats-servers on the
+		// machine's cores (2 in CI), where production gives each its own
+		// node. The refresher raises GOMAXPROCS to 4 on a host with fewer
+		// CPUs and no quota (cmd/refresher procs.go); here that would have
+		// three processes at twice the cores between them, starving the
+		// servers' Raft (JetStream unanswered for seconds in TestFailover,
+		// red once in CI at d3b7d7e). Go's own default, as before.
+		p.cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", runtime.NumCPU()))
+	}
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)

@@ -211,7 +211,16 @@ func TestForgedTermRecordIsRewritten(t *testing.T) {
 	x := newTamper(t)
 	x.start(t)
 	x.leading(t, 5*time.Second)
-	cur, _ := x.stored(t, "daraja-test")
+	// The leader serves a token before its write is acknowledged: wait for
+	// the stored one (red once in CI at d3b7d7e, reporting an empty token).
+	var cur wire.Token
+	testutil.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+		var err error
+		if cur, err = x.stored(t, "daraja-test"); err == nil && cur.AccessToken == "" {
+			err = errors.New("stored token has no access token")
+		}
+		return err
+	})
 	if _, err := x.st.KV().Put(context.Background(), leader.TermKey, []byte(`{"holder":"evil","term":999999}`)); err != nil {
 		t.Fatal(err)
 	}
