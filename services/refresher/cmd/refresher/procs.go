@@ -36,21 +36,25 @@ type procsFloor struct {
 func floorProcs(env func(string) (string, bool), numCPU int, gomaxprocs func(int) int, quota func() (bool, string)) procsFloor {
 	cur := gomaxprocs(0)
 	f := procsFloor{from: cur, to: cur}
-	limited, why := false, ""
-	switch {
-	case cur >= minProcs:
+	if cur >= minProcs {
 		f.why = "enough"
-	case func() bool { _, set := env("GOMAXPROCS"); return set }():
-		f.why = "GOMAXPROCS is set"
-	case cur < numCPU:
-		f.why = fmt.Sprintf("a CPU quota sets it (%d of %d CPUs)", cur, numCPU)
-	case func() bool { limited, why = quota(); return limited }():
-		f.why = why
-	default:
-		gomaxprocs(minProcs)
-		f.to = minProcs
-		f.why = fmt.Sprintf("fewer than %d CPUs and no CPU quota: the garbage collector's mark worker takes one P at a time", minProcs)
+		return f
 	}
+	if _, set := env("GOMAXPROCS"); set {
+		f.why = "GOMAXPROCS is set"
+		return f
+	}
+	if cur < numCPU {
+		f.why = fmt.Sprintf("a CPU quota sets it (%d of %d CPUs)", cur, numCPU)
+		return f
+	}
+	if limited, why := quota(); limited {
+		f.why = why
+		return f
+	}
+	gomaxprocs(minProcs)
+	f.to = minProcs
+	f.why = fmt.Sprintf("fewer than %d CPUs and no CPU quota: the garbage collector's mark worker takes one P at a time", minProcs)
 	return f
 }
 
