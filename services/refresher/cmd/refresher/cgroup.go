@@ -87,12 +87,14 @@ func cpuQuota(fsys fs.FS) (bool, string) {
 			n, err := strconv.ParseInt(q, 10, 64)
 			return err != nil || n > 0
 		})
+	case found1:
+		// The cpu controller is on v1 (so not on v2), unmounted here.
 	case found2 && m2 != "":
 		return walk(m2, r2, v2, "cpu.max", func(q string) bool {
 			f := strings.Fields(q)
 			return len(f) == 0 || f[0] != "max"
 		})
-	case !found1 && !found2:
+	case !found2:
 		return false, "no cgroups"
 	}
 	return true, "cgroup CPU controller not found"

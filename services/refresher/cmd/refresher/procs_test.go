@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -112,6 +113,11 @@ func TestCPUQuota(t *testing.T) {
 			"proc/self/cgroup":    file("0::/\n"),
 			"proc/self/mountinfo": file("30 22 0:27 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"),
 		}, true, "cgroup CPU controller not found"},
+		{"cpu on v1, unmounted, v2 mounted (v2 has no cpu controller then)", fstest.MapFS{
+			"proc/self/cgroup":                        file("2:cpu,cpuacct:/r.service\n0::/r.service\n"),
+			"proc/self/mountinfo":                     file("35 30 0:40 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"),
+			"sys/fs/cgroup/unified/r.service/cpu.max": file("max 100000\n"),
+		}, true, "cgroup CPU controller not found"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if limited, why := cpuQuota(c.fs); limited != c.limited || why != c.why {
@@ -119,8 +125,22 @@ func TestCPUQuota(t *testing.T) {
 			}
 		})
 	}
-	// This machine: whatever it says, it says why.
-	if _, why := cpuQuota(os.DirFS("/")); why == "" {
-		t.Fatal("no reason given for this machine")
+}
+
+// TestDefaultFloorProcsSetsWhatItSays: on this machine, with the real
+// runtime and /proc and /sys, GOMAXPROCS ends as the decision says.
+func TestDefaultFloorProcsSetsWhatItSays(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	f := defaultFloorProcs(func(string) (string, bool) { return "", false })
+	if got := runtime.GOMAXPROCS(0); got != f.to || f.from == 0 || f.to < f.from || f.why == "" {
+		t.Fatalf("decision %+v, GOMAXPROCS now %d", f, got)
+	}
+	limited, _ := cpuQuota(os.DirFS("/"))
+	raised := f.to > f.from
+	if raised && (limited || f.to != minProcs) {
+		t.Fatalf("raised %+v although a CPU quota is %v on this machine", f, limited)
+	}
+	if !raised && f.from < minProcs && f.from == runtime.NumCPU() && !limited {
+		t.Fatalf("left %+v on a machine of %d CPUs with no CPU quota", f, runtime.NumCPU())
 	}
 }
