@@ -151,9 +151,9 @@ func (p *Publisher) Repaired(provider string, rev uint64) {
 }
 
 // ForeignWrite publishes "foreign_write": a token the leader did not write
-// was stored under provider's key; the leader replaces it at once.
-func (p *Publisher) ForeignWrite(provider string) {
-	p.Publish(wire.Event{Provider: provider, Type: wire.EventForeignWrite,
+// was stored under provider's key at rev; the leader replaces it at once.
+func (p *Publisher) ForeignWrite(provider string, rev uint64) {
+	p.Publish(wire.Event{Provider: provider, Type: wire.EventForeignWrite, Revision: rev,
 		Detail: "a token the leader did not write was stored for this provider; it is being replaced"})
 }
 

@@ -185,7 +185,7 @@ func TestReplacedLoopFinishesItsCall(t *testing.T) {
 	l, err := leader.New(leader.Config{
 		Lease:     leader.LeaseConfig{KV: leader.LeaseBucket(e.st.Lease()), Holder: "a", TTL: ttl, RetryPeriod: 100 * time.Millisecond, AcquireDelay: 10 * time.Millisecond},
 		JetStream: e.st.JetStream(), Tokens: e.st.KV(), Conn: e.nc,
-		OnForeignWrite: func(p string) {
+		OnForeignWrite: func(p string, _ uint64) {
 			if p == "p" {
 				foreign.Add(1)
 			}

@@ -93,7 +93,7 @@ func TestTakeoverReadsInheritedTokensInBulk(t *testing.T) {
 	l, err := leader.New(leader.Config{
 		Lease:     leader.LeaseConfig{KV: leader.LeaseBucket(e.st.Lease()), Holder: "a", TTL: ttl, RetryPeriod: 100 * time.Millisecond, AcquireDelay: 10 * time.Millisecond},
 		JetStream: e.st.JetStream(), Tokens: e.st.KV(), Conn: e.nc,
-		OnForeignWrite: func(p string) { mu.Lock(); foreign[p]++; mu.Unlock() },
+		OnForeignWrite: func(p string, _ uint64) { mu.Lock(); foreign[p]++; mu.Unlock() },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -195,7 +195,7 @@ func TestInheritedCheckRetriesTheStream(t *testing.T) {
 	var foreign atomic.Int64
 	cfg := leaderConfig(e, "a")
 	cfg.JetStream = js
-	cfg.OnForeignWrite = func(string) { foreign.Add(1) }
+	cfg.OnForeignWrite = func(string, uint64) { foreign.Add(1) }
 	l, err := leader.New(cfg)
 	if err != nil {
 		t.Fatal(err)

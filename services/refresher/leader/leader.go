@@ -106,8 +106,8 @@ type Config struct {
 	// message (rpc.Code); 503 and the error text if nil.
 	ErrorCode func(provider string, err error) (int, string)
 	// OnForeignWrite, if set, is called for each token write to a provider
-	// key that this leader did not make (metrics).
-	OnForeignWrite func(provider string)
+	// key that this leader did not make (metrics), with its revision.
+	OnForeignWrite func(provider string, rev uint64)
 	// RefreshTimeout bounds a forwarded refresh; 15 s if zero.
 	RefreshTimeout time.Duration
 	// FetchConcurrency bounds the provider calls in flight at once
@@ -141,8 +141,11 @@ type Leader struct {
 	// removed) until it has: the tokens it publishes meanwhile are its own,
 	// not foreign writes.
 	leaving map[string]Loop
-	// counted is the revision of the last foreign write counted per
-	// provider: the watch and the takeover check may both see one write.
+	// counted is, per provider, the revision up to which a write it did
+	// not make is not counted as foreign: the last foreign write counted
+	// (the watch and the takeover check may both see one write), or this
+	// replica's own delete of a removed provider's key (the removed loop's
+	// last token, which the watch may deliver after the removal, is older).
 	counted map[string]uint64
 	// refused holds the providers whose writes Accept refused while this
 	// replica led: when the term ends, their keepers adopt what the bucket
@@ -371,13 +374,18 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 	}
 	var err error
 	if leading {
-		if _, werr := l.write(ctx, name, nil, true); werr != nil {
-			err = fmt.Errorf("leader: delete the token of %s: %w", name, werr)
-			l.mu.Lock()
-			if _, back := l.loops[name]; !back {
+		rev, werr := l.write(ctx, name, nil, true)
+		l.mu.Lock()
+		if _, back := l.loops[name]; !back {
+			if werr != nil {
 				l.undeleted[name] = true // retried while this replica leads
+			} else {
+				l.counted[name] = max(l.counted[name], rev)
 			}
-			l.mu.Unlock()
+		}
+		l.mu.Unlock()
+		if werr != nil {
+			err = fmt.Errorf("leader: delete the token of %s: %w", name, werr)
 		}
 	}
 	if old != nil {
@@ -833,11 +841,19 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	if k, isKeeper := old.(Keeper); isKeeper && k.Owns(tok, rev) {
 		return true // the last token of a loop being replaced or removed
 	}
+	// Past the lease's deadline (this replica paused, or starved, longer
+	// than its lease) the term is over but for its ending: a write it did
+	// not make is most likely the next leader's, not a forgery. It is
+	// neither counted nor logged as foreign (no false alert), nor deleted;
+	// it is refused all the same, the keeper's repair goes nowhere without
+	// the lease, and the term's end hands the keeper what the key then
+	// holds (adoptRefused). Simulation invariant foreign-write-is-forged.
+	lapsed := !l.lease.Valid()
 	if !ok {
-		l.log.Warn("leader: a token was written for a provider this leader does not have; deleting it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
-		if l.cfg.OnForeignWrite != nil {
-			l.cfg.OnForeignWrite(tok.Provider)
+		if lapsed || !l.foreign(tok.Provider, rev) {
+			return false // the next leader's, this one's own removed loop's, or counted already
 		}
+		l.log.Warn("leader: a token was written for a provider this leader does not have; deleting it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
 		if _, err := l.write(ctx, tok.Provider, nil, true); err != nil {
 			l.log.Warn("leader: cannot delete a foreign token", slog.String("provider", tok.Provider), slog.String("error", err.Error()))
 		}
@@ -847,7 +863,7 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	if !ok || k.Owns(tok, rev) {
 		return true
 	}
-	if l.foreign(tok.Provider, rev) {
+	if !lapsed && l.foreign(tok.Provider, rev) {
 		l.log.Warn("leader: a token this leader did not write was stored for its provider; replacing it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
 	}
 	k.Repair() // idempotent: also when the takeover check counted it first
@@ -897,7 +913,7 @@ func (l *Leader) foreign(provider string, rev uint64) bool {
 	l.counted[provider] = rev
 	l.mu.Unlock()
 	if l.cfg.OnForeignWrite != nil {
-		l.cfg.OnForeignWrite(provider)
+		l.cfg.OnForeignWrite(provider, rev)
 	}
 	return true
 }

@@ -237,7 +237,10 @@ func (p caller) viaGuard(ctx context.Context) (refresher.Token, error) {
 // committed is told about every commit: no replica publishes a token of a
 // provider it removed.
 func (w *world) committed(b *bucket, from *replica, r rec) {
-	if b != w.tokens || from == nil || r.op != jetstream.KeyValuePut || strings.HasPrefix(r.key, "_") {
+	if b != w.tokens || r.op != jetstream.KeyValuePut || strings.HasPrefix(r.key, "_") {
+		return
+	}
+	if from == nil {
 		return
 	}
 	var tok wire.Token

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -61,6 +62,11 @@ const (
 	invLeaderAfter   = "leader-after-faults"       // with faults stopped, a leader within ttl + 1 s
 	invFreshAfter    = "fresh-after-faults"        // ... and every provider's published token is the provider's current one
 	invGracefulStops = "graceful-stop-discards-nothing"
+	// A leader counts (and logs, and alerts on) a foreign write only for a
+	// token written from outside or by an older term: never for its own
+	// write, nor for a newer leader's that it sees, paused past its lease,
+	// before its term ends.
+	invForeignForeign = "foreign-write-is-foreign"
 )
 
 func TestSimulation(t *testing.T) {
@@ -307,7 +313,10 @@ func (w *world) startReplica(slot int) *replica {
 			}},
 		JetStream: simJS{b: w.tokens, from: r}, Tokens: tokensKV{b: w.tokens, from: r}, Batches: simJS{b: w.tokens, from: r},
 		Inherited: simInherited{b: w.tokens}, FetchConcurrency: 2, Transport: w.bus.transport(r),
-		OnForeignWrite: func(p string) { w.logf("%s counts a foreign write of %s", r.name, p) },
+		OnForeignWrite: func(p string, rev uint64) {
+			w.logf("%s counts a foreign write of %s (revision %d)", r.name, p, rev)
+			w.checkForeign(r, p, rev)
+		},
 	})
 	if err != nil {
 		panic(err)
@@ -398,6 +407,35 @@ func (w *world) discard(r *replica, reason string) {
 	if r.stopping && r.l.Valid() && reason == metrics.DiscardLeaseLost {
 		w.stopDisc++
 		w.violateLocked(invGracefulStops, "%s discarded a token (%s) during a graceful stop while it still held the lease", r.name, reason)
+	}
+}
+
+// checkForeign checks a foreign write that r counted: p's write at rev
+// (foreign-write-is-foreign).
+func (w *world) checkForeign(r *replica, p string, rev uint64) {
+	term := r.l.State().Term
+	w.tokens.mu.Lock()
+	var found *rec
+	for i := len(w.tokens.log) - 1; i >= 0; i-- {
+		if e := &w.tokens.log[i]; e.key == p && e.seq == rev {
+			found = e
+			break
+		}
+	}
+	var writer string
+	var wterm uint64
+	if found != nil {
+		writer = found.hdr.Get(leader.HeaderWriter)
+		wterm, _ = strconv.ParseUint(found.hdr.Get(leader.HeaderTerm), 10, 64)
+	}
+	w.tokens.mu.Unlock()
+	switch {
+	case found == nil:
+		w.violate(invForeignForeign, "%s counted a foreign write of %s at revision %d, which was never written", r.name, p, rev)
+	case writer == r.name:
+		w.violate(invForeignForeign, "%s counted its own write of %s (revision %d, term %d) as foreign", r.name, p, rev, wterm)
+	case writer != "" && wterm > term:
+		w.violate(invForeignForeign, "%s (term %d) counted a newer leader's write of %s (revision %d by %s, term %d) as foreign", r.name, term, p, rev, writer, wterm)
 	}
 }
 

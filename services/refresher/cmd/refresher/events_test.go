@@ -315,11 +315,32 @@ func TestProviderEventsOutageRevocationRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged, _ := json.Marshal(wire.Token{Provider: "m-1", AccessToken: "FORGED-TOKEN-VALUE", TokenType: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)})
-	if _, err := kv.Put(ctx, "m-1", forged); err != nil {
+	forgedRev, err := kv.Put(ctx, "m-1", forged)
+	if err != nil {
 		t.Fatal(err)
 	}
 	log.wait(t, "m-1", 5*time.Second, "foreign_write", func(ev wire.Event) bool { return ev.Type == wire.EventForeignWrite && !ev.Repaired })
-	log.wait(t, "m-1", 5*time.Second, "foreign_write repaired", func(ev wire.Event) bool { return ev.Type == wire.EventForeignWrite && ev.Repaired })
+	// The event names the forged write's revision (docs/protocol.md), then
+	// the repair's, which is later.
+	var found, repaired uint64
+	for _, ev := range log.of("m-1") {
+		if ev.Type == wire.EventForeignWrite && !ev.Repaired {
+			found = ev.Revision
+		}
+	}
+	if found != forgedRev {
+		t.Fatalf("foreign_write names revision %d, want the forged write's %d", found, forgedRev)
+	}
+	log.wait(t, "m-1", 5*time.Second, "foreign_write repaired", func(ev wire.Event) bool {
+		if ev.Type == wire.EventForeignWrite && ev.Repaired {
+			repaired = ev.Revision
+			return true
+		}
+		return false
+	})
+	if repaired <= forgedRev {
+		t.Fatalf("the repair names revision %d, want one after the forged write's %d", repaired, forgedRev)
+	}
 	if code, b := request(t, nc, wire.ProvidersDeleteSubject, map[string]string{"name": "m-1"}); code != 0 {
 		t.Fatalf("delete: %d %s", code, b)
 	}

@@ -245,9 +245,9 @@ func (m *Main) Run(ctx context.Context) error {
 		JetStream: m.store.JetStream(), Tokens: m.store.KV(), Conn: m.nc,
 		Batches:   batches,
 		ErrorCode: rpc.Code, Logger: m.logger,
-		OnForeignWrite: func(provider string) {
+		OnForeignWrite: func(provider string, rev uint64) {
 			m.Metrics.ForeignWrite(provider)
-			m.events.ForeignWrite(provider)
+			m.events.ForeignWrite(provider, rev)
 		},
 		FetchConcurrency: cfg.FetchConcurrency,
 		Loaded:           loaded,
