@@ -375,15 +375,7 @@ func (l *Leader) Remove(ctx context.Context, name string) error {
 	var err error
 	if leading {
 		rev, werr := l.write(ctx, name, nil, true)
-		l.mu.Lock()
-		if _, back := l.loops[name]; !back {
-			if werr != nil {
-				l.undeleted[name] = true // retried while this replica leads
-			} else {
-				l.counted[name] = max(l.counted[name], rev)
-			}
-		}
-		l.mu.Unlock()
+		l.deleted(name, rev, werr) // a failed delete is retried while this replica leads
 		if werr != nil {
 			err = fmt.Errorf("leader: delete the token of %s: %w", name, werr)
 		}
@@ -594,17 +586,33 @@ func (l *Leader) sweep(ctx context.Context) {
 		l.mu.Lock()
 		delete(l.counted, k)
 		l.mu.Unlock()
-		if _, err := l.write(ctx, k, nil, true); err != nil {
+		rev, err := l.write(ctx, k, nil, true)
+		l.deleted(k, rev, err)
+		if err != nil {
 			l.log.Warn("leader: cannot delete the token of a provider no longer configured; retrying", slog.String("provider", k), slog.String("error", err.Error()))
-			l.mu.Lock()
-			if _, back := l.loops[k]; !back {
-				l.undeleted[k] = true
-			}
-			l.mu.Unlock()
 			continue
 		}
 		l.log.Info("deleted the token of a provider no longer configured", slog.String("provider", k))
 	}
+}
+
+// deleted records the outcome of this replica's delete of the token key of
+// name, a provider it has no loop for: a delete that failed is retried
+// (retryDeletes); one stored at rev makes every write below rev old news
+// that is not counted as foreign when the watch delivers it late (the
+// removed loop's last token). Nothing is recorded if name has a loop again.
+func (l *Leader) deleted(name string, rev uint64, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, back := l.loops[name]; back {
+		return
+	}
+	if err != nil {
+		l.undeleted[name] = true
+		return
+	}
+	delete(l.undeleted, name)
+	l.counted[name] = max(l.counted[name], rev)
 }
 
 // retryDeletes deletes, every retry period until ctx ends, the token keys
@@ -622,12 +630,11 @@ func (l *Leader) retryDeletes(ctx context.Context) {
 		names := slices.Sorted(maps.Keys(l.undeleted))
 		l.mu.Unlock()
 		for _, name := range names {
-			if _, err := l.write(ctx, name, nil, true); err != nil {
+			rev, err := l.write(ctx, name, nil, true)
+			l.deleted(name, rev, err)
+			if err != nil {
 				continue
 			}
-			l.mu.Lock()
-			delete(l.undeleted, name)
-			l.mu.Unlock()
 			l.log.Info("deleted the token of a removed provider", slog.String("provider", name))
 		}
 	}
@@ -850,8 +857,13 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	// holds (adoptRefused). Simulation invariant foreign-write-is-forged.
 	lapsed := !l.lease.Valid()
 	if !ok {
-		if lapsed || !l.foreign(tok.Provider, rev) {
-			return false // the next leader's, this one's own removed loop's, or counted already
+		l.mu.Lock()
+		pending := l.undeleted[tok.Provider]
+		l.mu.Unlock()
+		if lapsed || pending || !l.foreign(tok.Provider, rev) {
+			// The next leader's, this replica's own removed loop's (its
+			// delete pending or stored later), or counted already.
+			return false
 		}
 		l.log.Warn("leader: a token was written for a provider this leader does not have; deleting it", slog.String("provider", tok.Provider), slog.Uint64("revision", rev))
 		if _, err := l.write(ctx, tok.Provider, nil, true); err != nil {
