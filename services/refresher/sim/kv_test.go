@@ -110,6 +110,9 @@ func (b *bucket) commitBatch(ctx context.Context, from *replica, ps []proposal) 
 		b.committing[p.key]++
 	}
 	b.mu.Unlock()
+	for _, p := range ps {
+		b.w.proposed(b, from, p)
+	}
 	if slow > 0 {
 		time.Sleep(slow) // a proposal, once made, commits whatever the client does
 	}
@@ -126,9 +129,6 @@ func (b *bucket) commitBatch(ctx context.Context, from *replica, ps []proposal) 
 		}
 	}
 	b.mu.Unlock()
-	for _, r := range rs {
-		b.w.committed(b, from, r)
-	}
 	if lose || ctx.Err() != nil {
 		return 0, errTimeout // committed; the reply is lost
 	}
