@@ -43,8 +43,17 @@ func (m *Manager) Recreated() {
 }
 
 // ownCopy reports whether the copy is this manager's own last publish (a
-// token the leader need not check: this manager wrote it).
+// token the leader need not check: this manager wrote it): at the revision
+// of its last publish, and the token it fetched last. The revision alone
+// does not tell: a recreated bucket numbers its writes from 1 again, so a
+// forged write taken while standing by can sit at the revision of this
+// manager's own last publish to the bucket before (soak seed 3265: the
+// forged token was published again as the leader's own).
 func (m *Manager) ownCopy() bool {
 	e := m.slot.Load()
-	return e != nil && e.Revision != 0 && e.Revision == m.published.Load()
+	if e == nil || e.Revision == 0 || e.Revision != m.published.Load() {
+		return false
+	}
+	own := m.fetched.Load()
+	return own != nil && *own == e.Token.AccessToken
 }
