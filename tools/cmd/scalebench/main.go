@@ -138,7 +138,14 @@ type Result struct {
 	// fetch_concurrency slots kept busy all along would take.
 	SimRequestMS      float64 `json:"sim_token_request_ms"`
 	BoundAtSimSeconds float64 `json:"bound_at_sim_request_seconds"`
-	PeakInFlight      int64   `json:"peak_in_flight"`
+	// The refresher's own time per token request, mean over the fill
+	// (tokenbus_upstream_duration_seconds: from building the request to
+	// the answer parsed), and how much of it was spent outside the
+	// simulator's handler: the loopback exchange and both sides' waits for
+	// a core (issue 20, session 9: 0.16 ms of it is the refresher's code).
+	UpstreamMS   float64 `json:"refresher_upstream_ms,omitempty"`
+	OutsideSimMS float64 `json:"upstream_outside_sim_ms,omitempty"`
+	PeakInFlight int64   `json:"peak_in_flight"`
 	// The simulator's token requests in flight, sampled every 10 ms: their
 	// mean while the puts ran (api) and from then until ready. Below
 	// fetch_concurrency the fill waits for something besides the provider.
@@ -524,6 +531,15 @@ func bench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	if n, busy := sim.Answered(); n > 0 {
 		res.SimRequestMS = float64(busy) / float64(n) / 1e6
 		res.BoundAtSimSeconds = float64(o.providers) * res.SimRequestMS / 1e3 / float64(o.concurrency)
+	}
+	if ms, n, err := upstreamMeanMS(ctx, httpBase); err != nil {
+		fmt.Fprintln(log, "upstream latency from /metrics:", err)
+	} else if n > 0 {
+		res.UpstreamMS = ms
+		if res.SimRequestMS > 0 {
+			res.OutsideSimMS = ms - res.SimRequestMS
+		}
+		fmt.Fprintf(log, "the refresher's token requests took %.2f ms on average (%d), %.2f ms of it outside the simulator's handler\n", ms, n, res.OutsideSimMS)
 	}
 	res.FillGCCycles, res.FillGCMarkMS, res.FillGCMarkMaxMS, res.LiveHeapMiB = gc.since(gc0)
 	fmt.Fprintf(log, "fill: %d garbage collections, %.0f ms of concurrent mark in all (longest %.0f ms); live heap %d MB\n",
