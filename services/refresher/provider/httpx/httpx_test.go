@@ -8,13 +8,13 @@ import (
 )
 
 func TestFlexSeconds(t *testing.T) {
-	for in, want := range map[string]int64{`3599`: 3599, `"3599"`: 3599, `" 180 "`: 180, `3599.0`: 3599} {
+	for in, want := range map[string]int64{`3599`: 3599, `"3599"`: 3599, `" 180 "`: 180, `3599.0`: 3599, `"\u0033599"`: 3599, `"3599.0"`: 3599} {
 		var f FlexSeconds
 		if err := json.Unmarshal([]byte(in), &f); err != nil || !f.Set || f.Value != want {
 			t.Errorf("%s: got %+v, %v", in, f, err)
 		}
 	}
-	for _, in := range []string{`"abc"`, `"3599s"`, `1.5`, `true`, `{}`} {
+	for _, in := range []string{`"abc"`, `"3599s"`, `1.5`, `true`, `{}`, `"35\"99"`, `""`, `" "`} {
 		var f FlexSeconds
 		if err := json.Unmarshal([]byte(in), &f); err == nil {
 			t.Errorf("%s: accepted as %+v", in, f)
@@ -51,4 +51,17 @@ func FuzzFlexSeconds(f *testing.F) {
 			t.Fatalf("error echoes the input: %q", err)
 		}
 	})
+}
+
+// BenchmarkFlexSeconds decodes Daraja's expires_in, a quoted number, as the
+// decoder of every Daraja answer does.
+func BenchmarkFlexSeconds(b *testing.B) {
+	in := []byte(`"3599"`)
+	b.ReportAllocs()
+	for b.Loop() {
+		var f FlexSeconds
+		if err := f.UnmarshalJSON(in); err != nil || f.Value != 3599 {
+			b.Fatal(f, err)
+		}
+	}
 }
