@@ -836,6 +836,7 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	l.mu.Lock()
 	loop, ok := l.loops[tok.Provider]
 	old := l.leaving[tok.Provider]
+	pending := l.undeleted[tok.Provider] // a removed provider's key, its delete being retried
 	leading := l.lctx != nil
 	l.mu.Unlock()
 	if !leading {
@@ -854,12 +855,9 @@ func (l *Leader) Accept(ctx context.Context, tok wire.Token, rev uint64) bool {
 	// neither counted nor logged as foreign (no false alert), nor deleted;
 	// it is refused all the same, the keeper's repair goes nowhere without
 	// the lease, and the term's end hands the keeper what the key then
-	// holds (adoptRefused). Simulation invariant foreign-write-is-forged.
+	// holds (adoptRefused). Simulation invariant foreign-write-is-foreign.
 	lapsed := !l.lease.Valid()
 	if !ok {
-		l.mu.Lock()
-		pending := l.undeleted[tok.Provider]
-		l.mu.Unlock()
 		if lapsed || pending || !l.foreign(tok.Provider, rev) {
 			// The next leader's, this replica's own removed loop's (its
 			// delete pending or stored later), or counted already.
