@@ -50,6 +50,20 @@ func FuzzFlexSeconds(f *testing.F) {
 		if err != nil && err != errNotSeconds && len(b) > 8 && strings.Contains(err.Error(), string(b[1:len(b)-1])) {
 			t.Fatalf("error echoes the input: %q", err)
 		}
+		// A JSON string decodes as its decoded text does as a number:
+		// reading it between its quotes is only a shortcut.
+		var text string
+		if !strings.HasPrefix(strings.TrimSpace(string(b)), `"`) || json.Unmarshal(b, &text) != nil {
+			return
+		}
+		var want FlexSeconds
+		werr := want.UnmarshalJSON([]byte(strings.TrimSpace(text)))
+		if strings.TrimSpace(text) == "null" || strings.HasPrefix(strings.TrimSpace(text), `"`) {
+			return // not a number as text either way
+		}
+		if (err == nil) != (werr == nil) || fs != want {
+			t.Fatalf("%q: got %+v, %v; its text %q gives %+v, %v", b, fs, err, text, want, werr)
+		}
 	})
 }
 
