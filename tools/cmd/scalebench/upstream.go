@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
 )
@@ -50,19 +49,12 @@ func isSeries(line, name string) bool {
 // upstreamMeanMS scrapes the refresher's /metrics at base and returns the
 // mean time of its provider calls so far, in milliseconds, and how many.
 func upstreamMeanMS(ctx context.Context, base string) (float64, int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	body, err := get(ctx, base+"/metrics")
 	if err != nil {
 		return 0, 0, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, 0, fmt.Errorf("/metrics: %s", resp.Status)
-	}
-	sum, count, err := upstreamTotals(resp.Body)
+	defer body.Close()
+	sum, count, err := upstreamTotals(body)
 	if err != nil || count == 0 {
 		return 0, 0, err
 	}
