@@ -88,6 +88,47 @@ func TestClientEvents(t *testing.T) {
 	}
 }
 
+// TestClientEventsFollowFromReturn: an event published the moment Events
+// returns is delivered — Events waits until the server has the
+// subscription (it used to return with the SUB still in the client's
+// buffer, and TestClientEvents missed the first event on a loaded machine).
+func TestClientEventsFollowFromReturn(t *testing.T) {
+	h := harness.Start(t, harness.Config{})
+	c, err := tokenclient.New(h.Connect(), tokenclient.WithoutWatch())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pub := h.ConnectAdmin()
+	ev := []byte(`{"type":"refreshed","provider":"` + h.Provider + `"}`)
+	for i := range 50 {
+		got := make(chan struct{}, 1)
+		sub, err := c.Events(h.Provider, func(tokenclient.ProviderEvent) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.Publish(wire.EventsSubject(h.Provider), ev); err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+		case <-time.After(2 * time.Second):
+			t.Fatalf("round %d: the event published after Events returned was not delivered", i)
+		}
+		if err := sub.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func joinTypes(ts []string) (s string) {
 	for i, t := range ts {
 		if i > 0 {

@@ -41,6 +41,8 @@ func (s *EventSubscription) Stop() error {
 // messages: those published while the connection is down are not replayed
 // (token.status and Token say the current state). An event that cannot be
 // decoded is passed to the error handler (WithErrorHandler) and skipped.
+// Events returns once the server has the subscription (a round trip, within
+// the client's timeout): every event published after that is delivered.
 //
 // Errors: ErrClosed after Close; ErrBadRequest for an invalid provider name;
 // the subscription's error (a permission violation arrives later, through
@@ -70,6 +72,12 @@ func (c *Client) Events(provider string, fn func(ProviderEvent)) (*EventSubscrip
 	if err != nil {
 		return nil, fmt.Errorf("tokenclient: follow %s: %w", subject, err)
 	}
+	// Wait until the server has the subscription, so that an event
+	// published after Events returns is delivered. Not connected: the
+	// subscription is sent at the reconnect, and followed from then on.
+	ctx, cancel := c.withTimeout(context.Background())
+	_ = c.nc.FlushWithContext(ctx)
+	cancel()
 	return &EventSubscription{sub: sub}, nil
 }
 
