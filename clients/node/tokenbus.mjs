@@ -296,7 +296,9 @@ export class TokenCache {
  * attempt, retry_in), credentials_rejected, recovered (failing_for), expired,
  * added, rotated, removed or foreign_write. No secret and no token is in
  * them: alert a merchant or page someone from here, without polling. A
- * reader of provider may subscribe (SPEC §10). Returns {stop}.
+ * reader of provider may subscribe (SPEC §10). Returns {stop}. The
+ * subscription reaches the server with the connection's next flush: await
+ * nc.flush() after this call to receive every event published from then on.
  */
 export function followEvents(nc, provider, onEvent) {
   if (!NAME.test(provider)) throw new TokenbusError(400, `provider name "${provider}" is not valid`);
