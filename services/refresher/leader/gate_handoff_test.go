@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/tokenbus/tokenbus/services/refresher/internal/testutil"
-	"github.com/tokenbus/tokenbus/services/refresher/leader"
 )
 
 // TestFreedSlotGoesToItsWaiterAtOnce: a call waiting for a fetch slot runs
@@ -21,15 +20,7 @@ import (
 // which runnable goroutine goes first, so most rounds, not every one, must
 // see the waiter admitted; without the hand-off none does.
 func TestFreedSlotGoesToItsWaiterAtOnce(t *testing.T) {
-	e := setup(t)
-	l, err := leader.New(leader.Config{
-		Lease: leader.LeaseConfig{KV: leader.LeaseBucket(e.st.Lease()), Holder: "a", TTL: ttl, RetryPeriod: 100 * time.Millisecond, AcquireDelay: 10 * time.Millisecond,
-			DrainTimeout: 300 * time.Millisecond},
-		JetStream: e.st.JetStream(), Tokens: e.st.KV(), Conn: e.nc, FetchConcurrency: 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newGateLeader(t, setup(t), 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = l.Run(ctx) }()

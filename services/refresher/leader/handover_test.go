@@ -266,14 +266,7 @@ func TestReplacedLoopFinishesItsCall(t *testing.T) {
 // the lease; the gate keeps nothing for credentials nobody uses (item 13).
 func TestGate(t *testing.T) {
 	e := setup(t)
-	l, err := leader.New(leader.Config{
-		Lease: leader.LeaseConfig{KV: leader.LeaseBucket(e.st.Lease()), Holder: "a", TTL: ttl, RetryPeriod: 100 * time.Millisecond, AcquireDelay: 10 * time.Millisecond,
-			DrainTimeout: 300 * time.Millisecond},
-		JetStream: e.st.JetStream(), Tokens: e.st.KV(), Conn: e.nc, FetchConcurrency: 2,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newGateLeader(t, e, 2)
 	g := l.Gate()
 	if _, err := g.Enter(context.Background(), "x"); !errors.Is(err, refresher.ErrNotAllowed) {
 		t.Fatalf("Enter without the lease: %v, want ErrNotAllowed", err)
@@ -324,6 +317,21 @@ func TestGate(t *testing.T) {
 	if g.Credentials() != 1 {
 		t.Fatalf("%d credentials kept, want the probe's only", g.Credentials())
 	}
+}
+
+// newGateLeader returns a leader (not yet running) on e's buckets with a
+// short lease and fetch_concurrency n, for tests of its gate.
+func newGateLeader(t *testing.T, e env, n int) *leader.Leader {
+	t.Helper()
+	l, err := leader.New(leader.Config{
+		Lease: leader.LeaseConfig{KV: leader.LeaseBucket(e.st.Lease()), Holder: "a", TTL: ttl, RetryPeriod: 100 * time.Millisecond, AcquireDelay: 10 * time.Millisecond,
+			DrainTimeout: 300 * time.Millisecond},
+		JetStream: e.st.JetStream(), Tokens: e.st.KV(), Conn: e.nc, FetchConcurrency: n,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 // TestLeaseLossCountsTheToken: a token fetched by a replica that loses its
