@@ -3,6 +3,8 @@ package config
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"strconv"
@@ -85,6 +87,34 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// tokensNode is jsonNode as encoding/json's tokens build it.
+func tokensNode(data []byte) (*yaml.Node, bool) {
+	r := jsonReader{dec: json.NewDecoder(bytes.NewReader(data)), data: data, line: 1}
+	r.dec.UseNumber()
+	n, err := r.value(0)
+	if err != nil {
+		return nil, false
+	}
+	if _, _, err := r.token(); err != io.EOF {
+		return nil, false
+	}
+	return n, true
+}
+
+// sameNodes reports where a and b differ (kind, tag, value, line, content), or "".
+func sameNodes(a, b *yaml.Node, at string) string {
+	if a.Kind != b.Kind || a.Tag != b.Tag || a.Value != b.Value || a.Line != b.Line || len(a.Content) != len(b.Content) {
+		return fmt.Sprintf("%s: %v %s %q line %d (%d children) vs %v %s %q line %d (%d children)", at,
+			a.Kind, a.Tag, a.Value, a.Line, len(a.Content), b.Kind, b.Tag, b.Value, b.Line, len(b.Content))
+	}
+	for i := range a.Content {
+		if d := sameNodes(a.Content[i], b.Content[i], fmt.Sprintf("%s/%d", at, i)); d != "" {
+			return d
+		}
+	}
+	return ""
+}
+
 // FuzzJSONNode checks that the node tree jsonNode builds from a JSON
 // provider decodes exactly as the one yaml.Unmarshal builds: the same
 // provider and the same problems, in the same order. ParseProvider takes
@@ -97,16 +127,24 @@ func FuzzJSONNode(f *testing.F) {
 		`{"name":"q","kind":"mpay","pool":"4","pool":4.5,"timeout":10,"scopes":null,"headers":[1,{"a":true}],"Name":"x"}`,
 		`{"name":["a"],"kind":{"x":null},"base_url":false,"unknown":1e9}`,
 		`{}`, `[]`, `{"a":{"b":{"c":{"d":[[[[]]]]}}}}`, `{"name":"x"} {"name":"y"}`,
+		"{\n \"name\" :\r\n\t\"m\xff\xfe-1\", \"pool\": -0.5e+3,\n\"scopes\": [ true , false , null ]\n}\n",
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if !json.Valid(data) {
+			return // jsonNode reads valid JSON only (ParseProvider checks it first)
+		}
 		root, ok := jsonNode(data)
+		if want, wok := tokensNode(data); ok && wok {
+			if d := sameNodes(root, want, "$"); d != "" {
+				t.Fatalf("%q: the scan and encoding/json's tokens differ at %s", data, d)
+			}
+		} else if ok && bytes.IndexByte(data, '\\') < 0 {
+			t.Fatalf("%q: the scan built a tree where encoding/json's tokens did not", data)
+		}
 		if !ok {
 			return
-		}
-		if !json.Valid(data) {
-			t.Fatalf("jsonNode built a tree from invalid JSON %q", data)
 		}
 		var doc yaml.Node
 		if err := yaml.Unmarshal(data, &doc); err != nil || len(doc.Content) == 0 {
@@ -132,4 +170,83 @@ func FuzzJSONNode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// jsonReader is the reference jsonScan is checked against (FuzzJSONNode):
+// the tree built from encoding/json's tokens, with the line each ends on, as
+// ParseProvider built it before the scan (docs/benchmarks.md, issue 20
+// session 10).
+type jsonReader struct {
+	dec  *json.Decoder
+	data []byte
+	off  int64 // where line was counted to
+	line int
+}
+
+func (r *jsonReader) token() (json.Token, int, error) {
+	t, err := r.dec.Token()
+	if err != nil {
+		return nil, 0, err
+	}
+	end := r.dec.InputOffset()
+	r.line += bytes.Count(r.data[r.off:end], []byte{'\n'})
+	r.off = end
+	return t, r.line, nil
+}
+
+// value reads one JSON value as a node.
+func (r *jsonReader) value(depth int) (*yaml.Node, error) {
+	if depth > maxJSONDepth {
+		return nil, errJSONShape
+	}
+	t, line, err := r.token()
+	if err != nil {
+		return nil, err
+	}
+	scalar := func(tag, v string) *yaml.Node {
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: v, Line: line}
+	}
+	switch v := t.(type) {
+	case json.Delim:
+		n := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: line}
+		if v == '[' {
+			n.Kind, n.Tag = yaml.SequenceNode, "!!seq"
+		} else if v != '{' {
+			return nil, errJSONShape
+		}
+		for r.dec.More() {
+			if n.Kind == yaml.MappingNode {
+				k, kline, err := r.token()
+				if err != nil {
+					return nil, err
+				}
+				ks, ok := k.(string)
+				if !ok {
+					return nil, errJSONShape
+				}
+				n.Content = append(n.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: ks, Line: kline})
+			}
+			e, err := r.value(depth + 1)
+			if err != nil {
+				return nil, err
+			}
+			n.Content = append(n.Content, e)
+		}
+		if _, _, err := r.token(); err != nil { // the closing delimiter
+			return nil, err
+		}
+		return n, nil
+	case string:
+		return scalar("!!str", v), nil
+	case json.Number:
+		if strings.ContainsAny(string(v), ".eE") {
+			return scalar("!!float", string(v)), nil
+		}
+		return scalar("!!int", string(v)), nil
+	case bool:
+		return scalar("!!bool", strconv.FormatBool(v)), nil
+	case nil:
+		return scalar("!!null", "null"), nil
+	}
+	return nil, errJSONShape
 }

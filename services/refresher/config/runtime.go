@@ -4,10 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"reflect"
-	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -49,23 +48,25 @@ func ParseProvider(data []byte) (Provider, error) {
 }
 
 // jsonNode returns the node tree yaml.Unmarshal builds for the JSON document
-// data, built from encoding/json's tokens instead: a put of 100,000
-// providers spent a quarter of everything the refresher allocated in the
-// YAML parser (docs/benchmarks.md). The decoder reads the same nodes either
-// way (FuzzJSONNode). A document with a backslash (an escape, whose
-// decoding YAML and JSON might not agree on) or that does not parse is left
+// data, built by a scan of its bytes instead: a put of 100,000 providers
+// spent a quarter of everything the refresher allocated in the YAML parser,
+// and then a tenth of its onboarding CPU in encoding/json's tokenizer
+// (docs/benchmarks.md). data must be valid JSON (json.Valid: ParseProvider
+// checks it first), so the scan only tells the kinds of values apart. The
+// decoder reads the same nodes either way (FuzzJSONNode). A document with a
+// backslash (an escape, whose decoding YAML and JSON might not agree on),
+// nested deeper than maxJSONDepth or that the scan does not expect is left
 // to yaml.Unmarshal (ok false).
 func jsonNode(data []byte) (n *yaml.Node, ok bool) {
 	if bytes.IndexByte(data, '\\') >= 0 {
 		return nil, false
 	}
-	r := jsonReader{dec: json.NewDecoder(bytes.NewReader(data)), data: data, line: 1}
-	r.dec.UseNumber()
-	n, err := r.value(0)
+	s := jsonScan{data: data, line: 1}
+	n, err := s.value(0)
 	if err != nil {
 		return nil, false
 	}
-	if _, _, err := r.token(); err != io.EOF {
+	if s.space(); s.pos != len(s.data) {
 		return nil, false
 	}
 	return n, true
@@ -77,80 +78,133 @@ const maxJSONDepth = 32
 
 var errJSONShape = errors.New("not a JSON value jsonNode builds")
 
-// jsonReader reads JSON tokens with the line each ends on (JSON tokens
-// other than strings hold no newline, and strings hold none unescaped), as
-// the YAML parser numbers them: duplicate-field problems name a line.
-type jsonReader struct {
-	dec  *json.Decoder
+// jsonScan reads the values of a valid JSON document without escapes, with
+// the line each starts on (no JSON token holds an unescaped newline), as the
+// YAML parser numbers them: duplicate-field problems name a line.
+type jsonScan struct {
 	data []byte
-	off  int64 // where line was counted to
+	pos  int
 	line int
 }
 
-func (r *jsonReader) token() (json.Token, int, error) {
-	t, err := r.dec.Token()
-	if err != nil {
-		return nil, 0, err
+// space skips whitespace, counting lines.
+func (s *jsonScan) space() {
+	for ; s.pos < len(s.data); s.pos++ {
+		switch s.data[s.pos] {
+		case '\n':
+			s.line++
+		case ' ', '\t', '\r':
+		default:
+			return
+		}
 	}
-	end := r.dec.InputOffset()
-	r.line += bytes.Count(r.data[r.off:end], []byte{'\n'})
-	r.off = end
-	return t, r.line, nil
+}
+
+// next skips whitespace and returns the next byte, without taking it (0 at
+// the end).
+func (s *jsonScan) next() byte {
+	s.space()
+	if s.pos == len(s.data) {
+		return 0
+	}
+	return s.data[s.pos]
+}
+
+// str reads a string at pos (its opening quote), as encoding/json decodes
+// one without escapes: each byte of invalid UTF-8 becomes U+FFFD.
+func (s *jsonScan) str() (string, error) {
+	end := bytes.IndexByte(s.data[s.pos+1:], '"')
+	if end < 0 {
+		return "", errJSONShape
+	}
+	b := s.data[s.pos+1 : s.pos+1+end]
+	s.pos += end + 2
+	if utf8.Valid(b) {
+		return string(b), nil
+	}
+	var out strings.Builder
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		out.WriteRune(r) // utf8.RuneError for an invalid byte, as encoding/json
+		b = b[size:]
+	}
+	return out.String(), nil
 }
 
 // value reads one JSON value as a node.
-func (r *jsonReader) value(depth int) (*yaml.Node, error) {
+func (s *jsonScan) value(depth int) (*yaml.Node, error) {
 	if depth > maxJSONDepth {
 		return nil, errJSONShape
 	}
-	t, line, err := r.token()
-	if err != nil {
-		return nil, err
-	}
+	c, line := s.next(), s.line
 	scalar := func(tag, v string) *yaml.Node {
 		return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: v, Line: line}
 	}
-	switch v := t.(type) {
-	case json.Delim:
+	switch {
+	case c == '{' || c == '[':
 		n := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: line}
-		if v == '[' {
-			n.Kind, n.Tag = yaml.SequenceNode, "!!seq"
-		} else if v != '{' {
-			return nil, errJSONShape
+		closing := byte('}')
+		if c == '[' {
+			n.Kind, n.Tag, closing = yaml.SequenceNode, "!!seq", ']'
 		}
-		for r.dec.More() {
+		s.pos++
+		if s.next() == closing {
+			s.pos++
+			return n, nil
+		}
+		for {
 			if n.Kind == yaml.MappingNode {
-				k, kline, err := r.token()
+				if s.next() != '"' {
+					return nil, errJSONShape
+				}
+				kline := s.line
+				k, err := s.str()
 				if err != nil {
 					return nil, err
 				}
-				ks, ok := k.(string)
-				if !ok {
+				if s.next() != ':' {
 					return nil, errJSONShape
 				}
-				n.Content = append(n.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: ks, Line: kline})
+				s.pos++
+				n.Content = append(n.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: k, Line: kline})
 			}
-			e, err := r.value(depth + 1)
+			e, err := s.value(depth + 1)
 			if err != nil {
 				return nil, err
 			}
 			n.Content = append(n.Content, e)
+			switch s.next() {
+			case ',':
+				s.pos++
+			case closing:
+				s.pos++
+				return n, nil
+			default:
+				return nil, errJSONShape
+			}
 		}
-		if _, _, err := r.token(); err != nil { // the closing delimiter
+	case c == '"':
+		v, err := s.str()
+		if err != nil {
 			return nil, err
 		}
-		return n, nil
-	case string:
 		return scalar("!!str", v), nil
-	case json.Number:
-		if strings.ContainsAny(string(v), ".eE") {
-			return scalar("!!float", string(v)), nil
+	case c == '-' || c >= '0' && c <= '9':
+		start := s.pos
+		for s.pos < len(s.data) && strings.IndexByte("+-0123456789.eE", s.data[s.pos]) >= 0 {
+			s.pos++
 		}
-		return scalar("!!int", string(v)), nil
-	case bool:
-		return scalar("!!bool", strconv.FormatBool(v)), nil
-	case nil:
-		return scalar("!!null", "null"), nil
+		v := string(s.data[start:s.pos])
+		if strings.ContainsAny(v, ".eE") {
+			return scalar("!!float", v), nil
+		}
+		return scalar("!!int", v), nil
+	}
+	for _, lit := range [...]struct{ text, tag string }{{"true", "!!bool"}, {"false", "!!bool"}, {"null", "!!null"}} {
+		if bytes.HasPrefix(s.data[s.pos:], []byte(lit.text)) {
+			s.pos += len(lit.text)
+			return scalar(lit.tag, lit.text), nil
+		}
 	}
 	return nil, errJSONShape
 }
