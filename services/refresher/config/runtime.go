@@ -136,7 +136,8 @@ func (s *jsonScan) value(depth int) (*yaml.Node, error) {
 	if depth > maxJSONDepth {
 		return nil, errJSONShape
 	}
-	c, line := s.next(), s.line
+	c := s.next()
+	line := s.line // after next: its whitespace may end lines
 	scalar := func(tag, v string) *yaml.Node {
 		return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: v, Line: line}
 	}
