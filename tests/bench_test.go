@@ -54,11 +54,7 @@ func BenchmarkTokenWatched(b *testing.B) {
 // the client and the refresher sharing the machine.
 func BenchmarkTokenRequestReply(b *testing.B) {
 	h := harness.Start(b, harness.Config{})
-	tc, err := tokenclient.New(h.Connect(), tokenclient.WithoutWatch())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer tc.Close()
+	tc := requestClient(b, h)
 	ctx := context.Background()
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()

@@ -36,6 +36,18 @@ func newClient(t *testing.T, h *harness.Harness, opts ...tokenclient.Option) (*t
 	return tc, ev
 }
 
+// requestClient returns a tokenclient that keeps no copy (every Token is a
+// token.get request), on its own connection, closed when the test ends.
+func requestClient(tb testing.TB, h *harness.Harness) *tokenclient.Client {
+	tb.Helper()
+	tc, err := tokenclient.New(h.Connect(), tokenclient.WithoutWatch())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = tc.Close() })
+	return tc
+}
+
 // events records what a client's watch saw.
 type events struct {
 	mu   sync.Mutex

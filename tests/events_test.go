@@ -18,11 +18,7 @@ import (
 // then the recovery and the new token, in order.
 func TestClientEvents(t *testing.T) {
 	h := harness.Start(t, harness.Config{})
-	c, err := tokenclient.New(h.Connect(), tokenclient.WithoutWatch())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := requestClient(t, h)
 	var (
 		mu  sync.Mutex
 		got []tokenclient.ProviderEvent
@@ -94,11 +90,7 @@ func TestClientEvents(t *testing.T) {
 // buffer, and TestClientEvents missed the first event on a loaded machine).
 func TestClientEventsFollowFromReturn(t *testing.T) {
 	h := harness.Start(t, harness.Config{})
-	c, err := tokenclient.New(h.Connect(), tokenclient.WithoutWatch())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := requestClient(t, h)
 	pub := h.ConnectAdmin()
 	ev := []byte(`{"type":"refreshed","provider":"` + h.Provider + `"}`)
 	for i := range 50 {
