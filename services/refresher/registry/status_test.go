@@ -132,24 +132,39 @@ func TestStatusPagesAsPageDoes(t *testing.T) {
 
 // TestStatusSummaryReuse: a count of the providers is reused for ten times
 // as long as it took, and only when it took at least summaryCacheMin (a
-// small set is counted afresh on every request).
+// small set is counted afresh on every request); past that, and until
+// summaryStale, it is still answered while one background count runs.
 func TestStatusSummaryReuse(t *testing.T) {
 	ps := New()
 	sum := wire.StatusSummary{Total: 7, States: map[string]int{wire.StateOK: 7}}
 	for _, c := range []struct {
-		age, took time.Duration
-		reused    bool
+		age, took        time.Duration
+		reused, recounts bool
 	}{
-		{0, 20 * time.Millisecond, true},
-		{150 * time.Millisecond, 20 * time.Millisecond, true},
-		{250 * time.Millisecond, 20 * time.Millisecond, false},
-		{0, summaryCacheMin / 2, false},
+		{0, 20 * time.Millisecond, true, false},
+		{150 * time.Millisecond, 20 * time.Millisecond, true, false},
+		{250 * time.Millisecond, 20 * time.Millisecond, true, true},
+		{summaryStale - 100*time.Millisecond, 20 * time.Millisecond, true, true},
+		{summaryStale + 100*time.Millisecond, 20 * time.Millisecond, false, false},
+		{2 * summaryStale, summaryStale / 4, true, false},    // a slow count: fresh for ten times its time
+		{3 * summaryStale, summaryStale / 4, true, true},     // and stale until twenty
+		{5*summaryStale + 1, summaryStale / 4, false, false}, // then counted afresh
+		{0, summaryCacheMin / 2, false, false},
 	} {
 		ps.storeSummary(sum, time.Now().Add(-c.age), c.took)
-		if got, ok := ps.cachedSummary(); ok != c.reused || ok && got.Total != 7 {
-			t.Errorf("counted %v ago in %v: reused %v, want %v", c.age, c.took, ok, c.reused)
+		ps.sumCache.counting = false
+		got, ok, recount := ps.cachedSummary()
+		if ok != c.reused || ok && got.Total != 7 || recount != c.recounts {
+			t.Errorf("counted %v ago in %v: reused %v, recount %v; want %v, %v", c.age, c.took, ok, recount, c.reused, c.recounts)
+		}
+		if recount {
+			// One background count at a time.
+			if _, ok, again := ps.cachedSummary(); !ok || again {
+				t.Errorf("counted %v ago in %v, a count running: reused %v, recount %v; want true, false", c.age, c.took, ok, again)
+			}
 		}
 	}
+	ps.sumCache.counting = false
 	// A count of a small set is not reused: a change shows at once. (The
 	// floor is raised so that a count slowed by a loaded machine, as under
 	// -race in CI, is still one too quick to reuse.)
@@ -161,6 +176,21 @@ func TestStatusSummaryReuse(t *testing.T) {
 	ps.Add(&Served{Name: "b", Source: wire.SourceRuntime, Reporter: fixedStatus{Name: "b", State: wire.StateNoToken}})
 	if sum := ps.Summary(); sum.Total != 2 || sum.States[wire.StateNoToken] != 1 {
 		t.Fatalf("summary %+v", sum)
+	}
+	// A stale count is answered once more, and the count made meanwhile in
+	// the background is answered next.
+	ps.sumCacheMin = 0
+	ps.storeSummary(sum, time.Now().Add(-100*time.Millisecond), 5*time.Millisecond)
+	if got := ps.Summary(); got.Total != 7 {
+		t.Fatalf("a stale count: summary %+v, want the stored one (7)", got)
+	}
+	// Well before the stale count would be dropped (summaryStale).
+	deadline := time.Now().Add(summaryStale / 2)
+	for got := ps.Summary(); got.Total != 2 || got.States[wire.StateNoToken] != 1; got = ps.Summary() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a stale count: summary %+v, want the 2 providers counted in the background", got)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
