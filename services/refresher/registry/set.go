@@ -347,11 +347,10 @@ func (ps *Set) each(cfg int, after string, fn func(sv *Served, cfg int) bool) {
 // machine), so that token.status polled in a loop, the status page and
 // /metrics spend at most about a tenth of a core counting; a smaller set is
 // counted afresh every time. Past that, and until summaryStale after the
-// count, the old count is still answered while one new count runs in the
-// background (stale while revalidate; a count slower than 100 ms is
-// answered so until twenty times its counting time): a poller is not made to wait for the
-// walk (50 ms at 100,000 on 2 busy cores), and its next ask sees the new
-// count.
+// count (or twenty times its counting time, if longer), the old count is
+// still answered while one new count runs in the background (stale while
+// revalidate): a poller is not made to wait for the walk (50 ms at 100,000
+// on 2 busy cores), and its next ask sees the new count.
 type summaryCache struct {
 	mu   sync.Mutex
 	sum  wire.StatusSummary
@@ -434,8 +433,8 @@ func (c *counter) summary() wire.StatusSummary {
 }
 
 // cachedSummary returns the last count if it may still be reused, and
-// recount when it is stale: the caller then counts again in the background
-// (recount), the only one to until that count is stored.
+// recount if it is stale and no background count runs: the caller is then
+// to start one (go recount).
 func (ps *Set) cachedSummary() (sum wire.StatusSummary, ok, recount bool) {
 	c := &ps.sumCache
 	c.mu.Lock()
@@ -471,9 +470,8 @@ func (ps *Set) recount() {
 		c.add(b.of(sv.Reporter))
 		return true
 	})
-	sum := c.summary()
+	ps.storeSummary(c.summary(), start, time.Since(start))
 	ps.sumCache.mu.Lock()
-	ps.sumCache.sum, ps.sumCache.at, ps.sumCache.took = sum, start, time.Since(start)
 	ps.sumCache.counting = false
 	ps.sumCache.mu.Unlock()
 }
