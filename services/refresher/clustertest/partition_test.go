@@ -728,21 +728,30 @@ func TestPartition(t *testing.T) {
 
 	// Tokens lost with a lease: issued to the cut-off leader and never
 	// published (its node could not commit, and then its lease went).
-	published := map[string]bool{}
+	published := map[string]time.Time{}
 	for _, p := range toks {
-		published[p.tok.AccessToken] = true
+		published[p.tok.AccessToken] = p.stored
 	}
-	lost := 0
+	// A publish that committed as the cut came may have lost its reply: its
+	// writer cannot tell it from one that did not commit, and counts it
+	// (docs/leadership.md). Such a token is published, but may be counted.
+	lost, unsure := 0, 0
 	for _, e := range sim.Log() {
-		if e.Token != "" && e.Time.After(recording) && strings.Contains(e.UserAgent, first.instance) && !published[e.Token] {
+		if e.Token == "" || !e.Time.After(recording) || !strings.Contains(e.UserAgent, first.instance) {
+			continue
+		}
+		if stored, ok := published[e.Token]; !ok {
 			lost++
+		} else if stored.After(cut.Add(-time.Second)) {
+			unsure++
 		}
 	}
 	discarded := metric(httpAddr(first), "tokenbus_tokens_discarded_total")
-	t.Logf("tokens the cut-off leader fetched and never published: %d; tokenbus_tokens_discarded_total on it: %v → %v", lost, discardedBefore, discarded)
+	t.Logf("tokens the cut-off leader fetched and never published: %d (and %d published from a second before the cut, whose reply may have been lost); tokenbus_tokens_discarded_total on it: %v → %v",
+		lost, unsure, discardedBefore, discarded)
 	// A counter is exported from its first increment: absent is zero.
-	if got := max(discarded, 0) - max(discardedBefore, 0); got != float64(lost) {
-		t.Errorf("tokenbus_tokens_discarded_total on the cut-off leader grew by %v, but it lost %d tokens with its lease", got, lost)
+	if got := max(discarded, 0) - max(discardedBefore, 0); got < float64(lost) || got > float64(lost+unsure) {
+		t.Errorf("tokenbus_tokens_discarded_total on the cut-off leader grew by %v, but it lost %d tokens with its lease (and %d more may have lost their publish's reply)", got, lost, unsure)
 	}
 
 	var calls, pubs []string
