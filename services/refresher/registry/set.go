@@ -460,17 +460,30 @@ func (ps *Set) storeSummary(sum wire.StatusSummary, at time.Time, took time.Dura
 	c.mu.Unlock()
 }
 
-// recount counts every provider and stores the count (cachedSummary's
-// background count).
-func (ps *Set) recount() {
+// count walks every provider, counts them by state and condition, stores
+// the count for reuse and returns it. visit, if not nil, is shown each
+// provider with its state and condition on the way (Status picks its page
+// in the same walk).
+func (ps *Set) count(visit func(sv *Served, cfg int, state, cond string)) wire.StatusSummary {
 	var c counter
 	var b briefs
 	start := time.Now()
-	ps.each(0, "", func(sv *Served, _ int) bool {
-		c.add(b.of(sv.Reporter))
+	ps.each(0, "", func(sv *Served, cfg int) bool {
+		state, cond := b.of(sv.Reporter)
+		c.add(state, cond)
+		if visit != nil {
+			visit(sv, cfg, state, cond)
+		}
 		return true
 	})
-	ps.storeSummary(c.summary(), start, time.Since(start))
+	sum := c.summary()
+	ps.storeSummary(sum, start, time.Since(start))
+	return sum
+}
+
+// recount is cachedSummary's background count.
+func (ps *Set) recount() {
+	ps.count(nil)
 	ps.sumCache.mu.Lock()
 	ps.sumCache.counting = false
 	ps.sumCache.mu.Unlock()
@@ -528,19 +541,11 @@ func (ps *Set) Status(q wire.StatusRequest, page bool) (wire.StatusSummary, []wi
 	}
 	if !ok {
 		// One walk counts every provider and picks the page.
-		var c counter
-		var b briefs
-		start := time.Now()
-		ps.each(0, "", func(sv *Served, cfg int) bool {
-			state, cond := b.of(sv.Reporter)
-			c.add(state, cond)
+		sum = ps.count(func(sv *Served, cfg int, state, cond string) {
 			if page && !more && (fromCfg >= 0 && cfg >= fromCfg || cfg < 0 && (fromCfg >= 0 || sv.Name > fromRuntime)) {
 				pick(sv, state, cond)
 			}
-			return true
 		})
-		sum = c.summary()
-		ps.storeSummary(sum, start, time.Since(start))
 	} else if page {
 		// The page only: from its start to one match past its end.
 		var b briefs
